@@ -1,0 +1,229 @@
+"""PyTorch → ONNX with the ``com.bnncompile::DynamicSign`` op, plus a golden file.
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (the default and the maintained path in torch 2.13)
+from a ``torch.export`` program, with a ``custom_translation_table`` that turns
+``torch.ops.bnncompile.dynamic_sign`` into one DynamicSign node. The TorchScript exporter is
+deprecated and cannot see ``torch.library`` custom ops without a separate ``symbolic``.
+
+After export the model gets the DynamicSign ONNX function body (so ONNX Runtime runs it), IR
+version 10 (ONNX Runtime 1.31 loads at most 13), readable node names from the module paths, and
+``onnx.checker``'s full check. Files are written to a temporary name and renamed, so a failure
+never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from .custom_ops import dynamic_sign, registry
+from .errors import ExportError, InputFileError
+from .nn.layers import freeze
+
+IR_VERSION = 10
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_path: Path
+    golden_path: Path | None
+    num_dynamic_sign: int
+
+
+def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
+           golden_inputs: torch.Tensor | np.ndarray | None = None, dynamic_batch: bool = True,
+           write_golden: bool = True, opset: int = OPSET) -> ExportResult:
+    """Export a module built from ``bnncompile.nn`` (or any torch module) to ONNX.
+
+    Args:
+        module: the model; it is deep-copied, put in eval mode and its binary layers frozen, so
+            the caller's module is untouched.
+        example_input: a tensor of the input shape (batch may differ when ``dynamic_batch``).
+        path: the ``.onnx`` file to write. The golden file goes to ``<stem>.golden.npz``.
+        golden_inputs: inputs to record with their PyTorch outputs (default: ``example_input``).
+        dynamic_batch: make the batch dimension symbolic (``"batch"``).
+
+    Returns:
+        :class:`ExportResult` with the written paths.
+    """
+    path = Path(path)
+    _check_writable(path)
+    model = freeze(copy.deepcopy(module).eval())
+    example_input = torch.as_tensor(example_input, dtype=torch.float32)
+    onnx_model = to_onnx(model, example_input, dynamic_batch=dynamic_batch, opset=opset)
+    atomic_write_bytes(path, onnx_model.SerializeToString())
+    golden_path = None
+    if write_golden:
+        inputs = example_input if golden_inputs is None else torch.as_tensor(golden_inputs, dtype=torch.float32)
+        with torch.no_grad():
+            outputs = model(inputs)
+        golden_path = golden_path_for(path)
+        save_golden(golden_path, inputs.numpy(), outputs.numpy())
+    n_sign = sum(dynamic_sign.is_dynamic_sign(n) for n in onnx_model.graph.node)
+    return ExportResult(path, golden_path, n_sign)
+
+
+def to_onnx(model: torch.nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = True,
+            opset: int = OPSET) -> onnx.ModelProto:
+    """Trace, translate and post-process; returns a checked in-memory ModelProto."""
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (example_input,), dynamic_shapes=dynamic_shapes)
+    except Exception as exc:  # torch raises many types; all mean "cannot trace this module"
+        raise ExportError(f"torch.export could not trace {type(model).__name__}: {_first_line(exc)}") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(
+                program, (example_input,), dynamo=True, opset_version=opset,
+                custom_translation_table=registry.translation_table(),
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
+            )
+    except Exception as exc:
+        raise ExportError(_explain_conversion_failure(exc, program)) from exc
+    onnx_model = onnx_program.model_proto
+    postprocess(onnx_model)
+    return onnx_model
+
+
+def postprocess(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Attach custom-op functions, pin the IR version, name nodes after their modules, check."""
+    dynamic_sign.attach_function(model)
+    model.ir_version = IR_VERSION
+    name_nodes_by_module(model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported model failed onnx.checker: {_first_line(exc)}") from exc
+    return model
+
+
+def _module_path(node: onnx.NodeProto) -> str | None:
+    """Module path of a node from the exporter's ``namespace`` metadata (``blocks.3.sign1``)."""
+    for prop in node.metadata_props:
+        if prop.key == "namespace":
+            names = [seg.split(":")[0].strip() for seg in prop.value.split("/")]
+            names = [n for n in names[:-1] if n]  # the last segment is the aten op itself
+            return names[-1] if names else None
+    return None
+
+
+def name_nodes_by_module(model: onnx.ModelProto) -> None:
+    """Rename nodes to ``<module path>/<OpType>`` (unique) so reports read like the model code."""
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        scope = _module_path(node)
+        base = f"{scope}/{node.op_type}" if scope else node.op_type
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        node.name = base if count == 0 else f"{base}_{count}"
+
+
+def _explain_conversion_failure(exc: Exception, program) -> str:
+    """Name the module whose op the ONNX translator could not handle."""
+    text = str(exc)
+    for node in program.graph.nodes:
+        if node.op != "call_function" or f"%{node.name} " not in text:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, cls = list(stack.values())[-1]
+            cls_name = getattr(cls, "__name__", str(cls)).split(".")[-1]
+            return (f"cannot export layer '{path}' ({cls_name}): ONNX has no translation for "
+                    f"{node.target}; replace the layer or add a custom op in bnncompile.custom_ops")
+        return f"cannot export op {node.target} (node {node.name}) to ONNX"
+    return f"ONNX conversion failed: {_first_line(exc)}"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    summary = next((ln for ln in lines if re.match(r"^<class", ln)), lines[0] if lines else repr(exc))
+    return summary[:300]
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def golden_path_for(model_path) -> Path:
+    p = Path(model_path)
+    return p.with_name(p.stem + ".golden.npz")
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputFileError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputFileError(f"cannot write {path}: directory {parent} is not writable")
+    if path.is_dir():
+        raise InputFileError(f"cannot write {path}: it is a directory")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_golden(path, inputs: np.ndarray, outputs: np.ndarray, **extra) -> None:
+    """Golden file: npz with ``inputs`` and ``outputs`` arrays (never a pickle)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, inputs=np.asarray(inputs, np.float32), outputs=np.asarray(outputs, np.float32), **extra)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_golden(path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"golden file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise InputFileError(f"{path} is not a readable .npz golden file: {_first_line(exc)}") from exc
+    missing = {"inputs", "outputs"} - set(out)
+    if missing:
+        raise InputFileError(f"golden file {path} lacks arrays {sorted(missing)}")
+    return out
+
+
+def load_onnx(path) -> onnx.ModelProto:
+    """Load and check an ONNX file; one clear error for missing, truncated or non-ONNX files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise InputFileError(f"{path} is not a readable ONNX model (truncated or wrong format): "
+                             f"{_first_line(exc)}") from exc
+    if not model.graph.node:
+        raise InputFileError(f"{path} is not an ONNX model: it has no graph nodes")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise InputFileError(f"{path} fails onnx.checker: {_first_line(exc)}") from exc
+    return model

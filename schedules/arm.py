@@ -1,0 +1,30 @@
+"""aarch64 NEON schedules: the x86 tiling with NEON-sized tiles.
+
+A q-register holds 2 u64 lanes, so KI = 4 output channels is 2 registers per pixel; with 32
+vector registers a row tile of 8 pixels keeps the 16 accumulators plus operands in registers.
+Vector ``llvm.ctpop`` lowers to ``cnt v.16b`` + a ``uaddlp`` widening chain.
+"""
+from __future__ import annotations
+
+from tvm import s_tir
+
+from . import generic, x86
+
+KI_ARM = 4
+WI_MAX_ARM = 8
+
+
+def schedule_bconv2d(sch: s_tir.Schedule) -> None:
+    x86.schedule_bconv2d(sch, ki=KI_ARM, wi_max=WI_MAX_ARM)
+
+
+def schedule_bdense(sch: s_tir.Schedule) -> None:
+    x86.schedule_bdense(sch, nvec=KI_ARM, mi_max=4)
+
+
+def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:
+    x86.schedule_bbatch_matmul(sch, nvec=KI_ARM, mi_max=4)
+
+
+schedule_bitpack = generic.schedule_bitpack
+schedule_bitpack_last = generic.schedule_bitpack_last

@@ -1,0 +1,116 @@
+"""Fallback schedules valid on any llvm target: parallel outer axis, vectorised inner axis.
+
+Each ``schedule_*`` takes an ``s_tir.Schedule`` of the PrimFunc built from the matching compute in
+:mod:`.compute` (blocks are found by their compute names) and mutates it in place.
+``decompose_reduction`` always comes last: parallel/vectorize refuse the split init/update blocks.
+"""
+from __future__ import annotations
+
+from tvm import s_tir
+
+
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # get_sblock raises when the block does not exist
+        return False
+
+
+def extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def pick_factor(n: int, candidates) -> int:
+    """First candidate dividing ``n`` (splits without a remainder keep the tiles predicate-free)."""
+    for c in candidates:
+        if c <= n and n % c == 0:
+            return c
+    return 1
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    for c in range(min(n, limit), 0, -1):
+        if n % c == 0:
+            return c
+    return 1
+
+
+def injective(sch: s_tir.Schedule, name: str, vec: int = 8) -> None:
+    """Fuse all loops, parallel over the outer part, vectorise a divisible inner chunk."""
+    blk = sch.get_sblock(name)
+    loops = sch.get_loops(blk)
+    inner = loops[-1]
+    v = pick_factor(extent(sch, inner), (vec * 2, vec, 4, 2))
+    if v > 1:
+        outer_in, vi = sch.split(inner, factors=[None, v])
+        sch.vectorize(vi)
+        loops = list(loops[:-1]) + [outer_in]
+    if len(loops) > 1:
+        fused = sch.fuse(*loops)
+    else:
+        fused = loops[0]
+    sch.parallel(fused)
+
+
+def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack") -> None:
+    # loops n, h, w, cw, b.  Accumulate a whole output row (vector over w, contiguous loads of x
+    # in NCHW) in a local buffer, then copy it out to the NHWC-packed output.
+    blk = sch.get_sblock(name)
+    n, h, w, cw, b = sch.get_loops(blk)
+    sch.reorder(n, h, cw, b, w)
+    wb = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(wb, cw)
+    row = sch.fuse(n, h)
+    sch.parallel(row)
+    sch.vectorize(w)
+    sch.decompose_reduction(blk, b)
+
+
+def schedule_bitpack_last(sch: s_tir.Schedule, name: str = "bitpack_last") -> None:
+    # loops *lead, cw, b.  The 64-bit reduction reads contiguous x; LLVM vectorises it itself.
+    blk = sch.get_sblock(name)
+    loops = sch.get_loops(blk)
+    outer = loops[:-1]
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(fused)
+    sch.decompose_reduction(blk, loops[-1])
+
+
+def schedule_bconv2d(sch: s_tir.Schedule) -> None:
+    conv = sch.get_sblock("bconv")
+    n, oh, ow, k, rh, rw, rc = sch.get_loops(conv)
+    ki_f = pick_factor(extent(sch, k), (8, 4, 2))
+    ko, ki = sch.split(k, factors=[None, ki_f])
+    sch.reorder(n, oh, ow, ko, rh, rw, rc, ki)
+    row = sch.fuse(n, oh)
+    sch.parallel(row)
+    sch.vectorize(ki)
+    if has_block(sch, "bpad"):
+        injective(sch, "bpad")
+    injective(sch, "bconv_out")
+    sch.decompose_reduction(conv, rh)
+
+
+def _schedule_mm(sch: s_tir.Schedule, red_name: str, out_name: str, nvec: int = 8) -> None:
+    blk = sch.get_sblock(red_name)
+    loops = sch.get_loops(blk)
+    *spatial, r = loops
+    n = spatial[-1]
+    nf = pick_factor(extent(sch, n), (nvec, 4, 2))
+    no, ni = sch.split(n, factors=[None, nf])
+    sch.reorder(*spatial[:-1], no, r, ni)
+    outer = spatial[:-1]
+    fused = sch.fuse(*outer) if len(outer) > 1 else (outer[0] if outer else no)
+    sch.parallel(fused)
+    sch.vectorize(ni)
+    injective(sch, out_name)
+    sch.decompose_reduction(blk, r)
+
+
+def schedule_bdense(sch: s_tir.Schedule) -> None:
+    _schedule_mm(sch, "bdense", "bdense_out")
+
+
+def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:
+    _schedule_mm(sch, "bbmm", "bbmm_out")

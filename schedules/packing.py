@@ -1,0 +1,106 @@
+"""Compile-time numpy bit-packing helpers shared by the frontend and the tests.
+
+Bit convention (fixed across bnncompile): bit 1 means +1, bit 0 means -1.  Bits are packed
+LSB-first into ``uint64`` words: element ``c`` of the packed axis lives in word ``c // 64``, bit
+``c % 64``.  Tail bits past the true length are 0 in both activations and weights, so they xor to
+0 and a word-wise ``popcount(x ^ w)`` counts exactly the disagreeing real channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+WORD_BITS = 64
+
+__all__ = [
+    "WORD_BITS",
+    "num_words",
+    "pack_bits",
+    "unpack_bits",
+    "pack_conv_weight",
+    "pack_dense_weight",
+    "check_pm1",
+]
+
+
+def num_words(n: int) -> int:
+    """Number of uint64 words needed for ``n`` bits (``ceil(n / 64)``)."""
+    return (int(n) + WORD_BITS - 1) // WORD_BITS
+
+
+def check_pm1(w: np.ndarray, what: str = "weight") -> np.ndarray:
+    """Return ``w`` if every entry is exactly +1 or -1, else raise ValueError naming the problem."""
+    w = np.asarray(w)
+    if w.dtype == np.bool_:
+        raise ValueError(f"{what}: expected a +-1 array, got a boolean array")
+    if w.size == 0:
+        raise ValueError(f"{what}: empty array")
+    bad = ~((w == 1) | (w == -1))
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{what}: expected only +1/-1 values, found {w[idx]!r} at index {idx} "
+            f"({int(bad.sum())} of {w.size} entries are not +-1)"
+        )
+    return w
+
+
+def pack_bits(pm1_or_bool: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pack a +-1 (or boolean) array along ``axis`` into LSB-first uint64 words.
+
+    Parameters
+    ----------
+    pm1_or_bool : np.ndarray
+        Boolean array (True means +1) or numeric array of exactly +-1 values.
+    axis : int
+        Axis to pack; it is moved last.
+
+    Returns
+    -------
+    np.ndarray
+        uint64 array of shape ``moved_shape[:-1] + (ceil(L / 64),)``, tail bits zero.
+    """
+    a = np.asarray(pm1_or_bool)
+    bits = a if a.dtype == np.bool_ else check_pm1(a, "pack_bits input") > 0
+    bits = np.moveaxis(bits, axis, -1)
+    L = bits.shape[-1]
+    LW = num_words(L)
+    padded = np.zeros(bits.shape[:-1] + (LW * WORD_BITS,), dtype=np.bool_)
+    padded[..., :L] = bits
+    # packbits(little) puts element j of each byte at bit j; bytes are little-endian in the word.
+    by = np.packbits(padded, axis=-1, bitorder="little")
+    return np.ascontiguousarray(by).view("<u8").astype(np.uint64, copy=False).reshape(
+        bits.shape[:-1] + (LW,)
+    )
+
+
+def unpack_bits(words: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits` on the last axis: returns a bool array ``[..., length]``."""
+    w = np.ascontiguousarray(np.asarray(words, dtype=np.uint64))
+    by = w.view(np.uint8).reshape(w.shape[:-1] + (w.shape[-1] * 8,))
+    return np.unpackbits(by, axis=-1, bitorder="little")[..., :length].astype(bool)
+
+
+def pack_conv_weight(w_pm1: np.ndarray) -> np.ndarray:
+    """Pack OIHW +-1 conv weights ``[K, C, KH, KW]`` into ``[KH, KW, CW, K]`` uint64.
+
+    K is last so a kernel can load 8 consecutive output channels as one vector; C is packed
+    LSB-first (``CW = ceil(C / 64)``), tail bits zero.  Raises ValueError on non +-1 entries.
+    """
+    w = check_pm1(w_pm1, "conv weight")
+    if w.ndim != 4:
+        raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
+    packed = pack_bits(w > 0, axis=1)  # [K, KH, KW, CW]
+    return np.ascontiguousarray(packed.transpose(1, 2, 3, 0))
+
+
+def pack_dense_weight(w_pm1: np.ndarray) -> np.ndarray:
+    """Pack ``[N_out, K_in]`` +-1 dense weights (``y = x @ W.T``) into ``[KW, N_out]`` uint64.
+
+    Layout choice: the reduction word index is outer and the output feature is innermost, the
+    same as conv weights ``[.., CW, K]``, so the kernel vectorises popcounts across 8 output
+    features with plain contiguous vector loads.  ``KW = ceil(K_in / 64)``, tail bits zero.
+    """
+    w = check_pm1(w_pm1, "dense weight")
+    if w.ndim != 2:
+        raise ValueError(f"dense weight: expected rank 2 [N_out, K_in], got shape {w.shape}")
+    return np.ascontiguousarray(pack_bits(w > 0, axis=1).T)

@@ -1,0 +1,99 @@
+"""Independent numpy / PyTorch references for the binary kernels (no TE code reused).
+
+Integer results are computed in float64 with torch (exact far beyond any realistic accumulator)
+and returned as int32; the optional float epilogue is applied in float32 as
+``float32(acc) * scale + bias``, the same order the kernels use.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _bits_to_words(bits: np.ndarray) -> np.ndarray:
+    """bool ``[..., L]`` -> uint64 ``[..., ceil(L/64)]`` by explicit powers of two (LSB-first)."""
+    L = bits.shape[-1]
+    LW = (L + 63) // 64
+    full = np.zeros(bits.shape[:-1] + (LW * 64,), dtype=np.uint64)
+    full[..., :L] = bits
+    full = full.reshape(bits.shape[:-1] + (LW, 64))
+    pow2 = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
+    return (full * pow2).sum(axis=-1, dtype=np.uint64)
+
+
+def bitpack_ref(x: np.ndarray, t) -> np.ndarray:
+    """NCHW float -> ``[N, H, W, CW]`` uint64; bit = ``x >= t`` (NaN -> 0, numpy broadcasting)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        bits = np.greater_equal(x, np.asarray(t, dtype=np.float32))
+    bits = np.broadcast_to(bits, x.shape)
+    return _bits_to_words(bits.transpose(0, 2, 3, 1))
+
+
+def bitpack_last_ref(x: np.ndarray, t) -> np.ndarray:
+    """``[..., D]`` float -> ``[..., DW]`` uint64 packed along the last axis."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        bits = np.broadcast_to(np.greater_equal(x, np.asarray(t, dtype=np.float32)), x.shape)
+    return _bits_to_words(bits)
+
+
+def _epilogue(acc: np.ndarray, scale, bias, axis: int) -> np.ndarray:
+    if scale is None and bias is None:
+        return acc.astype(np.int32)
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    v = acc.astype(np.float32)
+    if scale is not None:
+        v = v * np.asarray(scale, np.float32).reshape(shape)
+    if bias is not None:
+        v = v + np.asarray(bias, np.float32).reshape(shape)
+    return v.astype(np.float32)
+
+
+def bconv2d_ref(
+    x_pm1: np.ndarray,
+    w_pm1: np.ndarray,
+    *,
+    stride=1,
+    padding=(0, 0, 0, 0),
+    dilation=1,
+    pad_value: str = "zero",
+    scale: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    out_layout: str = "NCHW",
+) -> np.ndarray:
+    """``F.conv2d`` of +-1 NCHW ``x`` and OIHW ``w``; padding (top, left, bottom, right) filled
+    with 0 ("zero") or +1 ("one") via ``F.pad``.  int32, or float32 with scale/bias."""
+    if isinstance(padding, int):
+        padding = (padding,) * 4
+    if len(padding) == 2:
+        padding = (padding[0], padding[1], padding[0], padding[1])
+    pt, pl, pb, pr = padding
+    xt = torch.from_numpy(np.asarray(x_pm1, np.float64))
+    wt = torch.from_numpy(np.asarray(w_pm1, np.float64))
+    xt = F.pad(xt, (pl, pr, pt, pb), value=1.0 if pad_value == "one" else 0.0)
+    acc = F.conv2d(xt, wt, stride=stride, dilation=dilation).numpy()
+    acc = np.rint(acc).astype(np.int64)
+    out = _epilogue(acc, scale, bias, axis=1)
+    return out.transpose(0, 2, 3, 1).copy() if out_layout == "NHWC" else out
+
+
+def bdense_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, scale=None, bias=None) -> np.ndarray:
+    """``a [..., K] @ w[N, K]^T`` in +-1 space; int32 or float32 with scale/bias."""
+    acc = torch.from_numpy(np.asarray(a_pm1, np.float64)) @ torch.from_numpy(
+        np.asarray(w_pm1, np.float64)).T
+    return _epilogue(np.rint(acc.numpy()).astype(np.int64), scale, bias, axis=-1)
+
+
+def bbatch_matmul_ref(a_pm1: np.ndarray, b_pm1: np.ndarray, alpha: Optional[float] = None) -> np.ndarray:
+    """``A [..., M, K] @ B[..., N, K]^T`` in +-1 space; int32, or float32 ``acc * alpha``."""
+    acc = torch.matmul(torch.from_numpy(np.asarray(a_pm1, np.float64)),
+                       torch.from_numpy(np.asarray(b_pm1, np.float64)).transpose(-1, -2))
+    acc = np.rint(acc.numpy()).astype(np.int64)
+    if alpha is None:
+        return acc.astype(np.int32)
+    return (acc.astype(np.float32) * np.float32(alpha)).astype(np.float32)

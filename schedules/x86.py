@@ -1,0 +1,103 @@
+"""Hand schedules for x86 (AVX2 / AVX-512) and, with other tile sizes, for other SIMD CPUs.
+
+bconv2d (field notes section 2): a register tile of a row of output pixels x ``KI`` output
+channels, accumulated in a ``local`` buffer (``cache_write``) and written back once per tile with
+the epilogue fused into that copy-out (``reverse_compute_inline``), rows in parallel, padded input
+rows computed per task, popcount vectorised across output channels (AVX2: ``vpshufb`` nibble LUT;
+AVX512-VPOPCNTDQ: ``vpopcntq``).  ``decompose_reduction`` comes last.
+"""
+from __future__ import annotations
+
+from tvm import s_tir
+
+from . import generic
+from .generic import extent, has_block, largest_divisor, pick_factor
+
+# KI = 8 u64 lanes = two ymm registers per pixel; a row of up to 14 pixels was the best tile on
+# Zen 3 (a larger WI spills, a smaller one reloads the weights more often).
+KI_X86 = 8
+WI_MAX_X86 = 14
+
+
+def _copy_out(sch: s_tir.Schedule, wb, nchw: bool) -> None:
+    # wb loops (under the tile): n, oh, ow, k.  For NCHW output the contiguous axis is ow.
+    loops = sch.get_loops(wb)
+    ow, k = loops[-2], loops[-1]
+    if nchw:
+        sch.reorder(k, ow)
+        sch.vectorize(ow)
+    else:
+        sch.vectorize(k)
+
+
+def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX_X86) -> None:
+    conv = sch.get_sblock("bconv")
+    out = sch.get_sblock("bconv_out")
+    nchw = _is_nchw(sch, out)
+    n, oh, ow, k, rh, rw, rc = sch.get_loops(conv)
+    kf = pick_factor(extent(sch, k), (ki, 4, 2))
+    wf = largest_divisor(extent(sch, ow), wi_max)
+    ko, kin = sch.split(k, factors=[None, kf])
+    wo, win = sch.split(ow, factors=[None, wf])
+    sch.reorder(n, oh, wo, ko, rh, rw, rc, win, kin)
+    wb = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(wb, ko)
+    sch.reverse_compute_inline(out)
+    row = sch.fuse(n, oh)
+    sch.parallel(row)
+    if has_block(sch, "bpad"):
+        # Each task pads only the input rows its output row reads: no shared workspace, no race.
+        sch.compute_at(sch.get_sblock("bpad"), row)
+        pl = sch.get_loops(sch.get_sblock("bpad"))
+        if extent(sch, pl[-1]) in (2, 4, 8, 16):
+            sch.vectorize(pl[-1])
+    sch.vectorize(kin)
+    sch.unroll(win)
+    sch.unroll(rc)
+    _copy_out(sch, wb, nchw)
+    sch.decompose_reduction(conv, rh)
+
+
+def _is_nchw(sch: s_tir.Schedule, out_block) -> bool:
+    # bconv_out reads bconv[n, oh, ow, k]; it is NCHW iff its 2nd block var indexes k (last).
+    blk = sch.get(out_block)
+    read = [r for r in blk.reads if r.buffer.name == "bconv"][0]
+    k_index = read.region[3].min
+    return k_index.same_as(blk.iter_vars[1].var)
+
+
+def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int) -> None:
+    """Register tile ``MI`` rows x ``NI`` lanes for ``[*batch, M, N]`` popcount reductions."""
+    blk = sch.get_sblock(red)
+    *spatial, r = sch.get_loops(blk)
+    batch, m, n = spatial[:-2], spatial[-2], spatial[-1]
+    nf = pick_factor(extent(sch, n), (nvec, 4, 2))
+    mf = largest_divisor(extent(sch, m), mi_max)
+    mo, mi = sch.split(m, factors=[None, mf])
+    no, ni = sch.split(n, factors=[None, nf])
+    sch.reorder(*batch, mo, no, r, mi, ni)
+    wb = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(wb, no)
+    sch.reverse_compute_inline(sch.get_sblock(out))
+    fused = sch.fuse(*batch, mo, no)
+    sch.parallel(fused)
+    sch.vectorize(ni)
+    sch.unroll(mi)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.decompose_reduction(blk, r)
+
+
+def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 8) -> None:
+    blk = sch.get_sblock("bdense")
+    *spatial, _ = sch.get_loops(blk)
+    if len(spatial) > 2:  # leading batch dims of the tokens: fuse into one M axis
+        sch.fuse(*spatial[:-1])
+    _schedule_mm(sch, "bdense", "bdense_out", nvec, mi_max)
+
+
+def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 8) -> None:
+    _schedule_mm(sch, "bbmm", "bbmm_out", nvec, mi_max)
+
+
+schedule_bitpack = generic.schedule_bitpack
+schedule_bitpack_last = generic.schedule_bitpack_last
