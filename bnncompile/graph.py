@@ -68,6 +68,9 @@ class BinaryLayer:
     pad_node: onnx.NodeProto | None = None
     pad_value: float = 0.0
     pads: tuple[int, ...] = ()  # extra spatial pads (t, l, b, r) contributed by pad_node
+    #: batch_matmul only: B is ``Transpose(DynamicSign(x), swap last two axes)``, so ``x`` already
+    #: has the ``[..., N, K]`` layout the packed kernel wants (attention's ``Q @ K^T``).
+    b_transposed: bool = False
 
 
 def is_pm1(w: np.ndarray | None) -> bool:
@@ -99,6 +102,18 @@ def _through_pad(index: GraphIndex, name: str):
     return sign, pad, float(value), (pads[2], pads[3], pads[6], pads[7])
 
 
+def _transposed_sign(index: GraphIndex, name: str) -> onnx.NodeProto | None:
+    """The DynamicSign behind ``Transpose(perm swaps the last two axes only)``, else None."""
+    tr = index.producer.get(name)
+    if tr is None or tr.op_type != "Transpose":
+        return None
+    perm = list(_attr(tr, "perm", []) or [])
+    n = len(perm)
+    if n < 2 or perm != [*range(n - 2), n - 1, n - 2]:
+        return None
+    return index.sign_producer(tr.input[0])
+
+
 def classify(index: GraphIndex, node: onnx.NodeProto) -> BinaryLayer | None:
     """Return the BinaryLayer for ``node`` if the graph proves it binary, else None."""
     if node.domain not in ("", "ai.onnx"):
@@ -124,6 +139,9 @@ def classify(index: GraphIndex, node: onnx.NodeProto) -> BinaryLayer | None:
         b_sign = index.sign_producer(node.input[1])
         if node.op_type == "MatMul" and b_sign is not None:
             return BinaryLayer(node, "batch_matmul", (a_sign, b_sign))
+        b_t = _transposed_sign(index, node.input[1]) if node.op_type == "MatMul" else None
+        if b_t is not None:
+            return BinaryLayer(node, "batch_matmul", (a_sign, b_t), b_transposed=True)
         w = index.constant(node.input[1])
         if is_pm1(w) and w.ndim == 2:
             return BinaryLayer(node, "dense", (a_sign,), w)

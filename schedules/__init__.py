@@ -1,0 +1,23 @@
+"""Binary (XNOR-popcount) TVM kernels: TE computes, per-target schedules, packing helpers.
+
+Public entry points (see :mod:`.registry` for PrimFunc parameter orders): ``make_bitpack``,
+``make_bitpack_last``, ``make_bconv2d``, ``make_bdense``, ``make_bbatch_matmul``; numpy packing
+helpers in :mod:`.packing`; independent references in :mod:`.reference`.
+"""
+from .packing import check_pm1, num_words, pack_bits, pack_conv_weight, pack_dense_weight, unpack_bits
+from .registry import (
+    SCHEDULES,
+    get_schedule,
+    make_bbatch_matmul,
+    make_bconv2d,
+    make_bdense,
+    make_bitpack,
+    make_bitpack_last,
+    target_key,
+)
+
+__all__ = [
+    "SCHEDULES", "get_schedule", "target_key",
+    "make_bitpack", "make_bitpack_last", "make_bconv2d", "make_bdense", "make_bbatch_matmul",
+    "pack_bits", "unpack_bits", "pack_conv_weight", "pack_dense_weight", "check_pm1", "num_words",
+]

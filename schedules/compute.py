@@ -202,6 +202,7 @@ def bconv2d(
     bias: Optional[te.Tensor] = None,
     out_layout: str = "NCHW",
     acc_dtype: str = "int64",
+    tap_popcount: Optional[te.Tensor] = None,
 ) -> te.Tensor:
     """Bipolar XNOR-popcount 2-D convolution (groups = 1).
 
@@ -218,9 +219,9 @@ def bconv2d(
     stride, dilation : int or (int, int)
     padding : int, (ph, pw) or (top, left, bottom, right)
     pad_value : "zero" | "one"
-        "zero" reproduces ``F.conv2d`` of the +-1 tensors with zero padding exactly: taps that
-        fall outside the image are excluded from the popcount (``select``) and the constant part
-        uses the per-position number of valid taps.  "one": padded pixels are +1 on every channel
+        "zero" reproduces ``F.conv2d`` of the +-1 tensors with zero padding exactly: padded
+        words are 0, the epilogue subtracts the weight popcounts of the out-of-image taps
+        (``tap_popcount``) and uses the per-position number of valid taps.  "one": padded pixels are +1 on every channel
         (LCE ``pad_values=1``), realised as padded words holding the valid-channel mask.
     scale, bias : te.Tensor, optional
         float32 ``[K]``.  If either is given the output is float32
@@ -228,6 +229,10 @@ def bconv2d(
     out_layout : "NCHW" | "NHWC"
     acc_dtype : str
         Accumulator dtype of the popcount reduction.
+    tap_popcount : te.Tensor, optional
+        int32 ``[KH, KW, K]``: number of +1 weights per tap and output channel
+        (:func:`schedules.packing.conv_tap_popcount`).  Required iff pad_value="zero" and the
+        padding is non-zero.
 
     Returns
     -------
@@ -282,13 +287,15 @@ def bconv2d(
         x = ow * sw + r * dw
         return tirx.all(x >= pl, x < pl + W)
 
+    zero = tirx.const(0, acc_dtype)
+    one = tirx.const(1, acc_dtype)
+    if zero_pad and tap_popcount is None:
+        raise ValueError("pad_value='zero' with padding needs tap_popcount "
+                         "(packing.conv_tap_popcount of the weights)")
+
     def conv_body(n, oh, ow, k):
         pc = tirx.popcount(src[n, oh * sh + rh * dh, ow * sw + rw * dw, rc] ^ weight[rh, rw, rc, k])
-        pc = pc.astype(acc_dtype)
-        if zero_pad:
-            # A padded tap is 0 in +-1 space: it must not contribute at all.
-            pc = tirx.Select(tirx.all(valid_h(oh, rh), valid_w(ow, rw)), pc, tirx.const(0, acc_dtype))
-        return te.sum(pc, axis=[rh, rw, rc])
+        return te.sum(pc.astype(acc_dtype), axis=[rh, rw, rc])
 
     acc = te.compute((N, OH, OW, K), conv_body, name="bconv",
                      attrs={"schedule_rule": "bnn_bconv2d"})
@@ -297,21 +304,32 @@ def bconv2d(
         if not zero_pad:
             return tirx.const(KH * KW, acc_dtype)
         # Valid-tap count factorises into rows x cols; unrolled in Python (KH/KW are small).
-        cnt_h = sum((tirx.Select(valid_h(oh, r), tirx.const(1, acc_dtype), tirx.const(0, acc_dtype))
-                     for r in range(1, KH)),
-                    tirx.Select(valid_h(oh, 0), tirx.const(1, acc_dtype), tirx.const(0, acc_dtype)))
-        cnt_w = sum((tirx.Select(valid_w(ow, r), tirx.const(1, acc_dtype), tirx.const(0, acc_dtype))
-                     for r in range(1, KW)),
-                    tirx.Select(valid_w(ow, 0), tirx.const(1, acc_dtype), tirx.const(0, acc_dtype)))
+        cnt_h = sum((tirx.Select(valid_h(oh, r), one, zero) for r in range(1, KH)),
+                    tirx.Select(valid_h(oh, 0), one, zero))
+        cnt_w = sum((tirx.Select(valid_w(ow, r), one, zero) for r in range(1, KW)),
+                    tirx.Select(valid_w(ow, 0), one, zero))
         return cnt_h * cnt_w
 
     def value(n, oh, ow, k):
-        a = ntaps(oh, ow) * C - 2 * acc[n, oh, ow, k]
+        pc = acc[n, oh, ow, k]
+        if zero_pad:
+            # Padded words are 0, so each out-of-image tap added popcount(w[tap, :, k]) to acc
+            # although a zero-padded pixel must contribute nothing: subtract it here.  Doing
+            # this in the epilogue keeps the hot loop free of per-tap selects (a select in the
+            # inner loop cost ~40% on Zen 3).  tap_popcount is a parameter, not an intermediate
+            # block, because reverse_compute_inline/reverse_compute_at of the epilogue refuse a
+            # second intermediate producer.
+            for r in range(KH):
+                for s_ in range(KW):
+                    pc = pc - tirx.Select(tirx.all(valid_h(oh, r), valid_w(ow, s_)), zero,
+                                          tap_popcount[r, s_, k].astype(acc_dtype))
+        a = ntaps(oh, ow) * C - 2 * pc
         return _epilogue(a, k, scale, bias)
 
     if out_layout == "NCHW":
-        return te.compute((N, K, OH, OW), lambda n, k, oh, ow: value(n, oh, ow, k), name="bconv_out")
-    return te.compute((N, OH, OW, K), value, name="bconv_out")
+        return te.compute((N, K, OH, OW), lambda n, k, oh, ow: value(n, oh, ow, k), name="bconv_out",
+                          attrs={"bnn_out_layout": "NCHW"})
+    return te.compute((N, OH, OW, K), value, name="bconv_out", attrs={"bnn_out_layout": "NHWC"})
 
 
 def bdense(

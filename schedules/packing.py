@@ -19,6 +19,8 @@ __all__ = [
     "pack_conv_weight",
     "pack_dense_weight",
     "check_pm1",
+    "conv_tap_popcount",
+    "needs_tap_popcount",
 ]
 
 
@@ -104,3 +106,22 @@ def pack_dense_weight(w_pm1: np.ndarray) -> np.ndarray:
     if w.ndim != 2:
         raise ValueError(f"dense weight: expected rank 2 [N_out, K_in], got shape {w.shape}")
     return np.ascontiguousarray(pack_bits(w > 0, axis=1).T)
+
+
+def needs_tap_popcount(padding, pad_value: str) -> bool:
+    """True iff a bconv2d PrimFunc takes the ``tap_popcount`` table (zero padding, non-zero pad)."""
+    if isinstance(padding, int):
+        padding = (padding,)
+    return pad_value == "zero" and any(int(p) for p in padding)
+
+
+def conv_tap_popcount(w_pm1: np.ndarray) -> np.ndarray:
+    """int32 ``[KH, KW, K]``: number of +1 entries of ``w[k, :, kh, kw]`` (OIHW +-1 weights).
+
+    Zero-padded bconv2d computes padded pixels as all-(-1) words and subtracts, per output
+    position, these counts for the taps that fall outside the image.
+    """
+    w = check_pm1(w_pm1, "conv weight")
+    if w.ndim != 4:
+        raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
+    return np.ascontiguousarray((w > 0).sum(axis=1, dtype=np.int32).transpose(1, 2, 0))

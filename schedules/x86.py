@@ -23,6 +23,7 @@ def _copy_out(sch: s_tir.Schedule, wb, nchw: bool) -> None:
     # wb loops (under the tile): n, oh, ow, k.  For NCHW output the contiguous axis is ow.
     loops = sch.get_loops(wb)
     ow, k = loops[-2], loops[-1]
+    # NCHW: contiguous stores along ow beat strided 8-lane stores along k (0.48 vs 0.76 ms).
     if nchw:
         sch.reorder(k, ow)
         sch.vectorize(ow)
@@ -42,7 +43,7 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
     sch.reorder(n, oh, wo, ko, rh, rw, rc, win, kin)
     wb = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(wb, ko)
-    sch.reverse_compute_inline(out)
+    sch.reverse_compute_inline(out)  # epilogue fused into the copy-out of the finished tile
     row = sch.fuse(n, oh)
     sch.parallel(row)
     if has_block(sch, "bpad"):
@@ -59,11 +60,8 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
 
 
 def _is_nchw(sch: s_tir.Schedule, out_block) -> bool:
-    # bconv_out reads bconv[n, oh, ow, k]; it is NCHW iff its 2nd block var indexes k (last).
-    blk = sch.get(out_block)
-    read = [r for r in blk.reads if r.buffer.name == "bconv"][0]
-    k_index = read.region[3].min
-    return k_index.same_as(blk.iter_vars[1].var)
+    # compute.bconv2d records the output layout on the copy-out block (shapes alone are ambiguous).
+    return str(sch.get(out_block).annotations.get("bnn_out_layout", "NCHW")) == "NCHW"
 
 
 def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int) -> None:

@@ -1,0 +1,34 @@
+"""``bnncompile inspect model.onnx``: per-layer cost table and totals from the graph alone."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--compare-to", type=click.Path(dir_okay=False), default=None,
+              help="Another ONNX file (e.g. the static twin): report this model's overhead over it.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size costs are counted at.")
+@click.option("--all-nodes", is_flag=True, help="Table: list every node, not only layers with cost.")
+def command(model, as_json, compare_to, batch, all_nodes):
+    """Show binary/float layers, BOPs, FLOPs, OPs, parameters and dynamic-threshold overhead."""
+    from ..summary import render_overhead, summarize
+
+    summary = summarize(model, batch=batch)
+    overhead = None
+    if compare_to is not None:
+        other = summarize(compare_to, batch=batch)
+        overhead = summary.overhead_vs(other)
+    if as_json:
+        out = summary.to_dict()
+        if overhead is not None:
+            out["overhead"] = overhead
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(summary.render(all_nodes=all_nodes))
+    if overhead is not None:
+        click.echo(render_overhead(overhead))

@@ -1,0 +1,168 @@
+"""``compile_model``: an exported ONNX file → a deployable TVM library + JSON sidecar.
+
+The sidecar (``model.json`` next to ``model.so``) records what a loader must know and check:
+input/output names, shapes and dtypes, the target, batch size, versions, and the SHA-256 of the
+ONNX file it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, targets
+from .errors import CompileError, InputFileError, UsageError
+from .export import atomic_write_bytes, load_onnx
+
+SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Validated once at the entry point; written into the sidecar."""
+
+    target: str = "host"
+    batch: int = 1
+    binary_kernels: bool = True
+    version: int = SIDECAR_VERSION
+
+    def __post_init__(self):
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise UsageError(f"Expected --batch to be a positive integer, got {self.batch!r}")
+
+
+@dataclass
+class CompileResult:
+    library: Path
+    sidecar: Path
+    seconds: float
+    num_binary_layers: int
+    exported_as: str  # "so" or "tar"
+    runnable_here: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def sidecar_path_for(lib_path) -> Path:
+    p = Path(lib_path)
+    return p.with_suffix(".json")
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
+                extra_outputs: tuple[str, ...] = ()):
+    """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench."""
+    import tvm
+
+    from .frontend import FrontendOptions, from_onnx
+
+    tgt = targets.tvm_target(spec)
+    opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs)
+    mod, plan = from_onnx(model, target=tgt, options=opts)
+    try:
+        with tgt:
+            ex = tvm.compile(mod, target=tgt)
+    except Exception as exc:
+        raise CompileError(f"TVM failed to build for target {spec.name}: {str(exc).splitlines()[0][:300]}") from exc
+    return ex, plan
+
+
+def _io_signature(model, batch: int) -> tuple[list[dict], list[dict]]:
+    from .frontend import _static_input_shapes
+
+    shapes = _static_input_shapes(model, batch)
+    inputs = [{"name": n, "shape": s, "dtype": "float32"} for n, s in shapes.items()]
+    outputs = []
+    for o in model.graph.output:
+        dims = [d.dim_value if d.HasField("dim_value") else batch
+                for d in o.type.tensor_type.shape.dim]
+        outputs.append({"name": o.name, "shape": dims, "dtype": "float32"})
+    return inputs, outputs
+
+
+def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
+                  binary_kernels: bool = True, progress=None) -> CompileResult:
+    """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``; ``.tar`` when no linker).
+
+    Args:
+        onnx_path: a model written by ``bnncompile export`` (or any ONNX file using only
+            standard ops plus ``com.bnncompile::DynamicSign``).
+        output: library path; the sidecar goes next to it with the ``.json`` suffix.
+        target: a registry name (see :mod:`bnncompile.targets`) or raw TVM target JSON.
+        batch: static batch size compiled in.
+        binary_kernels: False lowers everything as float (a debugging aid for parity).
+        progress: optional callable ``(message)`` for stage updates.
+    """
+    opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels)
+    spec = targets.resolve(target)
+    say = progress or (lambda msg: None)
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise InputFileError(f"cannot write {output}: directory {output.parent} does not exist")
+    model = load_onnx(onnx_path)
+    t0 = time.perf_counter()
+    say(f"importing {onnx_path} for {spec.name}")
+    ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels)
+    notes = []
+    fmt = "so"
+    fcompile = None
+    if spec.arch == "aarch64" and targets.cross_compiler(spec) is None:
+        fmt = "tar"
+        notes.append("no aarch64 cross linker (apt-get install gcc-aarch64-linux-gnu); "
+                     "wrote an object archive (.tar) that TVM links on the device")
+    elif spec.arch == "aarch64":
+        from tvm.support import cc
+
+        fcompile = cc.cross_compiler(targets.cross_compiler(spec))
+    if fmt == "tar" and output.suffix != ".tar":
+        output = output.with_suffix(".tar")
+    say(f"linking {output.name}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".{fmt}", dir=output.parent)
+    os.close(fd)
+    try:
+        if fcompile is not None:
+            ex.export_library(tmp, fcompile=fcompile)
+        else:
+            ex.export_library(tmp)
+        os.replace(tmp, output)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CompileError(f"exporting the library {output} failed: {str(exc).splitlines()[0][:300]}") from exc
+    ok, why = targets.runnable_here(spec)
+    if not ok:
+        notes.append(f"built, not runnable here: {why}")
+    inputs, outputs = _io_signature(model, batch)
+    import tvm
+
+    sidecar = {
+        "format": "bnncompile-library",
+        "sidecar_version": SIDECAR_VERSION,
+        "library": output.name,
+        "library_format": fmt,
+        "inputs": inputs,
+        "outputs": outputs,
+        "target_name": spec.name,
+        "target": json.loads(spec.to_json()),
+        "arch": spec.arch,
+        "options": asdict(opts),
+        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_file": str(Path(onnx_path).name),
+        "binary_layers": len(plan.binary),
+        "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},
+    }
+    side = sidecar_path_for(output)
+    atomic_write_bytes(side, json.dumps(sidecar, indent=2).encode())
+    return CompileResult(output, side, time.perf_counter() - t0, len(plan.binary), fmt, ok, notes)

@@ -1,0 +1,402 @@
+"""ONNX → TVM Relax: TVM's importer for standard ops, our converters for the BNN parts.
+
+TVM's ONNX importer dispatches on ``op_type`` alone and rejects unknown ops up front, so before
+import we give the nodes we own an unambiguous op type (``bnncompile::...``) and subclass the
+importer to convert those:
+
+* ``com.bnncompile::DynamicSign`` → float ±1 (``custom_ops.dynamic_sign.relax_convert``). The
+  converter also remembers its (X, T) so a binary consumer can pack bits straight from X and T;
+  when every consumer is binary the float ±1 tensor is dead and Relax's DCE drops it.
+* a Conv / Gemm / MatMul proven binary by :mod:`bnncompile.graph` → ``bitpack(X, T)`` +
+  ``bconv2d`` / ``bdense`` / ``bbatch_matmul`` PrimFuncs from ``bnncompile.schedules`` via
+  ``call_tir``. A following per-output-channel constant ``Mul`` (the mean|W| scale) is folded
+  into the kernel's output transform, so the popcount result never exists as a float tensor.
+
+Everything else (stem, BN, PReLU, pooling, LayerNorm, softmax, threshold generators) goes through
+TVM's own converters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .custom_ops import registry as custom_registry
+from .custom_ops.dynamic_sign import DOMAIN as DS_DOMAIN
+from .custom_ops.dynamic_sign import OP_TYPE as DS_OP
+from .custom_ops.dynamic_sign import relax_convert as dynamic_sign_to_relax
+from .custom_ops.dynamic_sign import verify_node as verify_dynamic_sign
+from .errors import UnsupportedModelError, node_label
+from .graph import BinaryLayer, GraphIndex, find_binary_layers
+
+MANGLE = "bnncompile::"
+OP_SIGN = MANGLE + "DynamicSign"
+OP_BCONV = MANGLE + "BinaryConv"
+OP_BDENSE = MANGLE + "BinaryDense"
+OP_BBMM = MANGLE + "BinaryBatchMatMul"
+OP_FOLDED = MANGLE + "FoldedScale"  # a Mul whose scale went into the binary kernel
+
+
+@dataclass
+class FrontendOptions:
+    batch: int = 1
+    #: lower binary layers to bit-packed kernels (False: everything float, for debugging parity)
+    binary_kernels: bool = True
+    #: extra graph outputs to expose (e.g. every DynamicSign output for per-layer parity)
+    extra_outputs: tuple[str, ...] = ()
+
+
+@dataclass
+class LoweringPlan:
+    """What the pre-pass decided, keyed by ONNX node name."""
+
+    binary: dict[str, BinaryLayer] = field(default_factory=dict)
+    #: binary node name -> (scale vector [K], Mul node name) folded into its epilogue
+    folded_scale: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
+
+
+def _static_input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = []
+        for i, d in enumerate(inp.type.tensor_type.shape.dim):
+            if d.HasField("dim_value"):
+                dims.append(d.dim_value)
+            elif i == 0:
+                dims.append(batch)
+            else:
+                raise UnsupportedModelError(
+                    f"input '{inp.name}' has symbolic dimension {i} ('{d.dim_param}'); only the "
+                    "batch dimension may be symbolic")
+        shapes[inp.name] = dims
+    return shapes
+
+
+def _unique_names(model: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.name or node.op_type}__{i}"
+        seen.add(node.name)
+
+
+def _per_channel(vec: np.ndarray | None, channels: int, axis_from_end: int) -> np.ndarray | None:
+    """A constant that only varies along one channel axis → the [channels] vector, else None."""
+    if vec is None or vec.dtype.kind != "f":
+        return None
+    if vec.size == 1:
+        return np.full(channels, float(vec.reshape(-1)[0]), np.float32)
+    if vec.size != channels or vec.ndim < axis_from_end or vec.shape[-axis_from_end] != channels:
+        return None
+    return vec.reshape(-1).astype(np.float32)
+
+
+def plan_lowering(model: onnx.ModelProto, index: GraphIndex) -> LoweringPlan:
+    plan = LoweringPlan()
+    outputs = {o.name for o in model.graph.output}
+    for out_name, layer in find_binary_layers(model, index).items():
+        plan.binary[layer.node.name] = layer
+        consumers = index.consumers.get(out_name, [])
+        if out_name in outputs or len(consumers) != 1 or consumers[0].op_type != "Mul":
+            continue
+        mul = consumers[0]
+        other = mul.input[1] if mul.input[0] == out_name else mul.input[0]
+        const = index.constant(other)
+        if layer.kind == "conv":
+            k = layer.weight.shape[0]
+            vec = _per_channel(const, k, 3) if const is not None and const.ndim in (0, 1, 3, 4) else None
+        elif layer.kind == "dense":
+            k = _dense_weight(layer).shape[0]
+            vec = _per_channel(const, k, 1)
+        else:
+            vec = const.reshape(-1)[:1].astype(np.float32) if const is not None and const.size == 1 else None
+        if vec is not None:
+            plan.folded_scale[layer.node.name] = (vec, mul.name)
+    return plan
+
+
+def _dense_weight(layer: BinaryLayer) -> np.ndarray:
+    """±1 weight as ``[N_out, K_in]`` whatever the node stored."""
+    node, w = layer.node, layer.weight
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return w if trans_b else w.T
+    return w.T
+
+
+def _conv_geometry(node: onnx.NodeProto, layer: BinaryLayer):
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise UnsupportedModelError(f"node {node_label(node)}: auto_pad={auto_pad} is not supported; "
+                                    "export with explicit pads")
+    kh, kw = layer.weight.shape[2:]
+    strides = list(attrs.get("strides", [1, 1]))
+    dilations = list(attrs.get("dilations", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0])) if auto_pad == "NOTSET" else [0, 0, 0, 0]
+    if len(strides) != 2 or len(pads) != 4:
+        raise UnsupportedModelError(f"node {node_label(node)}: only 2-D convolutions are supported")
+    top, left, bottom, right = pads[0], pads[1], pads[2], pads[3]
+    pad_value = "zero"
+    if layer.pad_node is not None:
+        pt, pl, pb, pr = layer.pads
+        if layer.pad_value == 1.0 and not any(pads):
+            pad_value = "one"
+            top, left, bottom, right = pt, pl, pb, pr
+        elif layer.pad_value == 0.0:
+            top, left, bottom, right = top + pt, left + pl, bottom + pb, right + pr
+        else:
+            raise UnsupportedModelError(
+                f"node {node_label(node)}: Pad value {layer.pad_value} combined with conv pads "
+                f"{pads} has no exact bit-packed form")
+    return (kh, kw), tuple(strides), (top, left, bottom, right), tuple(dilations), pad_value
+
+
+def _conv_out(size: int, k: int, stride: int, lo: int, hi: int, dil: int) -> int:
+    return (size + lo + hi - dil * (k - 1) - 1) // stride + 1
+
+
+def _make_importer_class():
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend as of
+
+    class BNNGraphImporter(of.ONNXGraphImporter):
+        """TVM's importer plus bnncompile's converters (see the module docstring)."""
+
+        def __init__(self, shape_dict, *, plan: LoweringPlan, nodes_by_name, index, target):
+            super().__init__(shape_dict, "float32")
+            self._plan = plan
+            self._bnn_nodes = nodes_by_name
+            self._index = index
+            self._target = target
+            self._sign_inputs: dict[str, tuple] = {}
+            self._packed_cache: dict[tuple, object] = {}
+
+        def _check_for_unsupported_ops(self, graph):
+            convert_map = of._get_convert_map()
+            bad = [n for n in graph.node if not n.op_type.startswith(MANGLE)
+                   and n.op_type not in convert_map and n.op_type not in ("If", "Constant")]
+            if bad:
+                listed = "; ".join(node_label(n) for n in bad[:10])
+                more = f" (+{len(bad) - 10} more)" if len(bad) > 10 else ""
+                raise UnsupportedModelError(
+                    f"{len(bad)} node(s) use ops TVM's ONNX frontend cannot convert: {listed}{more}")
+
+        def _convert_operator(self, op_name, inputs, attrs, opset):
+            if not op_name.startswith(MANGLE):
+                return super()._convert_operator(op_name, inputs, attrs, opset)
+            node = self._bnn_nodes[attrs["tvm_custom"]["name"]]
+            try:
+                if op_name == OP_SIGN:
+                    t = inputs[1] if len(inputs) > 1 else None
+                    self._sign_inputs[node.output[0]] = (inputs[0], t)
+                    return dynamic_sign_to_relax(self.bb, [inputs[0], t])
+                if op_name == OP_FOLDED:
+                    # the producer already applied this scale in its epilogue
+                    idx = 0 if self._index.producer.get(node.input[0]) is not None and \
+                        self._index.producer[node.input[0]].name in self._plan.folded_scale else 1
+                    return inputs[idx]
+                layer = self._plan.binary[node.name]
+                if op_name == OP_BCONV:
+                    return self._binary_conv(node, layer, inputs)
+                if op_name == OP_BDENSE:
+                    return self._binary_dense(node, layer, inputs)
+                if op_name == OP_BBMM:
+                    return self._binary_bmm(node, layer)
+            except UnsupportedModelError:
+                raise
+            except Exception as exc:
+                raise UnsupportedModelError(f"node {node_label(node)}: lowering failed: {exc}") from exc
+            raise UnsupportedModelError(f"node {node_label(node)}: no converter for {op_name}")
+
+        # -- helpers ------------------------------------------------------------------------
+
+        def _shape_of(self, expr):
+            return [int(s) for s in expr.ty.shape]
+
+        def _call(self, prim_func, args, out_shape, out_dtype):
+            name = prim_func.attrs["global_symbol"]
+            gv = self._packed_cache.get(name)
+            if gv is None:
+                gv = self.bb.add_func(prim_func, name)
+                self._packed_cache[name] = gv
+            return self.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(out_shape, out_dtype)))
+
+        def _sign_operand(self, sign_node):
+            try:
+                return self._sign_inputs[sign_node.output[0]]
+            except KeyError as exc:
+                raise UnsupportedModelError(
+                    f"DynamicSign {node_label(sign_node)} was not converted before its consumer") from exc
+
+        def _threshold(self, x, t):
+            """T as an explicit tensor (scalar 0 when absent) with rank <= rank(x)."""
+            if t is None:
+                return relax.const(np.zeros((), np.float32))
+            return t
+
+        def _pack(self, x, t, *, last_axis: bool):
+            from .schedules import registry as kernels
+
+            t = self._threshold(x, t)
+            xs, ts = self._shape_of(x), self._shape_of(t)
+            if last_axis:
+                pf = kernels.make_bitpack_last(xs, ts, self._target)
+                out = [*xs[:-1], (xs[-1] + 63) // 64]
+            else:
+                pf = kernels.make_bitpack(xs, ts, self._target)
+                out = [xs[0], xs[2], xs[3], (xs[1] + 63) // 64]
+            return self._call(pf, [x, t], out, "uint64")
+
+        def _epilogue(self, node, k, bias):
+            folded = self._plan.folded_scale.get(node.name)
+            scale = folded[0] if folded is not None else None
+            if scale is not None and bias is not None:
+                bias = bias * scale  # (acc + b) * s == acc * s + b * s
+            if scale is None and bias is not None:
+                scale = np.ones(k, np.float32)
+            return scale, bias
+
+        def _binary_conv(self, node, layer, inputs):
+            from .schedules import packing
+            from .schedules import registry as kernels
+
+            x, t = self._sign_operand(layer.signs[0])
+            xs = self._shape_of(x)
+            if len(xs) != 4:
+                raise UnsupportedModelError(f"node {node_label(node)}: binary conv needs NCHW input, got {xs}")
+            kernel, stride, pads, dil, pad_value = _conv_geometry(node, layer)
+            bias = self._index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if len(node.input) > 2 and node.input[2] and bias is None:
+                raise UnsupportedModelError(f"node {node_label(node)}: conv bias must be a constant")
+            k = layer.weight.shape[0]
+            scale, bias = self._epilogue(node, k, None if bias is None else bias.astype(np.float32))
+            pf = kernels.make_bconv2d(xs, layer.weight.shape, stride=stride, padding=pads,
+                                      dilation=dil, pad_value=pad_value, with_scale=scale is not None,
+                                      with_bias=bias is not None, target=self._target)
+            packed = self._pack(x, t, last_axis=False)
+            args = [packed, relax.const(packing.pack_conv_weight(layer.weight))]
+            if packing.needs_tap_popcount(pads, pad_value):
+                args.append(relax.const(packing.conv_tap_popcount(layer.weight)))
+            args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
+            out_shape = [xs[0], layer.weight.shape[0],
+                         *(_conv_out(xs[2 + i], kernel[i], stride[i], pads[i], pads[i + 2], dil[i])
+                           for i in range(2))]
+            dtype = "float32" if scale is not None else "int32"
+            y = self._call(pf, args, out_shape, dtype)
+            return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
+
+        def _binary_dense(self, node, layer, inputs):
+            from .schedules import packing
+            from .schedules import registry as kernels
+
+            x, t = self._sign_operand(layer.signs[0])
+            xs = self._shape_of(x)
+            w = _dense_weight(layer)
+            bias = None
+            if node.op_type == "Gemm":
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                if float(attrs.get("alpha", 1.0)) != 1.0 or float(attrs.get("beta", 1.0)) != 1.0:
+                    raise UnsupportedModelError(f"node {node_label(node)}: Gemm alpha/beta != 1")
+                if len(node.input) > 2 and node.input[2]:
+                    c = self._index.constant(node.input[2])
+                    bias = _per_channel(c, w.shape[0], 1)
+                    if bias is None:
+                        raise UnsupportedModelError(f"node {node_label(node)}: Gemm C must be a per-output constant")
+            scale, bias = self._epilogue(node, w.shape[0], bias)
+            pf = kernels.make_bdense(xs, w.shape, with_scale=scale is not None,
+                                     with_bias=bias is not None, target=self._target)
+            packed = self._pack(x, t, last_axis=True)
+            args = [packed, relax.const(packing.pack_dense_weight(w))]
+            args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
+            dtype = "float32" if scale is not None else "int32"
+            y = self._call(pf, args, [*xs[:-1], w.shape[0]], dtype)
+            return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
+
+        def _binary_bmm(self, node, layer):
+            from .schedules import registry as kernels
+
+            (xa, ta), (xb, tb) = (self._sign_operand(s) for s in layer.signs)
+            a_shape = self._shape_of(xa)
+            if not layer.b_transposed:
+                # pack B along its reduction axis (-2): transpose X and the broadcast threshold
+                tb = self._threshold(xb, tb)
+                tb = self.bb.emit(relax.op.broadcast_to(tb, xb.ty.shape))
+                perm = [*range(len(a_shape) - 2), len(a_shape) - 1, len(a_shape) - 2]
+                xb = self.bb.emit(relax.op.permute_dims(xb, perm))
+                tb = self.bb.emit(relax.op.permute_dims(tb, perm))
+            b_shape = self._shape_of(xb)
+            folded = self._plan.folded_scale.get(node.name)
+            alpha = float(folded[0][0]) if folded is not None else None
+            pf = kernels.make_bbatch_matmul(a_shape, b_shape, alpha=alpha, target=self._target)
+            pa = self._pack(xa, ta, last_axis=True)
+            pb = self._pack(xb, tb, last_axis=True)
+            dtype = "float32" if alpha is not None else "int32"
+            y = self._call(pf, [pa, pb], [*a_shape[:-1], b_shape[-2]], dtype)
+            return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
+
+    return BNNGraphImporter
+
+
+def check_custom_nodes(model: onnx.ModelProto) -> None:
+    """Every non-standard node must be a registered custom op that passes its own check."""
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx"):
+            continue
+        op = custom_registry.lookup(node.domain, node.op_type)
+        if op is None:
+            raise UnsupportedModelError(
+                f"node {node_label(node)}: unknown custom op; bnncompile knows "
+                f"{', '.join(f'{d}::{o}' for d, o in custom_registry.CUSTOM_OPS)}")
+        op.verify_node(node)
+
+
+def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None = None):
+    """Convert a bnncompile ONNX model to a Relax IRModule for ``target`` (a tvm Target)."""
+    options = options or FrontendOptions()
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    _unique_names(m)
+    check_custom_nodes(m)
+    for name in options.extra_outputs:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    index = GraphIndex(m)
+    plan = plan_lowering(m, index) if options.binary_kernels else LoweringPlan()
+    folded_muls = {mul for _, mul in plan.folded_scale.values()}
+    nodes_by_name = {}  # node name -> the node as written in the file (for messages)
+    for node in m.graph.node:
+        original = onnx.NodeProto()
+        original.CopyFrom(node)
+        if node.domain == DS_DOMAIN and node.op_type == DS_OP:
+            verify_dynamic_sign(node)
+            node.op_type, node.domain = OP_SIGN, ""
+        elif node.name in plan.binary:
+            kind = plan.binary[node.name].kind
+            node.op_type = {"conv": OP_BCONV, "dense": OP_BDENSE, "batch_matmul": OP_BBMM}[kind]
+        elif node.name in folded_muls:
+            node.op_type = OP_FOLDED
+        else:
+            continue
+        nodes_by_name[node.name] = original
+    shapes = _static_input_shapes(m, options.batch)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 18)
+    importer = _make_importer_class()(shapes, plan=plan, nodes_by_name=nodes_by_name, index=index,
+                                      target=target)
+    import contextlib
+    import io
+
+    # TVM prints "Error converting operator ..." before re-raising; our errors already name the node.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            mod = importer.from_onnx(m.graph, opset)
+        except UnsupportedModelError:
+            raise
+        except Exception as exc:
+            raise UnsupportedModelError(f"TVM's ONNX frontend failed: {str(exc).splitlines()[0][:300]}") from exc
+    return mod, plan

@@ -1,0 +1,205 @@
+"""Schedule dispatch and the public ``make_*`` builders the frontend calls.
+
+Dispatch: ``(op, key) -> schedule function``, where ``key`` comes from the target's keys
+(``["cuda", "gpu"]`` -> "cuda", ``["arm_cpu", "cpu"]`` -> "arm_cpu", ``["cpu"]`` on an x86 triple
+-> "x86"), falling back to "cpu" (the generic llvm schedules).
+
+Every ``make_*`` returns a scheduled ``tvm.tirx.PrimFunc`` with attrs ``tir.is_scheduled = True``
+and a descriptive ``global_symbol`` unique per shape/options/target key, ready for
+``relax.BlockBuilder.add_func`` + ``call_tir``.  Parameter order is documented per function.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import tvm
+from tvm import s_tir, te
+
+from . import arm, compute, cuda, generic, x86
+from .compute import normalize_2d, normalize_padding
+from .packing import needs_tap_popcount
+
+TargetLike = Union[tvm.target.Target, dict, None]
+
+OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul")
+
+SCHEDULES: Dict[Tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
+for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
+    for _op in OPS:
+        SCHEDULES[(_op, _key)] = getattr(_mod, "schedule_" + _op)
+
+# Compute options that depend on the target (CUDA: 32-bit accumulators, __popcll returns int).
+_ACC_DTYPE = {"cuda": "int32"}
+
+__all__ = [
+    "SCHEDULES", "target_key", "get_schedule",
+    "make_bitpack", "make_bitpack_last", "make_bconv2d", "make_bdense", "make_bbatch_matmul",
+]
+
+
+def _as_target(target: TargetLike) -> tvm.target.Target:
+    if target is None:
+        target = tvm.target.Target.current() or {"kind": "llvm"}
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
+def target_key(target: TargetLike) -> str:
+    """Schedule key for ``target``: "cuda", "arm_cpu", "x86" or "cpu" (generic llvm)."""
+    t = _as_target(target)
+    keys = list(t.keys)
+    if "cuda" in keys:
+        return "cuda"
+    if "arm_cpu" in keys:
+        return "arm_cpu"
+    if t.kind.name == "llvm" and "cpu" in keys:
+        triple = str(t.attrs.get("mtriple", "") or "")
+        if triple.startswith("aarch64") or triple.startswith("arm"):
+            return "arm_cpu"
+        if triple == "" or triple.startswith(("x86_64", "i386", "i686")):
+            return "x86"
+    return "cpu"
+
+
+def get_schedule(op: str, target: TargetLike = None, schedule: Optional[str] = None):
+    """Return ``(key, fn)``; ``schedule`` forces a key (e.g. "cpu" for the generic fallback)."""
+    key = schedule or target_key(target)
+    fn = SCHEDULES.get((op, key)) or SCHEDULES[(op, "cpu")]
+    return key, fn
+
+
+def _finish(args, op: str, name: str, target: TargetLike, schedule: Optional[str]):
+    key, fn = get_schedule(op, target, schedule)
+    pf = te.create_prim_func(list(args))
+    sch = s_tir.Schedule(pf)
+    fn(sch)
+    symbol = f"{name}_{key}"
+    # bnn.param_names lets the caller check which optional params the function takes.
+    names = [str(a.op.name) for a in args]
+    return (sch.mod["main"].with_attr("global_symbol", symbol)
+            .with_attr("tir.is_scheduled", True)
+            .with_attr("bnn.param_names", names))
+
+
+def _acc(target: TargetLike, schedule: Optional[str]) -> str:
+    key = schedule or target_key(target)
+    return _ACC_DTYPE.get(key, "int64")
+
+
+def _shape_tag(shape) -> str:
+    return "x".join(str(int(s)) for s in shape) if len(shape) else "s"
+
+
+def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
+                 schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+    """Binarise + pack NCHW activations.
+
+    PrimFunc params: ``(x float32[N,C,H,W], t float32[t_shape], out uint64[N,H,W,ceil(C/64)])``;
+    bit set iff ``x >= t`` (NaN -> 0).
+    """
+    x = te.placeholder(tuple(x_shape), "float32", name="x")
+    t = te.placeholder(tuple(t_shape), "float32", name="t")
+    out = compute.bitpack(x, t)
+    name = f"bnn_bitpack_{_shape_tag(x_shape)}_t{_shape_tag(t_shape)}"
+    return _finish([x, t, out], "bitpack", name, target, schedule)
+
+
+def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
+                      schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+    """Binarise + pack the last axis.
+
+    PrimFunc params: ``(x float32[..., D], t float32[t_shape], out uint64[..., ceil(D/64)])``.
+    """
+    x = te.placeholder(tuple(x_shape), "float32", name="x")
+    t = te.placeholder(tuple(t_shape), "float32", name="t")
+    out = compute.bitpack_last(x, t)
+    name = f"bnn_bitpack_last_{_shape_tag(x_shape)}_t{_shape_tag(t_shape)}"
+    return _finish([x, t, out], "bitpack_last", name, target, schedule)
+
+
+def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int], *, stride=1,
+                 padding=0, dilation=1, pad_value: str = "zero", with_scale: bool = False,
+                 with_bias: bool = False, out_layout: str = "NCHW", target: TargetLike = None,
+                 schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+    """Binary conv2d on packed operands.
+
+    ``data_shape_nchw`` = ``(N, C, H, W)`` of the float activation, ``weight_pm1_shape`` =
+    ``(K, C, KH, KW)`` of the +-1 weight; padding int / (ph, pw) / (top, left, bottom, right).
+
+    PrimFunc params, in order:
+      ``data   uint64[N, H, W, CW]``  (CW = ceil(C/64), from make_bitpack)
+      ``weight uint64[KH, KW, CW, K]`` (packing.pack_conv_weight)
+      ``tap_popcount int32[KH, KW, K]`` (packing.conv_tap_popcount; only if
+                                      packing.needs_tap_popcount(padding, pad_value))
+      ``scale  float32[K]``            (only if with_scale)
+      ``bias   float32[K]``            (only if with_bias)
+      ``out    int32[N, K, OH, OW]``  (float32 if with_scale or with_bias; NHWC if out_layout="NHWC")
+    """
+    N, C, H, W = (int(v) for v in data_shape_nchw)
+    K, C2, KH, KW = (int(v) for v in weight_pm1_shape)
+    if C2 != C:
+        raise ValueError(f"weight in-channels {C2} != data channels {C} (only groups=1)")
+    CW = compute._nwords(C)
+    st, dl, pd = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation"), normalize_padding(padding)
+    data = te.placeholder((N, H, W, CW), "uint64", name="data")
+    weight = te.placeholder((KH, KW, CW, K), "uint64", name="weight")
+    tpc = (te.placeholder((KH, KW, K), "int32", name="tap_popcount")
+           if needs_tap_popcount(pd, pad_value) else None)
+    scale = te.placeholder((K,), "float32", name="scale") if with_scale else None
+    bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
+    out = compute.bconv2d(data, weight, in_channels=C, kernel=(KH, KW), stride=st, padding=pd,
+                          dilation=dl, pad_value=pad_value, scale=scale, bias=bias,
+                          out_layout=out_layout, acc_dtype=_acc(target, schedule), tap_popcount=tpc)
+    args = [data, weight] + [a for a in (tpc, scale, bias) if a is not None] + [out]
+    epi = ("s" if with_scale else "") + ("b" if with_bias else "")
+    name = (f"bnn_bconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
+            f"_d{dl[0]}x{dl[1]}_{pad_value}{'_' + epi if epi else ''}_{out_layout.lower()}")
+    return _finish(args, "bconv2d", name, target, schedule)
+
+
+def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
+                with_scale: bool = False, with_bias: bool = False, target: TargetLike = None,
+                schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+    """Binary dense ``y = x @ W.T`` on packed operands.
+
+    ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
+    ``weight_pm1_shape`` = ``(N_out, K_in)``.
+
+    PrimFunc params: ``(a uint64[..., KW], w uint64[KW, N_out] (packing.pack_dense_weight),
+    [scale float32[N_out]], [bias float32[N_out]], out int32|float32[..., N_out])``.
+    """
+    shape = [int(v) for v in data_shape]
+    if len(shape) < 2:
+        raise ValueError(f"bdense: data rank must be >= 2, got {shape}")
+    Nout, Kin = (int(v) for v in weight_pm1_shape)
+    if shape[-1] != Kin:
+        raise ValueError(f"bdense: data features {shape[-1]} != weight in-features {Kin}")
+    KWd = compute._nwords(Kin)
+    a = te.placeholder(tuple(shape[:-1]) + (KWd,), "uint64", name="a")
+    w = te.placeholder((KWd, Nout), "uint64", name="w")
+    scale = te.placeholder((Nout,), "float32", name="scale") if with_scale else None
+    bias = te.placeholder((Nout,), "float32", name="bias") if with_bias else None
+    out = compute.bdense(a, w, in_features=Kin, scale=scale, bias=bias, acc_dtype=_acc(target, schedule))
+    args = [a, w] + [v for v in (scale, bias) if v is not None] + [out]
+    epi = ("s" if with_scale else "") + ("b" if with_bias else "")
+    name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}"
+    return _finish(args, "bdense", name, target, schedule)
+
+
+def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha: Optional[float] = None,
+                       target: TargetLike = None, schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+    """Binary batched ``A @ B^T``; shapes are the float shapes ``(*batch, M, K)``, ``(*batch, N, K)``.
+
+    PrimFunc params: ``(a uint64[*batch, M, KW], b uint64[*batch, N, KW],
+    out int32[*batch, M, N] (float32 = acc * alpha when alpha is given))``.
+    """
+    ash, bsh = [int(v) for v in a_shape], [int(v) for v in b_shape]
+    if len(ash) < 2 or ash[-1] != bsh[-1] or ash[:-2] != bsh[:-2] or len(ash) != len(bsh):
+        raise ValueError(f"bbatch_matmul: incompatible shapes {ash}, {bsh}")
+    k = ash[-1]
+    KWd = compute._nwords(k)
+    a = te.placeholder(tuple(ash[:-1]) + (KWd,), "uint64", name="a")
+    b = te.placeholder(tuple(bsh[:-1]) + (KWd,), "uint64", name="b")
+    out = compute.bbatch_matmul(a, b, k=k, alpha=alpha, acc_dtype=_acc(target, schedule))
+    tag = "" if alpha is None else "_alpha" + repr(float(alpha)).replace(".", "p").replace("-", "m")
+    name = f"bnn_bbmm_{_shape_tag(ash)}_n{bsh[-2]}{tag}"
+    return _finish([a, b, out], "bbatch_matmul", name, target, schedule)
