@@ -137,6 +137,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
             ex.export_library(tmp, fcompile=fcompile)
         else:
             ex.export_library(tmp)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, output)
     except Exception as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -79,6 +79,9 @@ def to_onnx(model: torch.nn.Module, example_input: torch.Tensor, *, dynamic_batc
             opset: int = OPSET) -> onnx.ModelProto:
     """Trace, translate and post-process; returns a checked in-memory ModelProto."""
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    if dynamic_batch and example_input.shape[0] == 1:
+        # torch.export specialises size-1 dimensions; trace with batch 2 to keep batch symbolic
+        example_input = torch.cat([example_input, example_input])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -180,10 +183,17 @@ def atomic_write_bytes(path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_golden(path, inputs: np.ndarray, outputs: np.ndarray, **extra) -> None:

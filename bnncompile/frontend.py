@@ -177,6 +177,7 @@ def _make_importer_class():
             self._target = target
             self._sign_inputs: dict[str, tuple] = {}
             self._packed_cache: dict[tuple, object] = {}
+            self._opaque_kernels = "gpu" in list(target.keys)
 
         def _check_for_unsupported_ops(self, graph):
             convert_map = of._get_convert_map()
@@ -224,6 +225,10 @@ def _make_importer_class():
             name = prim_func.attrs["global_symbol"]
             gv = self._packed_cache.get(name)
             if gv is None:
+                if self._opaque_kernels:
+                    # CUDA: FuseTIR cannot merge an already bound/scheduled kernel with its
+                    # consumers ("inconsistent buffers"); keep the kernel a call of its own.
+                    prim_func = prim_func.with_attr("op_pattern", 8)
                 gv = self.bb.add_func(prim_func, name)
                 self._packed_cache[name] = gv
             return self.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(out_shape, out_dtype)))

@@ -9,13 +9,18 @@ import click
 from ..errors import UsageError
 
 
-def export_zoo_model(name: str, output, *, checkpoint=None, batch: int = 1,
+def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = None,
                      input_size: int | None = None, num_classes: int | None = None, seed: int = 0,
-                     golden_images: int = 2, log=None):
+                     golden_images: int | None = None, log=None):
     """Build zoo model ``name`` (optionally load ``checkpoint``) and export it.
 
-    The golden file holds ``golden_images`` real photos (``bnncompile.data.real_images``, seeded)
-    and the PyTorch outputs. Returns :class:`bnncompile.export.ExportResult`.
+    Args:
+        batch: None (default) exports a dynamic batch dimension (traced with 2 images: torch.export
+            specialises a batch of 1 to a constant); an int fixes the batch of the graph.
+        golden_images: real photos (``bnncompile.data.real_images``, seeded) recorded with their
+            PyTorch outputs; default ``batch`` if fixed, else 2. Must equal ``batch`` if fixed.
+
+    Returns :class:`bnncompile.export.ExportResult`.
     """
     import torch
 
@@ -24,10 +29,14 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int = 1,
     from ..export import _check_writable, export
 
     log = log or (lambda msg: None)
-    for opt, v in (("batch", batch), ("golden_images", golden_images)):
-        if not isinstance(v, int) or v < 1:
-            raise UsageError(f"Expected --{opt.replace('_', '-')} >= 1, got {v!r}")
-    spec = zoo.get_spec(name)  # unknown name -> UsageError listing the known models
+    if golden_images is None:
+        golden_images = batch or 2
+    for opt, v in (("batch", batch), ("golden-images", golden_images)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise UsageError(f"Expected --{opt} >= 1, got {v!r}")
+    if batch is not None and golden_images != batch:
+        raise UsageError(f"with a fixed --batch {batch}, --golden-images must be {batch}, got {golden_images}")
+    zoo.get_spec(name)  # unknown name -> UsageError listing the known models
     output = Path(output)
     _check_writable(output)  # fail before the slow build/export
     log(f"building {name} (seed {seed})")
@@ -38,11 +47,11 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int = 1,
     c, h, w = model.zoo_config["input_shape"]
     if h != w:
         raise UsageError(f"expected a square input size, got {h}x{w}")
-    images = torch.from_numpy(real_images(golden_images, h, channels=c, seed=seed))
-    example = images[:batch] if batch <= golden_images else torch.from_numpy(
-        real_images(batch, h, channels=c, seed=seed))
-    log(f"exporting {name} at {c}x{h}x{w} to ONNX")
-    return export(model, example, output, golden_inputs=images)
+    images = torch.from_numpy(real_images(max(golden_images, 2), h, channels=c, seed=seed))
+    example = images[:2] if batch is None else images[:batch]
+    log(f"exporting {name} at {c}x{h}x{w}, batch {batch or 'dynamic'}, to ONNX")
+    return export(model, example, output, golden_inputs=images[:golden_images],
+                  dynamic_batch=batch is None)
 
 
 @click.command("export")
@@ -50,13 +59,14 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int = 1,
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The .onnx file to write (the golden file goes next to it).")
 @click.option("--checkpoint", type=click.Path(), default=None, help="A torch checkpoint to load.")
-@click.option("--batch", type=int, default=1, show_default=True,
-              help="Batch of the example input (the exported batch dimension stays dynamic).")
+@click.option("--batch", type=int, default=None,
+              help="Fix the batch size of the graph (default: a dynamic batch dimension).")
 @click.option("--input-size", type=int, default=None, help="Square input size (default: the model's).")
 @click.option("--num-classes", type=int, default=None, help="Classifier width (default: the model's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Init and image-crop seed.")
-@click.option("--golden-images", type=int, default=2, show_default=True,
-              help="Real images recorded with their PyTorch outputs in <stem>.golden.npz.")
+@click.option("--golden-images", type=int, default=None,
+              help="Real images recorded with their PyTorch outputs in <stem>.golden.npz "
+                   "(default: --batch, or 2).")
 def command(model, output, checkpoint, batch, input_size, num_classes, seed, golden_images):
     """Export zoo MODEL to ONNX (with the DynamicSign function body) and a golden file."""
     import logging
@@ -69,4 +79,4 @@ def command(model, output, checkpoint, batch, input_size, num_classes, seed, gol
                               golden_images=golden_images, log=log)
     click.echo(f"wrote {result.model_path} ({result.num_dynamic_sign} DynamicSign nodes)")
     if result.golden_path is not None:
-        click.echo(f"wrote {result.golden_path} ({golden_images} real images and PyTorch outputs)")
+        click.echo(f"wrote {result.golden_path} (real images and their PyTorch outputs)")

@@ -25,6 +25,7 @@ COMMANDS = {
     "compile": "compile_cmd",
     "run": "run_cmd",
     "validate": "validate_cmd",
+    "bench": "bench_cmd",
 }
 
 

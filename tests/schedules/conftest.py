@@ -23,7 +23,7 @@ def run_primfunc(pf, inputs, out_shape, out_dtype, target=HOST):
     if key not in _LIBS:
         _LIBS[key] = tvm.compile(pf, target=tvm.target.Target(target)).jit()
     out = tvm.runtime.empty(tuple(out_shape), out_dtype)
-    _LIBS[key][sym](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs], out)
+    _LIBS[key][sym](*[tvm.runtime.tensor(np.array(a, order="C")) for a in inputs], out)  # 0-d stays 0-d
     return out.numpy()
 
 

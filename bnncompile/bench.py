@@ -1,0 +1,181 @@
+"""``benchmark``: the compiled model vs ONNX Runtime FP32 vs PyTorch eager FP32, in one run.
+
+Method (shared 2-core VMs show 2-3x run-to-run spread): every engine is warmed up, then the
+engines are *interleaved* round by round, each round timing ``number`` back-to-back calls; we
+report the median and the p10–p90 spread of all calls, and ratios of medians taken from the same
+run. Thread counts are set per engine (TVM thread pool, ORT intra-op threads, torch threads).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .export import load_onnx
+
+ZOO_META_KEY = "bnncompile.zoo"
+
+
+@dataclass
+class EngineTiming:
+    engine: str
+    threads: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    samples: int
+
+
+@dataclass
+class BenchReport:
+    model: str
+    library: str
+    batch: int
+    rounds: int
+    timings: list[EngineTiming] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def median(self, engine: str, threads: int) -> float | None:
+        return next((t.median_ms for t in self.timings if t.engine == engine and t.threads == threads), None)
+
+    def speedups(self) -> dict[str, dict[int, float]]:
+        """``{other engine: {threads: other median / bnncompile median}}``."""
+        out: dict[str, dict[int, float]] = {}
+        for t in self.timings:
+            if t.engine == "bnncompile":
+                continue
+            ours = self.median("bnncompile", t.threads)
+            if ours:
+                out.setdefault(t.engine, {})[t.threads] = t.median_ms / ours
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["speedup_vs"] = {k: {str(n): v for n, v in r.items()} for k, r in self.speedups().items()}
+        return d
+
+    def format(self) -> str:
+        lines = [f"benchmark: {self.model} (batch {self.batch}, {self.rounds} interleaved rounds)",
+                 f"{'engine':<22}{'threads':>8}{'median ms':>12}{'p10-p90 ms':>18}{'vs bnncompile':>15}"]
+        for t in self.timings:
+            ours = self.median("bnncompile", t.threads)
+            ratio = "" if t.engine == "bnncompile" or not ours else f"{t.median_ms / ours:.2f}x"
+            lines.append(f"{t.engine:<22}{t.threads:>8}{t.median_ms:>12.3f}"
+                         f"{f'{t.p10_ms:.3f}-{t.p90_ms:.3f}':>18}{ratio:>15}")
+        lines.append("ratios > 1 mean bnncompile is faster (other engine's median / ours)")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _set_tvm_threads(n: int) -> None:
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+
+
+def _zoo_model(onnx_model):
+    """Rebuild the PyTorch model from the zoo metadata written at export (None if not a zoo model)."""
+    import json
+
+    meta = {p.key: p.value for p in onnx_model.metadata_props}
+    if ZOO_META_KEY not in meta:
+        return None
+    info = json.loads(meta[ZOO_META_KEY])
+    if info.get("checkpoint"):
+        return None  # weights came from a file we do not reload silently
+    from . import zoo
+
+    return zoo.build(info["name"], input_size=info["input_size"], num_classes=info["num_classes"],
+                     seed=info["seed"], **info.get("overrides", {}))
+
+
+def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 10,
+              warmup: int = 3, torch_model=None, progress=None) -> BenchReport:
+    """Time ``lib`` (compiled from ``onnx_path``) against ONNX Runtime and PyTorch on one input.
+
+    Args:
+        threads: thread counts to measure (each engine is limited to the same count).
+        rounds: interleaved rounds; each times ``number`` calls per engine.
+        torch_model: the PyTorch module; by default rebuilt from the zoo metadata of the file.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from .runtime import load
+
+    if rounds < 1 or number < 1:
+        raise UsageError(f"Expected rounds and number >= 1, got {rounds} and {number}")
+    say = progress or (lambda msg: None)
+    model = load_onnx(onnx_path)
+    runner = load(lib)
+    shape = runner.inputs[0]["shape"]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    report = BenchReport(str(onnx_path), str(lib), shape[0], rounds)
+    if torch_model is None:
+        torch_model = _zoo_model(model)
+        if torch_model is None:
+            report.notes.append("PyTorch eager skipped: not a zoo export (pass torch_model= from Python)")
+    xt = torch.from_numpy(x)
+    tvm_in = runner.set_inputs(x)
+    for n in threads:
+        _set_tvm_threads(n)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = n, 1
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        torch.set_num_threads(n)
+        engines = {"bnncompile": lambda: runner._vm["main"](*tvm_in),
+                   "onnxruntime-fp32": lambda: sess.run(None, feed)}
+        if torch_model is not None:
+            def run_torch():
+                with torch.inference_mode():
+                    torch_model(xt)
+            engines["pytorch-eager-fp32"] = run_torch
+        samples: dict[str, list[float]] = {k: [] for k in engines}
+        for fn in engines.values():
+            for _ in range(warmup):
+                fn()
+        for r in range(rounds):
+            say(f"{n} thread(s), round {r + 1}/{rounds}")
+            for name, fn in engines.items():
+                for _ in range(number):
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[name].append((time.perf_counter() - t0) * 1e3)
+        for name, vals in samples.items():
+            q = np.percentile(vals, [10, 90])
+            report.timings.append(EngineTiming(name, n, statistics.median(vals), float(q[0]), float(q[1]), len(vals)))
+    return report
+
+
+def plot(report: BenchReport, path) -> None:
+    """Grouped bar chart of median latency per engine and thread count (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = list(dict.fromkeys(t.engine for t in report.timings))
+    threads = sorted({t.threads for t in report.timings})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(engines)
+    for i, e in enumerate(engines):
+        rows = {t.threads: t for t in report.timings if t.engine == e}
+        vals = [rows[n].median_ms if n in rows else 0.0 for n in threads]
+        errs = [[rows[n].median_ms - rows[n].p10_ms if n in rows else 0.0 for n in threads],
+                [rows[n].p90_ms - rows[n].median_ms if n in rows else 0.0 for n in threads]]
+        ax.bar([j + i * width for j in range(len(threads))], vals, width, yerr=errs, label=e, capsize=3)
+    ax.set_xticks([j + width * (len(engines) - 1) / 2 for j in range(len(threads))])
+    ax.set_xticklabels([f"{n} thread{'s' if n > 1 else ''}" for n in threads])
+    ax.set_ylabel("median latency (ms), p10-p90 bars")
+    ax.set_title(Path(report.model).name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

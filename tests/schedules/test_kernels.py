@@ -1,0 +1,205 @@
+"""Bit-exact kernel tests against the independent references, for every CPU schedule that runs
+here (generic "cpu" fallback and "x86").  Integer accumulators: assert_array_equal.  Fused float
+epilogue float32(acc)*scale+bias: rtol=1e-6, atol=1e-5 (LLVM may contract mul+add into an FMA,
+which differs from numpy's two roundings by at most one ulp of the result)."""
+import numpy as np
+import pytest
+
+import schedules as S
+from schedules import packing as pk
+from schedules import reference as ref
+
+from conftest import HOST, run_primfunc
+
+SCHEDS = ["cpu", "x86"]
+FLOAT_TOL = dict(rtol=1e-6, atol=1e-5)
+
+
+# ---------------------------------------------------------------- bitpack
+BITPACK_CASES = [  # (x_shape, t_shape)
+    ((1, 1, 3, 3), ()),
+    ((2, 3, 5, 7), (2, 3, 1, 1)),
+    ((3, 63, 3, 5), (1, 63, 1, 1)),
+    ((1, 64, 4, 4), (1, 1, 1, 1)),
+    ((2, 65, 3, 9), (2, 65, 1, 1)),
+    ((1, 130, 7, 7), (1, 130, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("x_shape,t_shape", BITPACK_CASES,
+                         ids=[f"x{'x'.join(map(str, a))}-t{'x'.join(map(str, b)) or 'scalar'}"
+                              for a, b in BITPACK_CASES])
+def test_bitpack(x_shape, t_shape, sched, rng):
+    x = rng.standard_normal(x_shape).astype("float32")
+    t = np.asarray(rng.standard_normal(t_shape) * 0.5, dtype="float32")
+    tb = np.broadcast_to(t, x_shape)
+    x[..., 0, 0] = tb[..., 0, 0]          # ties x == t (per sample/channel): bit 1
+    x.flat[1] = np.nan                     # NaN: bit 0
+    x.flat[-1] = -np.inf
+    pf = S.make_bitpack(x_shape, t_shape, HOST, schedule=sched)
+    N, C, H, W = x_shape
+    got = run_primfunc(pf, [x, t], (N, H, W, pk.num_words(C)), "uint64")
+    np.testing.assert_array_equal(got, ref.bitpack_ref(x, t))
+    bits = pk.unpack_bits(got, C)
+    assert bits[0, 0, 0].tolist() == list(x[0, :, 0, 0] >= tb[0, :, 0, 0])
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+def test_bitpack_zero_threshold_and_signed_zero(sched):
+    # x exactly 0 (and -0.0) with t = 0 -> +1 (bit 1): x >= t, not torch.sign semantics.
+    x = np.zeros((1, 3, 2, 2), "float32")
+    x[0, 1] = -0.0
+    x[0, 2, 0, 0] = -1e-30
+    t = np.zeros((), "float32")
+    got = run_primfunc(S.make_bitpack(x.shape, (), HOST, schedule=sched), [x, t], (1, 2, 2, 1), "uint64")
+    assert got[0, 0, 0, 0] == 0b011 and got[0, 1, 1, 0] == 0b111
+
+
+BITPACK_LAST_CASES = [((5, 64), ()), ((2, 7, 65), (2, 1, 65)), ((3, 4, 130), (1, 1, 130)),
+                      ((2, 2, 3, 63), (1, 1, 1, 63))]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("x_shape,t_shape", BITPACK_LAST_CASES,
+                         ids=[f"x{'x'.join(map(str, a))}-t{'x'.join(map(str, b)) or 'scalar'}"
+                              for a, b in BITPACK_LAST_CASES])
+def test_bitpack_last(x_shape, t_shape, sched, rng):
+    x = rng.standard_normal(x_shape).astype("float32")
+    t = rng.standard_normal(t_shape).astype("float32")
+    x[..., :3] = np.broadcast_to(t, x_shape)[..., :3]  # ties
+    x.flat[2] = np.nan
+    pf = S.make_bitpack_last(x_shape, t_shape, HOST, schedule=sched)
+    got = run_primfunc(pf, [x, t], x_shape[:-1] + (pk.num_words(x_shape[-1]),), "uint64")
+    np.testing.assert_array_equal(got, ref.bitpack_last_ref(x, t))
+
+
+# ---------------------------------------------------------------- bconv2d
+# (N, C, H, W, K, (KH, KW), stride, padding(t, l, b, r), dilation)
+CONV_CASES = [
+    (1, 1, 7, 7, 8, (3, 3), 1, (1, 1, 1, 1), 1),
+    (3, 3, 9, 7, 16, (3, 3), 1, (1, 1, 1, 1), 1),
+    (1, 63, 7, 9, 8, (1, 1), 1, (0, 0, 0, 0), 1),
+    (2, 64, 9, 9, 12, (3, 3), 2, (1, 1, 1, 1), 1),
+    (1, 65, 7, 7, 8, (5, 5), 1, (2, 2, 2, 2), 1),
+    (1, 130, 9, 7, 16, (3, 3), 1, (2, 2, 2, 2), 2),
+    (3, 65, 7, 9, 5, (3, 1), 2, (0, 1, 2, 0), 1),
+    (1, 130, 9, 9, 8, (1, 3), 1, (1, 0, 0, 2), 2),
+    (1, 3, 7, 7, 3, (5, 3), 2, (2, 1, 1, 2), 1),
+    (1, 64, 7, 7, 8, (3, 3), 1, (0, 0, 0, 0), 1),
+]
+
+
+def _conv_id(c):
+    N, C, H, W, K, (kh, kw), s, p, d = c
+    return f"n{N}c{C}_{H}x{W}_k{K}_{kh}x{kw}_s{s}_p{''.join(map(str, p))}_d{d}"
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("pad_value", ["zero", "one"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
+def test_bconv2d_int(case, pad_value, sched, rng):
+    N, C, H, W, K, (KH, KW), s, p, d = case
+    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
+    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+    expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, pad_value=pad_value)
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value=pad_value,
+                        target=HOST, schedule=sched)
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    if pk.needs_tap_popcount(p, pad_value):
+        args.append(pk.conv_tap_popcount(w))
+    assert len(args) + 1 == len(pf.params)
+    got = run_primfunc(pf, args, expect.shape, "int32")
+    np.testing.assert_array_equal(got, expect)
+
+
+EPI_CASES = [CONV_CASES[1], CONV_CASES[5], CONV_CASES[6]]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("with_scale,with_bias", [(True, True), (True, False), (False, True)],
+                         ids=["scale_bias", "scale", "bias"])
+@pytest.mark.parametrize("case", EPI_CASES, ids=[_conv_id(c) for c in EPI_CASES])
+def test_bconv2d_fused_epilogue(case, with_scale, with_bias, layout, sched, rng):
+    N, C, H, W, K, (KH, KW), s, p, d = case
+    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
+    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+    scale = rng.standard_normal(K).astype("float32") if with_scale else None
+    if scale is not None:
+        scale[0] = -abs(scale[0]) - 0.5   # negative scales
+    bias = rng.standard_normal(K).astype("float32") if with_bias else None
+    expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, pad_value="zero",
+                             scale=scale, bias=bias, out_layout=layout)
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value="zero",
+                        with_scale=with_scale, with_bias=with_bias, out_layout=layout,
+                        target=HOST, schedule=sched)
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    if pk.needs_tap_popcount(p, "zero"):
+        args.append(pk.conv_tap_popcount(w))
+    args += [a for a in (scale, bias) if a is not None]
+    got = run_primfunc(pf, args, expect.shape, "float32")
+    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+def test_bitpack_then_bconv2d_end_to_end(sched, rng):
+    """float x -> TVM bitpack (per-sample per-channel thresholds, ties) -> TVM bconv2d."""
+    N, C, H, W, K = 3, 65, 7, 7, 8
+    x = rng.standard_normal((N, C, H, W)).astype("float32")
+    t = rng.standard_normal((N, C, 1, 1)).astype("float32")
+    x[:, :, 2, 3] = t[:, :, 0, 0]
+    x[0, 0, 0, 0] = 0.0
+    w = rng.choice([-1.0, 1.0], (K, C, 3, 3)).astype("float32")
+    packed = run_primfunc(S.make_bitpack(x.shape, t.shape, HOST, schedule=sched), [x, t],
+                          (N, H, W, 2), "uint64")
+    pf = S.make_bconv2d(x.shape, w.shape, padding=1, target=HOST, schedule=sched)
+    got = run_primfunc(pf, [packed, pk.pack_conv_weight(w), pk.conv_tap_popcount(w)],
+                       (N, K, H, W), "int32")
+    x_pm1 = np.where(x >= t, 1.0, -1.0).astype("float32")
+    np.testing.assert_array_equal(got, ref.bconv2d_ref(x_pm1, w, padding=1))
+
+
+# ---------------------------------------------------------------- dense / batch matmul
+DENSE_CASES = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8)]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("epi", ["int", "scale_bias"])
+@pytest.mark.parametrize("a_shape,n_out", DENSE_CASES,
+                         ids=[f"a{'x'.join(map(str, a))}-n{n}" for a, n in DENSE_CASES])
+def test_bdense(a_shape, n_out, epi, sched, rng):
+    a = rng.choice([-1.0, 1.0], a_shape)
+    w = rng.choice([-1.0, 1.0], (n_out, a_shape[-1]))
+    fused = epi == "scale_bias"
+    scale = rng.standard_normal(n_out).astype("float32") if fused else None
+    bias = rng.standard_normal(n_out).astype("float32") if fused else None
+    pf = S.make_bdense(a_shape, w.shape, with_scale=fused, with_bias=fused, target=HOST, schedule=sched)
+    args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else [])
+    expect = ref.bdense_ref(a, w, scale, bias)
+    got = run_primfunc(pf, args, expect.shape, "float32" if fused else "int32")
+    if fused:
+        np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+    else:
+        np.testing.assert_array_equal(got, expect)
+
+
+BMM_CASES = [((2, 6, 64), (2, 16, 64), None), ((3, 5, 65), (3, 9, 65), None),
+             ((2, 3, 7, 130), (2, 3, 8, 130), 0.125), ((1, 1, 3), (1, 4, 3), None)]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("a_shape,b_shape,alpha", BMM_CASES,
+                         ids=[f"a{'x'.join(map(str, a))}-b{'x'.join(map(str, b))}-alpha{al}"
+                              for a, b, al in BMM_CASES])
+def test_bbatch_matmul(a_shape, b_shape, alpha, sched, rng):
+    a = rng.choice([-1.0, 1.0], a_shape)
+    b = rng.choice([-1.0, 1.0], b_shape)
+    pf = S.make_bbatch_matmul(a_shape, b_shape, alpha=alpha, target=HOST, schedule=sched)
+    expect = ref.bbatch_matmul_ref(a, b, alpha)
+    got = run_primfunc(pf, [pk.pack_bits(a), pk.pack_bits(b)], expect.shape,
+                       "int32" if alpha is None else "float32")
+    if alpha is None:
+        np.testing.assert_array_equal(got, expect)
+    else:
+        np.testing.assert_allclose(got, expect, **FLOAT_TOL)
