@@ -62,6 +62,27 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def relax_pipeline(target):
+    """TVM's default Relax pipeline, plus: dead-code elimination first (drops the float ±1 of
+    DynamicSigns whose consumers all became bit-packed kernels) and, on CPUs, default schedules
+    for the float glue TVM legalizes (TVM 0.27 leaves those single-threaded)."""
+    import tvm
+    from tvm import relax
+
+    if target.kind.name != "llvm":
+        return tvm.transform.Sequential([relax.transform.DeadCodeElimination(),
+                                         relax.get_default_pipeline(target)])
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from .schedules.float_glue import schedule_pass
+
+    return tvm.transform.Sequential(
+        [relax.transform.DeadCodeElimination()]
+        + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        + [schedule_pass()]
+        + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+
+
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = ()):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench."""
@@ -74,7 +95,7 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     mod, plan = from_onnx(model, target=tgt, options=opts)
     try:
         with tgt:
-            ex = tvm.compile(mod, target=tgt)
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt))
     except Exception as exc:
         raise CompileError(f"TVM failed to build for target {spec.name}: {str(exc).splitlines()[0][:300]}") from exc
     return ex, plan

@@ -237,3 +237,20 @@ def load_onnx(path) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise InputFileError(f"{path} fails onnx.checker: {_first_line(exc)}") from exc
     return model
+
+
+class _CallableModule(type(os)):
+    """``bnncompile.export`` is both this module and the :func:`export` function.
+
+    Importing the submodule rebinds the package attribute ``bnncompile.export`` to the module,
+    which would shadow the lazily exported function after its first use; calling the module
+    forwards to :func:`export` so ``bnncompile.export(model, x, path)`` always works.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -123,10 +123,10 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex) -> LoweringPlan:
 def _dense_weight(layer: BinaryLayer) -> np.ndarray:
     """±1 weight as ``[N_out, K_in]`` whatever the node stored."""
     node, w = layer.node, layer.weight
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return w if trans_b else w.T
-    return w.T
+    # Decide on transB alone: from_onnx renames the node to bnncompile::BinaryDense before import,
+    # so its op_type is no longer "Gemm" there. MatMul has no transB and Gemm's default is 0.
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    return w if trans_b else w.T
 
 
 def _conv_geometry(node: onnx.NodeProto, layer: BinaryLayer):
@@ -177,7 +177,6 @@ def _make_importer_class():
             self._target = target
             self._sign_inputs: dict[str, tuple] = {}
             self._packed_cache: dict[tuple, object] = {}
-            self._opaque_kernels = "gpu" in list(target.keys)
 
         def _check_for_unsupported_ops(self, graph):
             convert_map = of._get_convert_map()
@@ -225,10 +224,9 @@ def _make_importer_class():
             name = prim_func.attrs["global_symbol"]
             gv = self._packed_cache.get(name)
             if gv is None:
-                if self._opaque_kernels:
-                    # CUDA: FuseTIR cannot merge an already bound/scheduled kernel with its
-                    # consumers ("inconsistent buffers"); keep the kernel a call of its own.
-                    prim_func = prim_func.with_attr("op_pattern", 8)
+                # Opaque: FuseTIR cannot merge an already scheduled kernel with its neighbours
+                # ("inconsistent buffers"), and the kernels fuse their own epilogues.
+                prim_func = prim_func.with_attr("op_pattern", 8)
                 gv = self.bb.add_func(prim_func, name)
                 self._packed_cache[name] = gv
             return self.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(out_shape, out_dtype)))

@@ -26,7 +26,7 @@ def read_sidecar(lib_path) -> dict:
         meta = json.loads(side.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputFileError(f"{side}: not a readable JSON sidecar ({exc})") from exc
-    if meta.get("format") != "bnncompile-library" or "inputs" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != "bnncompile-library" or "inputs" not in meta:
         raise InputFileError(f"{side}: not a bnncompile sidecar (no 'format: bnncompile-library')")
     if meta.get("library") != Path(lib_path).name:
         raise InputFileError(f"{side} describes library {meta.get('library')!r}, not {Path(lib_path).name!r}")

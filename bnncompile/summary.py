@@ -70,7 +70,7 @@ class LayerCost:
 class DynamicOverhead:
     """Cost of the input-dependent modules (threshold generators, dynamic activations)."""
 
-    sites: int = 0  # number of reductions that feed statistics back into the feature path
+    sites: int = 0  # reductions whose statistics flow back into the feature path
     nodes: int = 0
     params: int = 0
     mlp_macs: int = 0  # Gemm/MatMul/Conv MACs inside them (included in FLOPs)
@@ -291,31 +291,39 @@ def _input_dependent(model: onnx.ModelProto) -> set[str]:
 
 
 def _dynamic_nodes(model: onnx.ModelProto, dep: set[str]) -> tuple[set[int], int]:
-    """Indices of nodes in dynamic sub-graphs, and the number of such sites (see module doc)."""
+    """Indices of nodes in dynamic sub-graphs, and the number of reductions feeding them.
+
+    *Statistics* tensors are computed only from reductions of input-dependent tensors (and
+    constants). A node mixing a statistics input with a non-statistics input re-joins the feature
+    path; every statistics node upstream of such a node is dynamic overhead, and so are the nodes
+    that only feed dynamic nodes (INSTA's ``x*x*x`` before its ReduceMean).
+    """
     nodes = list(model.graph.node)
     producer_idx = {o: i for i, n in enumerate(nodes) for o in n.output}
-    dynamic: set[int] = set()
-    sites = 0
-    for r, red in enumerate(nodes):
-        if red.op_type not in _REDUCE_OPS or not any(i in dep for i in red.input[:1]):
+    stats: set[str] = set()
+    stat_nodes: list[int] = []
+    rejoin_inputs: set[str] = set()
+    for i, node in enumerate(nodes):
+        dep_inputs = [x for x in node.input if x and x in dep]
+        if not dep_inputs:
             continue
-        region_tensors = set(red.output)
-        region = {r}
-        rejoins = 0
-        for i in range(r + 1, len(nodes)):
-            node = nodes[i]
-            dep_inputs = [x for x in node.input if x and x in dep]
-            if not any(x in region_tensors for x in dep_inputs):
-                continue
-            if all(x in region_tensors for x in dep_inputs):
-                region.add(i)
-                region_tensors.update(node.output)
-            else:
-                rejoins += 1  # statistics flow back into the feature path here
-        if rejoins:
-            sites += 1
-            dynamic |= region
-    # nodes that only feed dynamic nodes (INSTA's x*x*x before its ReduceMean)
+        if node.op_type in _REDUCE_OPS or all(x in stats for x in dep_inputs):
+            stats.update(node.output)
+            stat_nodes.append(i)
+        elif any(x in stats for x in dep_inputs):
+            rejoin_inputs.update(x for x in dep_inputs if x in stats)
+    # walk back from the re-joining statistics to the reductions
+    dynamic: set[int] = set()
+    todo = [producer_idx[x] for x in rejoin_inputs if x in producer_idx]
+    while todo:
+        i = todo.pop()
+        if i in dynamic:
+            continue
+        dynamic.add(i)
+        if nodes[i].op_type in _REDUCE_OPS:
+            continue
+        todo.extend(producer_idx[x] for x in nodes[i].input if x in stats and x in producer_idx)
+    sites = sum(nodes[i].op_type in _REDUCE_OPS for i in dynamic)
     consumers: dict[int, list[int]] = {}
     for i, n in enumerate(nodes):
         for x in n.input:

@@ -37,6 +37,12 @@ class Tolerances:
     #: elements (0.01 %) and still demand identical top-1.
     max_flip_fraction: float = 1e-4
     min_top1_agreement: float = 1.0
+    #: a flip is a *near-tie* when ``|x - t| <= tie_rtol * (|t| + mean|x|)`` in the reference:
+    #: float glue computed in a different order moves x by about that much (1e-6 relative
+    #: observed), so such a flip says nothing about the kernels. When the first divergent layer
+    #: flips only near-ties, the downstream logit drift is a consequence (random-init BNNs amplify
+    #: one flip), and the set is judged on top-1 alone, with the drift reported.
+    tie_rtol: float = 1e-5
 
 
 @dataclass
@@ -59,8 +65,11 @@ class InputSetReport:
     top1_vs_ort: float
     layers: list[LayerParity]
     first_divergent_layer: str | None
+    #: True when every flip in the first divergent layer is a near-tie (see Tolerances.tie_rtol)
+    tie_induced: bool = False
     ok: bool = False
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why it failed
+    notes: list[str] = field(default_factory=list)  # what a reader should know even if it passed
 
     @property
     def flips(self) -> int:
@@ -96,7 +105,9 @@ class ParityReport:
         lines = [f"parity: {self.model} on {self.target}" + (f" ({self.library})" if self.library else "")]
         t = self.tolerances
         lines.append(f"tolerances: logits atol {t.atol:g} + rtol {t.rtol:g}*max|ref|, "
-                     f"flips <= {t.max_flip_fraction:.2%} of binarized elements, identical top-1")
+                     f"flips <= {t.max_flip_fraction:.2%} of binarized elements, identical top-1; "
+                     f"if the first divergent layer flips only near-ties (|x-t| <= {t.tie_rtol:g}*(|t|+mean|x|)), "
+                     "top-1 alone decides")
         for w in self.warnings:
             lines.append(f"warning: {w}")
         for s in self.sets:
@@ -106,8 +117,10 @@ class ParityReport:
                          f"{s.max_abs_vs_ort:.3g} mean {s.mean_abs_vs_ort:.3g} top-1 {s.top1_vs_ort:.0%}; "
                          f"sign flips {s.flips}/{s.binarized_elements} -> {'OK' if s.ok else 'FAIL'}")
             if s.first_divergent_layer:
-                lines.append(f"  first layer that diverges: {s.first_divergent_layer}")
-            for r in s.reasons:
+                cause = ("near-tie flips only: downstream drift is their consequence" if s.tie_induced
+                         else "flips away from any tie: a kernel or lowering bug")
+                lines.append(f"  first layer that diverges: {s.first_divergent_layer} ({cause})")
+            for r in [*s.notes, *s.reasons]:
                 lines.append(f"  {r}")
             if per_layer and s.layers:
                 width = max(len(layer.name) for layer in s.layers)
@@ -229,6 +242,9 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
         raise UsageError(f"cannot validate target {spec.name} on this machine: {why}")
     signs = [n for n in model.graph.node if is_dynamic_sign(n)]
     sign_outputs = [n.output[0] for n in signs]
+    from .graph import GraphIndex
+
+    index = GraphIndex(model)
     report = ParityReport(str(onnx_path), spec.name, None if lib is None else str(lib), tol, [])
     for name, x, ref in _input_sets(model, onnx_path, inputs, real_images):
         if not np.all(np.isfinite(x)):
@@ -242,7 +258,12 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
         y = tvm_outs[0] if runner is None else _run_library(runner, x)
         layers = [LayerParity(n.name, n.output[0], int(a.size), int(np.count_nonzero(a != b)))
                   for n, a, b in zip(signs, tvm_outs[1:], ort_outs[1:])]
-        first = next((layer.name for layer in layers if layer.flips), None)
+        first_i = next((i for i, layer in enumerate(layers) if layer.flips), None)
+        first = None if first_i is None else layers[first_i].name
+        tie_induced = False
+        if first_i is not None:
+            tie_induced = _flips_are_ties(model, index, signs[first_i], x, tvm_outs[1 + first_i],
+                                          ort_outs[1 + first_i], tol.tie_rtol)
         y_ort = ort_outs[0]
         s = InputSetReport(
             name=name, batch=int(x.shape[0]),
@@ -252,22 +273,40 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
             mean_abs_vs_ort=float(np.mean(np.abs(y - y_ort))),
             top1_vs_torch=None if ref is None else _top1_agreement(y, ref),
             top1_vs_ort=_top1_agreement(y, y_ort),
-            layers=layers, first_divergent_layer=first,
+            layers=layers, first_divergent_layer=first, tie_induced=tie_induced,
         )
         _judge(s, y, ref if ref is not None else y_ort, tol)
         report.sets.append(s)
     return report
 
 
+def _flips_are_ties(model, index, sign, x, a, b, tie_rtol: float) -> bool:
+    """Are all flips of one DynamicSign near-ties of the ONNX Runtime reference's X and T?"""
+    names = [n for n in sign.input if n]
+    consts = {n: index.constant(n) for n in names}
+    wanted = [n for n in names if consts[n] is None]
+    got = dict(zip(wanted, _ort_run(model, x, wanted)[1:])) if wanted else {}
+    xs = consts[names[0]] if consts[names[0]] is not None else got[names[0]]
+    t = np.float32(0) if len(names) < 2 else (consts[names[1]] if consts[names[1]] is not None else got[names[1]])
+    t = np.broadcast_to(t, xs.shape)
+    flipped = a != b
+    margin = np.abs(xs - t)[flipped]
+    bound = tie_rtol * (np.abs(t)[flipped] + float(np.mean(np.abs(xs))))
+    return bool(np.all(margin <= bound))
+
+
 def _judge(s: InputSetReport, y: np.ndarray, ref: np.ndarray, tol: Tolerances) -> None:
     bound = tol.atol + tol.rtol * float(np.max(np.abs(ref)))
     err = float(np.max(np.abs(y - ref)))
-    if not math.isfinite(err) or err > bound:
-        s.reasons.append(f"logit error {err:.3g} exceeds {bound:.3g}")
     top1 = min(v for v in (s.top1_vs_torch, s.top1_vs_ort) if v is not None)
     if top1 < tol.min_top1_agreement:
         s.reasons.append(f"top-1 agreement {top1:.1%} < {tol.min_top1_agreement:.0%}")
-    if s.binarized_elements and s.flips > tol.max_flip_fraction * s.binarized_elements:
-        s.reasons.append(f"{s.flips} sign flips exceed {tol.max_flip_fraction:.2%} of "
-                         f"{s.binarized_elements} binarized elements")
+    if s.first_divergent_layer and s.tie_induced:
+        s.notes.append(f"logit drift {err:.3g} (bound {bound:.3g} without flips) follows near-tie flips")
+    else:
+        if not math.isfinite(err) or err > bound:
+            s.reasons.append(f"logit error {err:.3g} exceeds {bound:.3g}")
+        if s.binarized_elements and s.flips > tol.max_flip_fraction * s.binarized_elements:
+            s.reasons.append(f"{s.flips} sign flips exceed {tol.max_flip_fraction:.2%} of "
+                             f"{s.binarized_elements} binarized elements")
     s.ok = not s.reasons

@@ -4,7 +4,7 @@ Dispatch: ``(op, key) -> schedule function``, where ``key`` comes from the targe
 (``["cuda", "gpu"]`` -> "cuda", ``["arm_cpu", "cpu"]`` -> "arm_cpu", ``["cpu"]`` on an x86 triple
 -> "x86"), falling back to "cpu" (the generic llvm schedules).
 
-Every ``make_*`` returns a scheduled ``tvm.tirx.PrimFunc`` with attrs ``tir.is_scheduled = True``
+Every ``make_*`` returns a scheduled ``tvm.tirx.PrimFunc`` with attrs ``tirx.is_scheduled = True``
 and a descriptive ``global_symbol`` unique per shape/options/target key, ready for
 ``relax.BlockBuilder.add_func`` + ``call_tir``.  Parameter order is documented per function.
 """
@@ -76,7 +76,7 @@ def _finish(args, op: str, name: str, target: TargetLike, schedule: Optional[str
     # bnn.param_names lets the caller check which optional params the function takes.
     names = [str(a.op.name) for a in args]
     return (sch.mod["main"].with_attr("global_symbol", symbol)
-            .with_attr("tir.is_scheduled", True)
+            .with_attr("tirx.is_scheduled", True)  # ApplyDefaultSchedule (dlight) skips it
             .with_attr("bnn.param_names", names))
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.layers import _BinaryBase
 from ..nn.binarizers import Binarizer, DySign, InstaTh, InstaThPlus, RSign, _HyperMLP
 
 
@@ -103,6 +104,21 @@ def calibrate_batchnorm(model: nn.Module, input_shape: tuple[int, int, int],
 
     With ``thresholds=True`` a first pass centres the static thresholds (:func:`center_thresholds`).
     """
+    # binarize the latent weights once for all passes (they do not change during calibration)
+    to_thaw = [m for m in model.modules() if isinstance(m, _BinaryBase) and not m.frozen]
+    for m in to_thaw:
+        m.freeze()
+    try:
+        _calibrate(model, input_shape, generator, batches, batch_size, thresholds)
+    finally:
+        for m in to_thaw:
+            m.frozen = False
+            for buf in ("weight_pm1", "scale_frozen"):
+                if buf in m._buffers:
+                    del m._buffers[buf]
+
+
+def _calibrate(model, input_shape, generator, batches, batch_size, thresholds):
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if thresholds and batches >= 1:
         model.train()

@@ -39,7 +39,7 @@ def test_primfunc_attrs_and_unique_symbols():
     syms = [str(f.attrs["global_symbol"]) for f in fs.values()]
     assert len(set(syms)) == len(syms)
     for f in fs.values():
-        assert bool(f.attrs["tir.is_scheduled"])
+        assert bool(f.attrs["tirx.is_scheduled"])
     names = [str(n) for n in fs["bconv2d"].attrs["bnn.param_names"]]
     assert names == ["data", "weight", "tap_popcount", "scale", "bias", "bconv_out"]
     assert [str(n) for n in fs["bconv2d_one"].attrs["bnn.param_names"]] == ["data", "weight", "bconv_out"]

@@ -1,0 +1,187 @@
+"""Default CPU schedules for the float "glue" TVM legalizes from standard ONNX ops.
+
+TVM 0.27's CPU pipeline leaves legalized PrimFuncs (stem conv, BN, PReLU, pooling, residual adds,
+FC, threshold generators) unscheduled: one thread, no explicit vectorization. Once the binary
+layers are fast this glue dominates (Amdahl; anchors.md §4.2), so every such PrimFunc gets a
+dlight-style rule here:
+
+* :class:`SpatialReduction` — one reduction block ``S..S R..R`` (conv2d, matmul, pooling, mean)
+  plus inlinable producers (padding) and consumers (bias, BN, PReLU, adds): the innermost
+  spatial axis is split into SIMD-width register tiles accumulated locally, the reduction loops
+  run outside the tile, leading spatial axes are fused and run in parallel.
+* :class:`Injective` — element-wise / broadcast / layout chains: inline into the last block,
+  fuse, parallel outer, vectorized inner.
+
+Anything a rule cannot handle stays as TVM produced it (correct, just slow); the rules never
+change what is computed, only the loop structure.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, get_extent, try_inline_contiguous_spatial
+from tvm.target import Target
+
+
+def _vector_lanes(target: Target, bits: int = 32) -> int:
+    from tvm.target.codegen import llvm_get_vector_width
+
+    width = llvm_get_vector_width(target)
+    return max((width if width > 0 else 128) // bits, 4)
+
+
+def _is_cpu(target: Target) -> bool:
+    return target.kind.name == "llvm"
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    extent = get_extent(sch, inner)
+    if not isinstance(extent, int):
+        return
+    if extent > lanes and extent % lanes == 0:
+        _, vec = sch.split(inner, factors=[None, lanes])
+        sch.vectorize(vec)
+    elif 2 <= extent <= lanes * 2:
+        sch.vectorize(inner)
+
+
+def _parallel_outer(sch: s_tir.Schedule, loops, min_tasks: int = 2):
+    """Fuse leading loops until there are enough tasks to spread over the cores; parallelize."""
+    if not loops:
+        return None
+    n = 1
+    total = 1
+    for loop in loops:
+        ext = get_extent(sch, loop)
+        if not isinstance(ext, int):
+            break
+        total *= ext
+        if total >= min_tasks * 8:
+            break
+        n += 1
+    n = max(1, min(n, len(loops)))
+    fused = sch.fuse(*loops[:n]) if n > 1 else loops[0]
+    sch.parallel(fused)
+    return fused
+
+
+class Injective(ScheduleRule):
+    """Element-wise, broadcast and layout chains."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or not all(bi.is_injective() for bi in infos):
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        if not infos or len(infos) != 1:
+            return None
+        block = infos[0].block_rv
+        loops = sch.get_loops(block)
+        if not loops:
+            return sch
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = get_extent(sch, fused)
+        lanes = _vector_lanes(target)
+        if isinstance(extent, int) and extent >= 4 * lanes and extent % lanes == 0:
+            outer, vec = sch.split(fused, factors=[None, lanes])
+            sch.parallel(outer)
+            sch.vectorize(vec)
+        elif isinstance(extent, int) and extent >= 64:
+            sch.parallel(fused)
+        return sch
+
+
+class SpatialReduction(ScheduleRule):
+    """One ``S..S R..R`` reduction with inlinable producers/consumers (conv, matmul, pool)."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not _is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        reductions = [bi for bi in infos if not bi.is_injective()]
+        if len(reductions) != 1:
+            return None
+        red = reductions[0]
+        kinds = red.dom_kind()
+        n_s = len(kinds) - len(kinds.lstrip("S"))
+        if n_s == 0 or set(kinds[n_s:]) != {"R"}:
+            return None
+        block = red.block_rv
+        loops = sch.get_loops(block)
+        if len(loops) != len(kinds):
+            return None
+        spatial, reduce_loops = loops[:n_s], loops[n_s:]
+        lanes = _vector_lanes(target)
+        inner_ext = get_extent(sch, spatial[-1])
+        if not isinstance(inner_ext, int):
+            return None
+        # register tile along the innermost spatial axis (ow for NCHW conv, N for matmul)
+        tile = lanes if inner_ext % lanes == 0 else (inner_ext if inner_ext <= 2 * lanes else 1)
+        if tile > 1 and tile != inner_ext:
+            s_o, s_i = sch.split(spatial[-1], factors=[None, tile])
+            outer_spatial = [*spatial[:-1], s_o]
+        elif tile > 1:
+            s_i = spatial[-1]
+            outer_spatial = list(spatial[:-1])
+        else:
+            s_i, outer_spatial = None, list(spatial)
+        if s_i is not None:
+            sch.reorder(*outer_spatial, *reduce_loops, s_i)
+        consumers = [bi.block_rv for bi in infos if bi.is_injective() and bi is not red]
+        if s_i is not None and outer_spatial:
+            write_back = sch.cache_write(block, 0, "local")
+            sch.reverse_compute_at(write_back, outer_spatial[-1], preserve_unit_loops=True)
+            for c in consumers:
+                try:
+                    sch.reverse_compute_inline(c)
+                except Exception:  # noqa: BLE001 - a consumer that cannot be inlined stays a loop nest
+                    pass
+            sch.vectorize(s_i)
+            wb_loops = sch.get_loops(write_back)
+            sch.vectorize(wb_loops[-1])
+        if outer_spatial:
+            _parallel_outer(sch, outer_spatial)
+        try:
+            sch.decompose_reduction(block, reduce_loops[0])
+        except Exception:  # noqa: BLE001 - keep the fused init; still correct
+            pass
+        return sch
+
+
+class _Guarded(ScheduleRule):
+    """A rule that declines (None) instead of failing the build when a primitive refuses."""
+
+    def __init__(self, rule: ScheduleRule):
+        self.rule = rule
+
+    def apply(self, func, target, tunable):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except Exception:  # noqa: BLE001 - s_tir raises ScheduleError & TVMError subclasses
+            return None
+
+
+def rules():
+    """The float-glue rules, most specific first (dlight order)."""
+    from tvm.s_tir.dlight import cpu as dl_cpu
+
+    return [_Guarded(r) for r in (SpatialReduction(), dl_cpu.Reduction(), Injective())]
+
+
+def schedule_pass():
+    """``ApplyDefaultSchedule`` over every unscheduled PrimFunc (ours are marked scheduled)."""
+    from tvm.s_tir.dlight import ApplyDefaultSchedule
+
+    return ApplyDefaultSchedule(*rules())

@@ -1,0 +1,271 @@
+"""CLI: compile / run / validate / bench happy paths and bad inputs.
+
+Errors must be one line on stderr (``error: ...``), a non-zero exit code from
+:mod:`bnncompile.errors`, no traceback, and no half-written output files. Most tests call
+``bnncompile.cli.main.main([...])`` in-process; one runs the real console script.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from bnncompile import nn as bnn
+from bnncompile.cli.main import main
+
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+class Tiny(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.b = bnn.BinaryConv2d(c, c, 3, padding=1, binarizer=bnn.DySign(c, reduction=2))
+        self.act = bnn.RPReLU(c)
+        self.fc = nn.Linear(c, 4)
+
+    def forward(self, x):
+        x = self.bn(self.stem(x))
+        x = self.act(self.b(x)) + x
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """An exported tiny model (+ golden) and a library compiled for host through the CLI."""
+    from bnncompile.export import export
+
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    export(Tiny().eval(), x, d / "tiny.onnx")
+    np.save(d / "x.npy", x[:1].numpy())
+    assert main(["compile", str(d / "tiny.onnx"), "-o", str(d / "tiny.so"), "-q"]) == 0
+    return d
+
+
+def _err_one_line(capsys, code, expected_code, *fragments):
+    out, err = capsys.readouterr()
+    assert code == expected_code, (code, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+    return lines[0]
+
+
+# -- happy paths ---------------------------------------------------------------------------------
+
+def test_compile_writes_library_and_sidecar(work, capsys):
+    files = sorted(p.name for p in work.iterdir())
+    assert {"tiny.so", "tiny.json", "tiny.onnx", "tiny.golden.npz"} <= set(files)
+    assert not [f for f in files if f.startswith(".")], files  # no temp files left
+    meta = json.loads((work / "tiny.json").read_text())
+    assert meta["binary_layers"] == 1
+
+
+def test_run(work, capsys, tmp_path):
+    out = tmp_path / "y.npy"
+    assert main(["run", str(work / "tiny.so"), "-i", str(work / "x.npy"), "-o", str(out)]) == 0
+    y = np.load(out)
+    assert y.shape == (1, 4)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_validate_text_and_json(work, capsys):
+    assert main(["validate", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "-q",
+                 "--images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "[golden]" in out and "[photos]" in out
+    assert main(["validate", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "-q",
+                 "--images", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["sets"][0]["flips"] == 0
+
+
+def test_bench_json_and_plot(work, capsys, tmp_path):
+    png = tmp_path / "bench.png"
+    args = ["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--rounds", "1",
+            "--number", "1", "--threads", "1"]
+    assert main(args) == 0
+    assert "bnncompile" in capsys.readouterr().out
+    assert main([*args, "--json", "--plot", str(png)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    engines = {t["engine"] for t in report["timings"]}
+    assert {"bnncompile", "onnxruntime-fp32"} <= engines  # never assert on timings
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_script_subprocess(work, tmp_path):
+    exe = Path(sys.executable).with_name("bnncompile")
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not an onnx model\n")
+    proc = subprocess.run([str(exe), "compile", str(bad), "-o", str(tmp_path / "m.so"), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.onnx"]
+    proc = subprocess.run([str(exe), "run", str(work / "tiny.so"), "-i", str(work / "x.npy"),
+                           "-o", str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "y.npy").shape == (1, 4)
+
+
+# -- bad inputs ------------------------------------------------------------------------------------
+
+def _compile(src, out, *extra):
+    return main(["compile", str(src), "-o", str(out), "-q", *extra])
+
+
+def test_text_file_is_not_onnx(tmp_path, capsys):
+    bad = tmp_path / "m.onnx"
+    bad.write_text("hello\n")
+    code = _compile(bad, tmp_path / "m.so")
+    _err_one_line(capsys, code, 3, "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_truncated_onnx(work, tmp_path, capsys):
+    data = (work / "tiny.onnx").read_bytes()
+    (tmp_path / "t.onnx").write_bytes(data[: len(data) // 2])
+    code = _compile(tmp_path / "t.onnx", tmp_path / "t.so")
+    _err_one_line(capsys, code, 3, "t.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.onnx"]
+
+
+def test_missing_model(tmp_path, capsys):
+    _err_one_line(capsys, _compile(tmp_path / "nope.onnx", tmp_path / "m.so"), 3, "nope.onnx")
+
+
+def test_unknown_target_lists_known(work, tmp_path, capsys):
+    code = _compile(work / "tiny.onnx", tmp_path / "m.so", "--target", "riscv-v")
+    line = _err_one_line(capsys, code, 2, "riscv-v")
+    for name in ("host", "x86-avx2", "x86-avx512", "aarch64-neon", "cuda-sm80", "cuda-sm90"):
+        assert name in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_target_json(work, tmp_path, capsys):
+    code = _compile(work / "tiny.onnx", tmp_path / "m.so", "--target", '{"kind": "llvm",')
+    _err_one_line(capsys, code, 2, "invalid JSON")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_batch(work, tmp_path, capsys):
+    _err_one_line(capsys, _compile(work / "tiny.onnx", tmp_path / "m.so", "--batch", "0"), 2, "--batch")
+
+
+def test_run_missing_sidecar(work, tmp_path, capsys):
+    (tmp_path / "tiny.so").write_bytes((work / "tiny.so").read_bytes())
+    code = main(["run", str(tmp_path / "tiny.so"), "-i", str(work / "x.npy"), "-o", str(tmp_path / "y.npy")])
+    _err_one_line(capsys, code, 3, "sidecar", "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.so"]
+
+
+def test_validate_mismatched_sidecar(work, tmp_path, capsys):
+    # a library compiled from another ONNX file than the one validated
+    other = tmp_path / "other.onnx"
+    m = onnx.load(str(work / "tiny.onnx"))
+    m.doc_string = "changed"
+    other.write_bytes(m.SerializeToString())
+    code = main(["validate", str(other), "--lib", str(work / "tiny.so"), "-q", "--images", "0"])
+    _err_one_line(capsys, code, 2, "different ONNX file")
+
+
+def test_run_aarch64_library(work, tmp_path, capsys):
+    assert _compile(work / "tiny.onnx", tmp_path / "arm.so", "--target", "aarch64-neon") == 0
+    capsys.readouterr()
+    lib = next(p for p in tmp_path.iterdir() if p.suffix in (".tar", ".so"))
+    code = main(["run", str(lib), "-i", str(work / "x.npy"), "-o", str(tmp_path / "y.npy")])
+    _err_one_line(capsys, code, 2, "aarch64", "cannot run here")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def _graph_file(path, node, extra_opsets=()):
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", 1, [1, 2, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), *extra_opsets])
+    model.ir_version = 10
+    path.write_bytes(model.SerializeToString())
+
+
+def test_op_tvm_cannot_convert_names_node(tmp_path, capsys):
+    _graph_file(tmp_path / "celu.onnx", helper.make_node("Celu", ["x"], ["y"], name="my_celu"))
+    code = _compile(tmp_path / "celu.onnx", tmp_path / "m.so")
+    _err_one_line(capsys, code, 4, "my_celu", "Celu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["celu.onnx"]
+
+
+def test_unknown_custom_op_names_node(tmp_path, capsys):
+    _graph_file(tmp_path / "odd.onnx",
+                helper.make_node("Frobnicate", ["x"], ["y"], name="frob1", domain="com.example"),
+                [helper.make_opsetid("com.example", 1)])
+    code = _compile(tmp_path / "odd.onnx", tmp_path / "m.so")
+    _err_one_line(capsys, code, 4, "frob1", "com.example::Frobnicate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.onnx"]
+
+
+def test_run_wrong_input_shape(work, tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.zeros((1, 3, 9, 8), np.float32))
+    code = main(["run", str(work / "tiny.so"), "-i", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")])
+    _err_one_line(capsys, code, 2, "'input'", "[1, 3, 8, 8]", "[1, 3, 9, 8]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy"]
+
+
+def test_run_input_not_numpy(work, tmp_path, capsys):
+    (tmp_path / "x.npy").write_text("nope")
+    code = main(["run", str(work / "tiny.so"), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")])
+    _err_one_line(capsys, code, 3, "x.npy")
+
+
+def test_compile_into_missing_directory(work, tmp_path, capsys):
+    code = _compile(work / "tiny.onnx", tmp_path / "nodir" / "m.so")
+    _err_one_line(capsys, code, 3, "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _unwritable_dir(tmp_path) -> Path:
+    import os
+
+    if os.geteuid() != 0:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o500)
+        return d
+    if os.access("/sys", os.W_OK) and Path("/sys").is_dir():
+        return Path("/sys")  # root: permissions do not stop us, a read-only sysfs does
+    pytest.skip("no unwritable directory available")
+
+
+def test_compile_into_unwritable_directory(work, tmp_path, capsys):
+    d = _unwritable_dir(tmp_path)
+    before = sorted(p.name for p in d.iterdir())
+    code = _compile(work / "tiny.onnx", d / "m.so")
+    _err_one_line(capsys, code, 3, "m.so")
+    assert sorted(p.name for p in d.iterdir()) == before
+
+
+def test_run_output_into_unwritable_directory(work, tmp_path, capsys):
+    d = _unwritable_dir(tmp_path)
+    before = sorted(p.name for p in d.iterdir())
+    code = main(["run", str(work / "tiny.so"), "-i", str(work / "x.npy"), "-o", str(d / "y.npy")])
+    _err_one_line(capsys, code, 3, "y.npy")
+    assert sorted(p.name for p in d.iterdir()) == before
+
+
+def test_bench_bad_threads(work, capsys):
+    code = main(["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--threads", "0"])
+    _err_one_line(capsys, code, 2, "--threads")

@@ -1,0 +1,284 @@
+"""Frontend: which layers the graph proves binary, what the Relax module contains, and that
+everything (binary or not) computes what ONNX Runtime computes.
+
+Graphs are hand-built with onnx.helper (fast, exact control over the patterns). Binary accumulators
+of ±1 data are exact integers, so with a per-channel float scale the outputs agree with ONNX
+Runtime to float rounding of one multiply: rtol 1e-6 / atol 1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from bnncompile.errors import UnsupportedModelError
+from bnncompile.frontend import FrontendOptions, from_onnx
+
+from .helpers import build_and_run, ds, host_target, int_inputs, make_model, ort_run, pm1, relax_func_names
+
+RTOL, ATOL = 1e-6, 1e-5
+#: a standard float op TVM 0.27's ONNX frontend has no converter for
+UNCONVERTIBLE = "Celu"
+
+
+def _import(model, batch=1, binary_kernels=True):
+    return from_onnx(model, target=host_target(),
+                     options=FrontendOptions(batch=batch, binary_kernels=binary_kernels))
+
+
+def _conv_model(rng, *, c=5, k=7, hw=(6, 7), pads=(1, 1, 1, 1), strides=(1, 1), pre=None,
+                weight=None, with_scale=True, threshold=True, pad_value=None):
+    """x → [pre] → DynamicSign(x, t) → [Pad] → Conv(±1) → [Mul scale]."""
+    nodes, inits = [], {}
+    src = "x"
+    if pre == "relu":
+        nodes.append(helper.make_node("Relu", ["x"], ["xr"], name="relu"))
+        src = "xr"
+    if pre != "no_sign":
+        if threshold:
+            inits["t"] = rng.integers(-1, 2, size=(1, c, 1, 1)).astype(np.float32)
+        nodes.append(ds(src, "t" if threshold else None, "s", name="sign"))
+        src = "s"
+    conv_pads = list(pads)
+    if pad_value is not None:
+        inits["pads"] = np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64)
+        inits["pv"] = np.array(pad_value, np.float32)
+        nodes.append(helper.make_node("Pad", [src, "pads", "pv"], ["sp"], name="pad", mode="constant"))
+        src, conv_pads = "sp", [0, 0, 0, 0]
+    inits["w"] = pm1(rng, (k, c, 3, 3)) if weight is None else weight
+    nodes.append(helper.make_node("Conv", [src, "w"], ["y"], name="conv", pads=conv_pads,
+                                  strides=list(strides), kernel_shape=[3, 3]))
+    out = "y"
+    if with_scale:
+        inits["a"] = (rng.random((1, k, 1, 1)) * 2 - 1).astype(np.float32)  # incl. negative scales
+        nodes.append(helper.make_node("Mul", ["y", "a"], ["z"], name="scale"))
+        out = "z"
+    return make_model(nodes, {"x": [2, c, *hw]}, {out: None}, inits)
+
+
+def _check_against_ort(model, x, batch=2, **kw):
+    (y,), plan = build_and_run(model, {"x": x}, batch=batch, **kw)
+    (ref,) = ort_run(model, {"x": x})
+    np.testing.assert_allclose(y, ref, rtol=RTOL, atol=ATOL)
+    return plan
+
+
+def test_sign_conv_is_binary_and_lowered_to_kernels(rng):
+    model = _conv_model(rng)
+    mod, plan = _import(model, batch=2)
+    assert [layer.kind for layer in plan.binary.values()] == ["conv"]
+    assert "conv" in plan.binary and "conv" in plan.folded_scale  # per-channel Mul folded
+    names = relax_func_names(mod)
+    assert any(n.startswith("bnn_bconv2d_") for n in names), names
+    assert any(n.startswith("bnn_bitpack_") for n in names), names
+    # the folded scale is applied by the kernel: bconv2d takes scale, no separate multiply on y
+    x = int_inputs(rng, (2, 5, 6, 7))  # integers vs integer thresholds: exact ties x == t
+    _check_against_ort(model, x)
+
+
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_binary_through_pad(rng, pad_value):
+    model = _conv_model(rng, pads=(1, 2, 2, 1), pad_value=pad_value)
+    mod, plan = _import(model, batch=2)
+    layer = plan.binary["conv"]
+    assert layer.kind == "conv" and layer.pad_node is not None
+    assert layer.pad_value == pad_value and layer.pads == (1, 2, 2, 1)
+    assert any(n.startswith("bnn_bconv2d_") for n in relax_func_names(mod))
+    _check_against_ort(model, int_inputs(rng, (2, 5, 6, 7)))
+
+
+def test_pm1_weights_without_sign_input_are_float(rng):
+    model = _conv_model(rng, pre="no_sign")
+    mod, plan = _import(model, batch=2)
+    assert plan.binary == {}
+    assert not any(n.startswith("bnn_") for n in relax_func_names(mod))
+    # zero padding of a non-±1 input: a binary lowering would be wrong here
+    _check_against_ort(model, rng.standard_normal((2, 5, 6, 7)).astype(np.float32))
+
+
+def test_sign_of_relu_is_still_a_sign(rng):
+    model = _conv_model(rng, pre="relu")
+    _, plan = _import(model, batch=2)
+    assert list(plan.binary) == ["conv"]
+    _check_against_ort(model, rng.standard_normal((2, 5, 6, 7)).astype(np.float32))
+
+
+def test_weights_not_all_pm1_compile_as_float(rng):
+    w = pm1(rng, (7, 5, 3, 3))
+    w[3, 2, 1, 1] = 0.5
+    model = _conv_model(rng, weight=w)
+    mod, plan = _import(model, batch=2)
+    assert plan.binary == {}
+    assert not any(n.startswith("bnn_bconv2d_") for n in relax_func_names(mod))
+    _check_against_ort(model, int_inputs(rng, (2, 5, 6, 7)))
+
+
+def test_binary_kernels_off_is_float_and_equal(rng):
+    model = _conv_model(rng)
+    mod, plan = _import(model, batch=2, binary_kernels=False)
+    assert plan.binary == {} and not any(n.startswith("bnn_bconv2d_") for n in relax_func_names(mod))
+    x = int_inputs(rng, (2, 5, 6, 7))
+    (y_bin,), _ = build_and_run(model, {"x": x}, batch=2)
+    (y_flt,), _ = build_and_run(model, {"x": x}, batch=2, binary_kernels=False)
+    np.testing.assert_allclose(y_bin, y_flt, rtol=RTOL, atol=ATOL)
+
+
+def test_sign_with_float_consumer_is_float_pm1(rng):
+    # DynamicSign → Add (float): the float ±1 tensor must exist and be exact (ties → +1)
+    nodes = [ds("x", "t", "s"), helper.make_node("Add", ["s", "b"], ["y"], name="add")]
+    t = np.array([[[0.0, 1.0, -1.0, 2.0]]], np.float32)
+    model = make_model(nodes, {"x": [2, 3, 4]}, {"y": None}, {"t": t, "b": np.float32(0.5)})
+    mod, plan = _import(model, batch=2)
+    assert plan.binary == {}
+    assert not any(n.startswith("bnn_") for n in relax_func_names(mod))
+    x = int_inputs(rng, (2, 3, 4))
+    (y,), _ = build_and_run(model, {"x": x}, batch=2)
+    np.testing.assert_array_equal(y, np.where(x >= t, 1.0, -1.0) + 0.5)
+    np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
+
+
+def test_sign_with_binary_and_float_consumers(rng):
+    # the same DynamicSign feeds a binary conv and a float ReduceSum
+    c = 4
+    nodes = [ds("x", "zero", "s"),
+             helper.make_node("Conv", ["s", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceSum", ["s"], ["r"], name="rsum", keepdims=0)]
+    model = make_model(nodes, {"x": [1, c, 5, 5]}, {"y": None, "r": None},
+                       {"w": pm1(rng, (3, c, 3, 3)), "zero": np.float32(0)})
+    _, plan = _import(model)
+    assert list(plan.binary) == ["conv"] and plan.folded_scale == {}
+    x = int_inputs(rng, (1, c, 5, 5))
+    outs, _ = build_and_run(model, {"x": x})
+    for a, b in zip(outs, ort_run(model, {"x": x})):
+        np.testing.assert_array_equal(a, b)  # no scale: exact integers
+
+
+@pytest.mark.parametrize("op,d,n", [("gemm", 70, 9), ("gemm_transB", 70, 9), ("matmul", 70, 9),
+                                    ("gemm_transB", 65, 65), ("gemm_nobias_transB", 66, 66)])
+def test_dense_is_binary(rng, op, d, n):
+    """K not a multiple of 64; square transB weights would hide a wrong transpose by shape."""
+    w = pm1(rng, (n, d))
+    inits = {"t": rng.integers(-1, 2, size=(1, d)).astype(np.float32)}
+    if op == "gemm":
+        inits["w"], inits["c"] = w.T.copy(), rng.standard_normal(n).astype(np.float32)
+        mm = helper.make_node("Gemm", ["s", "w", "c"], ["y"], name="lin")
+    elif op == "gemm_nobias_transB":
+        inits["w"] = w
+        mm = helper.make_node("Gemm", ["s", "w"], ["y"], name="lin", transB=1)
+    elif op == "gemm_transB":
+        inits["w"], inits["c"] = w, rng.standard_normal(n).astype(np.float32)
+        mm = helper.make_node("Gemm", ["s", "w", "c"], ["y"], name="lin", transB=1)
+    else:
+        inits["w"] = w.T.copy()
+        mm = helper.make_node("MatMul", ["s", "w"], ["y"], name="lin")
+    inits["a"] = (rng.random(n) - 0.5).astype(np.float32)
+    nodes = [ds("x", "t", "s"), mm, helper.make_node("Mul", ["y", "a"], ["z"], name="scale")]
+    model = make_model(nodes, {"x": [3, d]}, {"z": None}, inits)
+    mod, plan = _import(model, batch=3)
+    assert plan.binary["lin"].kind == "dense" and "lin" in plan.folded_scale
+    names = relax_func_names(mod)
+    assert any(x.startswith("bnn_bdense_") for x in names) and any(x.startswith("bnn_bitpack_last_") for x in names)
+    x = int_inputs(rng, (3, d))
+    (y,), _ = build_and_run(model, {"x": x}, batch=3)
+    np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
+
+
+def test_token_matmul_is_binary(rng):
+    b, length, d, n = 2, 5, 65, 6
+    inits = {"t": rng.standard_normal((b, 1, d)).astype(np.float32), "w": pm1(rng, (d, n))}
+    nodes = [ds("x", "t", "s"), helper.make_node("MatMul", ["s", "w"], ["y"], name="lin")]
+    model = make_model(nodes, {"x": [b, length, d]}, {"y": None}, inits)
+    _, plan = _import(model, batch=b)
+    assert plan.binary["lin"].kind == "dense"
+    x = rng.standard_normal((b, length, d)).astype(np.float32)
+    (y,), _ = build_and_run(model, {"x": x}, batch=b)
+    np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_of_two_signs_is_batch_matmul(rng, transposed):
+    b, h, length, dh = 2, 2, 5, 67
+    if transposed:  # Q @ Transpose(sign(K)): K stored (B,h,L,dh)
+        nodes = [ds("q", "tq", "sq"), ds("k", "tk", "sk"),
+                 helper.make_node("Transpose", ["sk"], ["skt"], name="tr", perm=[0, 1, 3, 2]),
+                 helper.make_node("MatMul", ["sq", "skt"], ["y"], name="qk")]
+        kshape, tk = [b, h, length, dh], rng.standard_normal((b, 1, 1, dh)).astype(np.float32)
+    else:  # Kᵀ already (B,h,dh,L)
+        nodes = [ds("q", "tq", "sq"), ds("k", "tk", "sk"),
+                 helper.make_node("MatMul", ["sq", "sk"], ["y"], name="qk")]
+        kshape, tk = [b, h, dh, length], rng.standard_normal((b, 1, dh, 1)).astype(np.float32)
+    nodes.append(helper.make_node("Mul", ["y", "alpha"], ["z"], name="scale"))
+    inits = {"tq": rng.standard_normal((b, 1, 1, dh)).astype(np.float32), "tk": tk,
+             "alpha": np.float32(dh ** -0.5)}
+    model = make_model(nodes, {"q": [b, h, length, dh], "k": kshape}, {"z": None}, inits)
+    mod, plan = _import(model, batch=b)
+    layer = plan.binary["qk"]
+    assert layer.kind == "batch_matmul" and layer.b_transposed == transposed
+    assert "qk" in plan.folded_scale
+    assert any(n.startswith("bnn_bbmm_") for n in relax_func_names(mod))
+    feeds = {"q": rng.standard_normal((b, h, length, dh)).astype(np.float32),
+             "k": rng.standard_normal(kshape).astype(np.float32)}
+    (y,), _ = build_and_run(model, feeds, batch=b)
+    np.testing.assert_allclose(y, ort_run(model, feeds)[0], rtol=RTOL, atol=ATOL)
+
+
+def test_matmul_sign_times_float_is_not_binary(rng):
+    nodes = [ds("q", "zero", "sq"), helper.make_node("MatMul", ["sq", "k"], ["y"], name="qk")]
+    model = make_model(nodes, {"q": [1, 4, 8], "k": [1, 8, 4]}, {"y": None}, {"zero": np.float32(0)})
+    _, plan = _import(model)
+    assert plan.binary == {}
+
+
+def test_nonchannel_mul_is_not_folded(rng):
+    # regression: FuseTIR once fused the kernel with this Mul ("Inconsistent buffers")
+    # a Mul by a spatial map after a binary conv is not a per-channel scale: keep it float
+    model = _conv_model(rng, with_scale=False)
+    model.graph.node.append(helper.make_node("Mul", ["y", "m"], ["z"], name="spatial"))
+    from onnx import numpy_helper
+    model.graph.initializer.append(numpy_helper.from_array(
+        rng.standard_normal((1, 1, 6, 7)).astype(np.float32), "m"))
+    model.graph.output[0].name = "z"
+    _, plan = _import(model, batch=2)
+    assert "conv" in plan.binary and plan.folded_scale == {}
+    _check_against_ort(model, int_inputs(rng, (2, 5, 6, 7)))
+
+
+@pytest.mark.parametrize("c,k,hw,pads,strides,dil", [
+    (3, 4, (5, 5), (0, 0, 0, 0), (1, 1), (1, 1)),
+    (65, 3, (7, 6), (1, 1, 1, 1), (2, 2), (1, 1)),
+    (130, 5, (9, 9), (2, 2, 2, 2), (1, 1), (2, 2)),
+    (64, 66, (8, 5), (2, 1, 0, 1), (2, 1), (1, 1)),
+    (7, 2, (3, 3), (2, 2, 2, 2), (2, 2), (1, 1)),  # output made only of border taps
+])
+def test_conv_geometry_sweep(rng, c, k, hw, pads, strides, dil):
+    """Every border position for strides/pads/dilations; exact integers (no scale)."""
+    nodes = [ds("x", "t", "s"),
+             helper.make_node("Conv", ["s", "w"], ["y"], name="conv", pads=list(pads),
+                              strides=list(strides), dilations=list(dil))]
+    inits = {"t": rng.integers(-1, 2, size=(1, c, 1, 1)).astype(np.float32), "w": pm1(rng, (k, c, 3, 3))}
+    model = make_model(nodes, {"x": [2, c, *hw]}, {"y": None}, inits)
+    x = int_inputs(rng, (2, c, *hw))
+    (y,), plan = build_and_run(model, {"x": x}, batch=2)
+    assert list(plan.binary) == ["conv"]
+    # independent reference: float conv of the same ±1 tensors (exact below 2^24)
+    np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
+
+
+def test_unknown_custom_op_names_node():
+    node = helper.make_node("Mystery", ["x"], ["y"], domain="com.example", name="odd_node")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 2])],
+                              [helper.make_tensor_value_info("y", 1, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.example", 1)])
+    with pytest.raises(UnsupportedModelError, match=r"odd_node.*com\.example::Mystery"):
+        _import(model)
+
+
+def test_unconvertible_standard_op_names_node():
+    node = helper.make_node(UNCONVERTIBLE, ["x"], ["y"], name="odd_std_op")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", 1, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(UnsupportedModelError, match=rf"odd_std_op.*{UNCONVERTIBLE}"):
+        _import(model)
