@@ -151,7 +151,10 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
     if fmt == "tar" and output.suffix != ".tar":
         output = output.with_suffix(".tar")
     say(f"linking {output.name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".{fmt}", dir=output.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".{fmt}", dir=output.parent)
+    except OSError as exc:  # unwritable / read-only directory (root passes permission checks)
+        raise InputFileError(f"cannot write {output}: {exc.strerror or exc}") from exc
     os.close(fd)
     try:
         if fcompile is not None:

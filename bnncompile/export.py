@@ -44,7 +44,8 @@ class ExportResult:
 
 def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
            golden_inputs: torch.Tensor | np.ndarray | None = None, dynamic_batch: bool = True,
-           write_golden: bool = True, opset: int = OPSET) -> ExportResult:
+           write_golden: bool = True, opset: int = OPSET,
+           metadata: dict[str, str] | None = None) -> ExportResult:
     """Export a module built from ``bnncompile.nn`` (or any torch module) to ONNX.
 
     Args:
@@ -54,6 +55,8 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
         path: the ``.onnx`` file to write. The golden file goes to ``<stem>.golden.npz``.
         golden_inputs: inputs to record with their PyTorch outputs (default: ``example_input``).
         dynamic_batch: make the batch dimension symbolic (``"batch"``).
+        metadata: extra ``metadata_props`` (e.g. ``bnncompile.zoo``: how to rebuild the PyTorch
+            model, used by ``bench`` to time PyTorch eager on the same weights).
 
     Returns:
         :class:`ExportResult` with the written paths.
@@ -63,6 +66,8 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
     model = freeze(copy.deepcopy(module).eval())
     example_input = torch.as_tensor(example_input, dtype=torch.float32)
     onnx_model = to_onnx(model, example_input, dynamic_batch=dynamic_batch, opset=opset)
+    for key, value in (metadata or {}).items():
+        onnx_model.metadata_props.add(key=key, value=value)
     atomic_write_bytes(path, onnx_model.SerializeToString())
     golden_path = None
     if write_golden:
@@ -179,12 +184,18 @@ def _check_writable(path: Path) -> None:
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write to a temporary file in the same directory, then rename over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:  # unwritable / read-only / missing directory (root passes os.access)
+        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -49,7 +49,7 @@ def _reference(layer, signs: dict[str, np.ndarray]) -> np.ndarray:
     a = torch.from_numpy(signs[layer.signs[0].output[0]]).double()
     if layer.kind == "conv":
         node = layer.node
-        w = torch.from_numpy(layer.weight).double()
+        w = torch.from_numpy(np.array(layer.weight)).double()
         if layer.pad_node is not None:
             t, l, b, r = layer.pads
             a = F.pad(a, (l, r, t, b), value=layer.pad_value)
@@ -58,7 +58,7 @@ def _reference(layer, signs: dict[str, np.ndarray]) -> np.ndarray:
         return F.conv2d(a, w, stride=tuple(_attr(node, "strides", [1, 1])),
                         dilation=tuple(_attr(node, "dilations", [1, 1]))).numpy()
     if layer.kind == "dense":
-        w = torch.from_numpy(layer.weight).double()
+        w = torch.from_numpy(np.array(layer.weight)).double()
         if layer.node.op_type == "Gemm" and _attr(layer.node, "transB", 0):
             w = w.t()
         return (a @ w).numpy()
