@@ -37,6 +37,7 @@ OP_BCONV = MANGLE + "BinaryConv"
 OP_BDENSE = MANGLE + "BinaryDense"
 OP_BBMM = MANGLE + "BinaryBatchMatMul"
 OP_FOLDED = MANGLE + "FoldedScale"  # a Mul whose scale went into the binary kernel
+OP_FCONV = MANGLE + "FloatConv"  # a float Conv with constant weights -> blocked CPU kernel
 
 
 @dataclass
@@ -55,6 +56,8 @@ class LoweringPlan:
     binary: dict[str, BinaryLayer] = field(default_factory=dict)
     #: binary node name -> (scale vector [K], Mul node name) folded into its epilogue
     folded_scale: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
+    #: float Conv nodes lowered to bnncompile's blocked float conv (CPU targets)
+    float_convs: set[str] = field(default_factory=set)
 
 
 def _static_input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
@@ -96,11 +99,26 @@ def _per_channel(vec: np.ndarray | None, channels: int, axis_from_end: int) -> n
     return vec.reshape(-1).astype(np.float32)
 
 
-def plan_lowering(model: onnx.ModelProto, index: GraphIndex) -> LoweringPlan:
+def _is_plain_float_conv(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """2-D, groups=1, explicit pads, constant weight (and bias): our blocked kernel handles it."""
+    if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    w = index.constant(node.input[1])
+    bias_ok = len(node.input) < 3 or not node.input[2] or index.constant(node.input[2]) is not None
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    return (w is not None and w.ndim == 4 and w.dtype == np.float32 and bias_ok
+            and int(attrs.get("group", 1)) == 1 and auto_pad in (b"NOTSET", "NOTSET"))
+
+
+def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: bool = True) -> LoweringPlan:
     plan = LoweringPlan()
+    if float_convs:
+        plan.float_convs = {n.name for n in model.graph.node if _is_plain_float_conv(index, n)}
     outputs = {o.name for o in model.graph.output}
     for out_name, layer in find_binary_layers(model, index).items():
         plan.binary[layer.node.name] = layer
+        plan.float_convs.discard(layer.node.name)
         consumers = index.consumers.get(out_name, [])
         if out_name in outputs or len(consumers) != 1 or consumers[0].op_type != "Mul":
             continue
@@ -202,6 +220,8 @@ def _make_importer_class():
                     idx = 0 if self._index.producer.get(node.input[0]) is not None and \
                         self._index.producer[node.input[0]].name in self._plan.folded_scale else 1
                     return inputs[idx]
+                if op_name == OP_FCONV:
+                    return self._float_conv(node, inputs)
                 layer = self._plan.binary[node.name]
                 if op_name == OP_BCONV:
                     return self._binary_conv(node, layer, inputs)
@@ -295,6 +315,29 @@ def _make_importer_class():
             y = self._call(pf, args, out_shape, dtype)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
 
+        def _float_conv(self, node, inputs):
+            from .schedules import packing
+            from .schedules import registry as kernels
+
+            x = inputs[0]
+            xs = self._shape_of(x)
+            w = self._index.constant(node.input[1])
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            auto_pad = attrs.get("auto_pad", b"NOTSET")
+            pads = list(attrs.get("pads", [0, 0, 0, 0])) if auto_pad in (b"NOTSET", "NOTSET") else [0] * 4
+            stride, dil = tuple(attrs.get("strides", [1, 1])), tuple(attrs.get("dilations", [1, 1]))
+            if len(xs) != 4 or len(pads) != 4:
+                raise UnsupportedModelError(f"node {node_label(node)}: only 2-D convolutions are supported")
+            bias = self._index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            pf = kernels.make_fconv2d(xs, w.shape, stride=stride, padding=pads, dilation=dil,
+                                      with_bias=bias is not None, target=self._target)
+            args = [x, relax.const(packing.block_conv_weight(w, kernels.fconv2d_block(self._target)))]
+            if bias is not None:
+                args.append(relax.const(bias.astype(np.float32)))
+            out = [xs[0], w.shape[0], *(_conv_out(xs[2 + i], w.shape[2 + i], stride[i], pads[i],
+                                                  pads[i + 2], dil[i]) for i in range(2))]
+            return self._call(pf, args, out, "float32")
+
         def _binary_dense(self, node, layer, inputs):
             from .schedules import packing
             from .schedules import registry as kernels
@@ -370,7 +413,9 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
     for name in options.extra_outputs:
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     index = GraphIndex(m)
-    plan = plan_lowering(m, index) if options.binary_kernels else LoweringPlan()
+    cpu = target.kind.name == "llvm"
+    plan = (plan_lowering(m, index, float_convs=cpu) if options.binary_kernels
+            else LoweringPlan())
     folded_muls = {mul for _, mul in plan.folded_scale.values()}
     nodes_by_name = {}  # node name -> the node as written in the file (for messages)
     for node in m.graph.node:
@@ -384,6 +429,8 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
             node.op_type = {"conv": OP_BCONV, "dense": OP_BDENSE, "batch_matmul": OP_BBMM}[kind]
         elif node.name in folded_muls:
             node.op_type = OP_FOLDED
+        elif node.name in plan.float_convs:
+            node.op_type = OP_FCONV
         else:
             continue
         nodes_by_name[node.name] = original

@@ -13,11 +13,12 @@ from .registry import (
     make_bdense,
     make_bitpack,
     make_bitpack_last,
+    make_fconv2d,
     target_key,
 )
 
 __all__ = [
     "SCHEDULES", "get_schedule", "target_key",
     "make_bitpack", "make_bitpack_last", "make_bconv2d", "make_bdense", "make_bbatch_matmul",
-    "pack_bits", "unpack_bits", "pack_conv_weight", "pack_dense_weight", "check_pm1", "num_words",
+    "make_fconv2d", "pack_bits", "unpack_bits", "pack_conv_weight", "pack_dense_weight", "check_pm1", "num_words",
 ]

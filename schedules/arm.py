@@ -28,3 +28,8 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:
 
 schedule_bitpack = generic.schedule_bitpack
 schedule_bitpack_last = generic.schedule_bitpack_last
+
+
+def schedule_fconv2d(sch: s_tir.Schedule) -> None:
+    # NEON has 32 q registers: 8 pixels x (OB=4 lanes) fits with room for the weights.
+    generic.schedule_fconv2d(sch, wi_max=8)

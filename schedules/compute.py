@@ -27,6 +27,7 @@ __all__ = [
     "bconv2d",
     "bdense",
     "bbatch_matmul",
+    "fconv2d_blocked",
 ]
 
 
@@ -424,3 +425,62 @@ def bbatch_matmul(
         return v.astype("float32") * tirx.const(float(alpha), "float32")
 
     return te.compute(tuple(batch) + (M, N), out, name="bbmm_out")
+
+
+def fconv2d_blocked(
+    data: te.Tensor,
+    weight_blocked: te.Tensor,
+    *,
+    out_channels: int,
+    kernel: Sequence[int],
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    bias: Optional[te.Tensor] = None,
+) -> te.Tensor:
+    """Float conv2d (the FP stem / shortcut / tokenizer convs) with output-channel-blocked weights.
+
+    Parameters
+    ----------
+    data : float32 ``[N, C, H, W]``
+    weight_blocked : float32 ``[KB, C, KH, KW, OB]`` — ``w[kb*OB + ob, c, kh, kw]``, output channels
+        zero-padded to ``KB*OB`` (``packing.block_conv_weight``); ``OB`` = SIMD lanes, so one
+        weight vector load feeds ``OB`` output channels.
+    bias : float32 ``[K]`` or None.
+
+    Returns
+    -------
+    float32 ``[N, K, OH, OW]`` (NCHW, zero padding).
+    """
+    N, C, H, W = _ints(data.shape)
+    KB, C2, KH, KW, OB = _ints(weight_blocked.shape)
+    if C2 != C or (KH, KW) != tuple(int(k) for k in kernel):
+        raise ValueError(f"fconv2d: weight {weight_blocked.shape} does not match data {data.shape}")
+    (sh, sw), (dh, dw) = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
+    pt, pl, pb, pr = normalize_padding(padding)
+    OH = conv_out_size(H, KH, sh, pt, pb, dh)
+    OW = conv_out_size(W, KW, sw, pl, pr, dw)
+    zero = tirx.const(0.0, "float32")
+    pad = te.compute(
+        (N, C, H + pt + pb, W + pl + pr),
+        lambda n, c, h, w: tirx.if_then_else(
+            tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl), data[n, c, h - pt, w - pl], zero),
+        name="fpad",
+    )
+    rc = te.reduce_axis((0, C), "rc")
+    rh = te.reduce_axis((0, KH), "rh")
+    rw = te.reduce_axis((0, KW), "rw")
+    conv = te.compute(
+        (N, KB, OH, OW, OB),
+        lambda n, kb, oh, ow, ob: te.sum(
+            pad[n, rc, oh * sh + rh * dh, ow * sw + rw * dw] * weight_blocked[kb, rc, rh, rw, ob],
+            axis=[rc, rh, rw]),
+        name="fconv",
+        attrs={"schedule_rule": "bnn_fconv2d"},
+    )
+
+    def out(n, k, oh, ow):
+        v = conv[n, k // OB, oh, ow, k % OB]
+        return v + bias[k] if bias is not None else v
+
+    return te.compute((N, out_channels, OH, OW), out, name="fconv_out")

@@ -61,3 +61,14 @@ def schedule_bitpack(sch: s_tir.Schedule) -> None:
 
 def schedule_bitpack_last(sch: s_tir.Schedule) -> None:
     _bitpack(sch, "bitpack_last")
+
+
+def schedule_fconv2d(sch: s_tir.Schedule) -> None:
+    sch.compute_inline(sch.get_sblock("fpad"))
+    blk = sch.get_sblock("fconv")
+    loops = sch.get_loops(blk)
+    tx = _bind_flat(sch, loops[:-3])
+    wb = sch.cache_write(blk, 0, "local")
+    sch.reverse_compute_at(wb, tx)
+    sch.decompose_reduction(blk, loops[-3])
+    _bind_flat(sch, sch.get_loops(sch.get_sblock("fconv_out")))

@@ -114,3 +114,26 @@ def schedule_bdense(sch: s_tir.Schedule) -> None:
 
 def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:
     _schedule_mm(sch, "bbmm", "bbmm_out")
+
+
+def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8) -> None:
+    """Float blocked conv: a tile of ``WI`` output pixels x ``OB`` (SIMD lanes) output channels
+    accumulated in registers; reductions outside the tile; rows in parallel, each task padding
+    only the input rows it reads; the NCHW un-blocking runs as a parallel loop afterwards."""
+    conv = sch.get_sblock("fconv")
+    n, kb, oh, ow, ob, rc, rh, rw = sch.get_loops(conv)
+    wf = largest_divisor(extent(sch, ow), wi_max)
+    wo, wi = sch.split(ow, factors=[None, wf])
+    sch.reorder(n, kb, oh, wo, rc, rh, rw, wi, ob)
+    wb = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(wb, wo)
+    row = sch.fuse(n, kb, oh)
+    sch.parallel(row)
+    sch.compute_at(sch.get_sblock("fpad"), row)
+    sch.vectorize(ob)
+    sch.unroll(wi)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    out = sch.get_sblock("fconv_out")
+    on, ok, ooh, oow = sch.get_loops(out)
+    sch.parallel(sch.fuse(on, ok))
+    sch.decompose_reduction(conv, rc)

@@ -125,3 +125,15 @@ def conv_tap_popcount(w_pm1: np.ndarray) -> np.ndarray:
     if w.ndim != 4:
         raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
     return np.ascontiguousarray((w > 0).sum(axis=1, dtype=np.int32).transpose(1, 2, 0))
+
+
+def block_conv_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """Float OIHW weight -> ``[KB, C, KH, KW, block]`` with output channels zero-padded to KB*block."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 4:
+        raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
+    k = w.shape[0]
+    kb = -(-k // block)
+    padded = np.zeros((kb * block, *w.shape[1:]), np.float32)
+    padded[:k] = w
+    return np.ascontiguousarray(padded.reshape(kb, block, *w.shape[1:]).transpose(0, 2, 3, 4, 1))

@@ -21,7 +21,7 @@ from .packing import needs_tap_popcount
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
-OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul")
+OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d")
 
 SCHEDULES: Dict[Tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
@@ -34,6 +34,7 @@ _ACC_DTYPE = {"cuda": "int32"}
 __all__ = [
     "SCHEDULES", "target_key", "get_schedule",
     "make_bitpack", "make_bitpack_last", "make_bconv2d", "make_bdense", "make_bbatch_matmul",
+    "make_fconv2d", "fconv2d_block",
 ]
 
 
@@ -203,3 +204,41 @@ def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha:
     tag = "" if alpha is None else "_alpha" + repr(float(alpha)).replace(".", "p").replace("-", "m")
     name = f"bnn_bbmm_{_shape_tag(ash)}_n{bsh[-2]}{tag}"
     return _finish([a, b, out], "bbatch_matmul", name, target, schedule)
+
+
+def fconv2d_block(target: TargetLike = None) -> int:
+    """Output-channel block of the float conv: float32 SIMD lanes of the target (4 if unknown)."""
+    t = _as_target(target)
+    if t.kind.name != "llvm":
+        return 8
+    from tvm.target.codegen import llvm_get_vector_width
+
+    width = llvm_get_vector_width(t)
+    return max(4, (width if width > 0 else 128) // 32)
+
+
+def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *, stride=1, padding=0,
+                 dilation=1, with_bias: bool = False, target: TargetLike = None,
+                 schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+    """Float conv2d (NCHW, zero padding, groups=1) on output-channel-blocked weights.
+
+    PrimFunc params: ``(data float32[N,C,H,W], weight float32[KB,C,KH,KW,OB]
+    (packing.block_conv_weight(w, fconv2d_block(target))), [bias float32[K]],
+    out float32[N,K,OH,OW])``.
+    """
+    N, C, H, W = (int(v) for v in data_shape_nchw)
+    K, C2, KH, KW = (int(v) for v in weight_shape)
+    if C2 != C:
+        raise ValueError(f"fconv2d: weight in-channels {C2} != data channels {C} (only groups=1)")
+    ob = fconv2d_block(target)
+    kb = -(-K // ob)
+    st, dl, pd = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation"), normalize_padding(padding)
+    data = te.placeholder((N, C, H, W), "float32", name="data")
+    weight = te.placeholder((kb, C, KH, KW, ob), "float32", name="weight")
+    bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
+    out = compute.fconv2d_blocked(data, weight, out_channels=K, kernel=(KH, KW), stride=st,
+                                  padding=pd, dilation=dl, bias=bias)
+    args = [data, weight] + ([bias] if bias is not None else []) + [out]
+    name = (f"bnn_fconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
+            f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}")
+    return _finish(args, "fconv2d", name, target, schedule)

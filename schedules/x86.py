@@ -101,3 +101,8 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int 
 
 schedule_bitpack = generic.schedule_bitpack
 schedule_bitpack_last = generic.schedule_bitpack_last
+
+
+def schedule_fconv2d(sch: s_tir.Schedule) -> None:
+    # 8 pixels x one zmm/ymm of output channels: 8 accumulators + 1 weight register, no spills.
+    generic.schedule_fconv2d(sch, wi_max=8)

@@ -28,8 +28,9 @@ def run(args):
 def assert_one_line_error(code, out, err):
     assert code != 0
     assert "Traceback" not in out + err
+    # progress lines may precede it; the error itself is exactly one line, and the last
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert [ln for ln in lines if ln.startswith("error: ")] == lines[-1:], err
 
 
 def test_zoo_table_and_json():
