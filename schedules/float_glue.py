@@ -87,15 +87,27 @@ class Injective(ScheduleRule):
         loops = sch.get_loops(block)
         if not loops:
             return sch
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        extent = get_extent(sch, fused)
+        # Vectorize a contiguous tail (the last axis, or the last two: H*W of NCHW) and keep the
+        # channel axis outside it, so per-channel BN/PReLU parameters are loop-invariant scalars
+        # instead of per-lane gathers; parallelize what is left.
         lanes = _vector_lanes(target)
-        if isinstance(extent, int) and extent >= 4 * lanes and extent % lanes == 0:
-            outer, vec = sch.split(fused, factors=[None, lanes])
-            sch.parallel(outer)
+        extents = [get_extent(sch, lp) for lp in loops]
+        if not all(isinstance(e, int) for e in extents):
+            return None
+        n_tail = 1 if extents[-1] % lanes == 0 or len(loops) == 1 else 2
+        tail = loops[-n_tail:]
+        inner = sch.fuse(*tail) if len(tail) > 1 else tail[0]
+        rest = list(loops[:-n_tail])
+        tail_ext = 1
+        for e in extents[-n_tail:]:
+            tail_ext *= e
+        if tail_ext % lanes == 0:
+            outer_in, vec = sch.split(inner, factors=[None, lanes])
             sch.vectorize(vec)
-        elif isinstance(extent, int) and extent >= 64:
-            sch.parallel(fused)
+            if not rest:  # a 1-D tensor: the vector chunks are the parallel tasks
+                rest = [outer_in]
+        if rest:
+            _parallel_outer(sch, rest)
         return sch
 
 
@@ -128,7 +140,9 @@ class SpatialReduction(ScheduleRule):
         if not isinstance(inner_ext, int):
             return None
         # register tile along the innermost spatial axis (ow for NCHW conv, N for matmul)
-        tile = lanes if inner_ext % lanes == 0 else (inner_ext if inner_ext <= 2 * lanes else 1)
+        tile = next((c for c in (lanes, lanes // 2, 4) if inner_ext % c == 0), 1)
+        if tile == 1 and inner_ext <= 2 * lanes:
+            tile = inner_ext
         if tile > 1 and tile != inner_ext:
             s_o, s_i = sch.split(spatial[-1], factors=[None, tile])
             outer_spatial = [*spatial[:-1], s_o]

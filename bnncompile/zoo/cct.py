@@ -206,7 +206,8 @@ def make_cct_builder(variant: str):
               scale: str = "mean_abs", embed_dim: int = dim, num_layers: int = layers,
               num_heads: int = heads, mlp_ratio: float = mlp) -> nn.Module:
         hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-        if (len(hw) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in hw)):
+        bad = any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in hw)
+        if len(hw) != 2 or bad:
             raise UsageError(f"input_size must be a positive int or (H, W), got {input_size!r}")
         # every conv/pool must see at least one pixel; require sizes giving >= 2x2 tokens
         geom = _Geom(kernel, n_conv)

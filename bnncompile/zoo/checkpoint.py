@@ -81,7 +81,8 @@ def _site_param(module: nn.Module, role: str) -> tuple[str, float] | None:
     return entry
 
 
-def map_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def map_state_dict(state_dict: Mapping[str, torch.Tensor],
+                   model: nn.Module) -> dict[str, torch.Tensor]:
     """Translate official ReActNet / DataParallel key names to ``model``'s names (table above).
 
     Keys the model already has, and keys no rule applies to, pass through unchanged (so they
@@ -129,7 +130,8 @@ def _read(path) -> object:
     except Exception as e:  # pickle/zip/EOF errors, or a pickle needing more than weights_only
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (torch.load weights_only=True: {msg[:200]})"
+            f"{path} is not a readable PyTorch checkpoint "
+            f"(torch.load weights_only=True: {msg[:200]})"
         ) from e
 
 
@@ -185,7 +187,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, strict: bool = True
         sd = _unwrap(path_or_state_dict, source)
     sd = map_state_dict(sd, model)
     own = model.state_dict()
-    frozen_prefixes = {n for n, m in model.named_modules() if isinstance(m, _BinaryBase) and m.frozen}
+    frozen_prefixes = {n for n, m in model.named_modules()
+                       if isinstance(m, _BinaryBase) and m.frozen}
 
     def optional(k):  # frozen buffers are recomputed when absent
         p, _, leaf = k.rpartition(".")
@@ -199,12 +202,15 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, strict: bool = True
         problems.append(_listing("shape mismatch(es)", [
             f"{k} expected {_shape(own[k])} found {_shape(sd[k])}" for k in mismatched]))
     if strict and missing:
-        problems.append(_listing("missing key(s)", [f"{k} expected {_shape(own[k])}" for k in missing]))
+        problems.append(_listing("missing key(s)",
+                                 [f"{k} expected {_shape(own[k])}" for k in missing]))
     if strict and unexpected:
-        problems.append(_listing("unexpected key(s)", [f"{k} found {_shape(sd[k])}" for k in unexpected]))
+        problems.append(_listing("unexpected key(s)",
+                                 [f"{k} found {_shape(sd[k])}" for k in unexpected]))
     if problems:
         name = getattr(model, "zoo_config", {}).get("name", type(model).__name__)
-        raise CheckpointError(f"checkpoint {source} does not match model {name}: " + " | ".join(problems))
+        raise CheckpointError(
+            f"checkpoint {source} does not match model {name}: " + " | ".join(problems))
     loadable = {k: v for k, v in sd.items() if k in own}
     model.load_state_dict(loadable, strict=False)
     for n, m in model.named_modules():

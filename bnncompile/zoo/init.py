@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.layers import _BinaryBase
 from ..nn.binarizers import Binarizer, DySign, InstaTh, InstaThPlus, RSign, _HyperMLP
+from ..nn.layers import _BinaryBase
 
 
 def smooth_images(n: int, c: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
-    """Seeded image-like noise, per-image standardised: N(0,1)-ish pixels with spatial correlation."""
+    """Seeded image-like noise, standardised per image: N(0,1)-ish, spatially correlated."""
     x = torch.zeros(n, c, h, w)
     for factor, amp in ((8, 1.0), (2, 0.5), (1, 0.25)):
         lo = torch.randn(n, c, max(1, h // factor), max(1, w // factor), generator=generator)
@@ -86,7 +86,8 @@ def center_thresholds(model: nn.Module, x: torch.Tensor) -> None:
     wrapped = {id(m.binarizer) for m in model.modules() if isinstance(m, HeadwiseSign)}
     for m in model.modules():
         if isinstance(m, HeadwiseSign):
-            handles.append(m.register_forward_pre_hook(lambda mod, inp: _center(mod.binarizer, inp[0])))
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, inp: _center(mod.binarizer, inp[0])))
         elif isinstance(m, Binarizer) and id(m) not in wrapped:
             handles.append(m.register_forward_pre_hook(lambda mod, inp: _center(mod, inp[0])))
     try:

@@ -30,7 +30,8 @@ def _check_size(input_size, multiple: int, model: str) -> tuple[int, int]:
         if not isinstance(v, int) or isinstance(v, bool) or v < multiple or v % multiple:
             raise UsageError(
                 f"{model} needs an input size that is a positive multiple of {multiple} "
-                f"(its total stride; AvgPool shortcuts need even sizes at every stage), got {input_size!r}"
+                f"(its total stride; AvgPool shortcuts need even sizes at every stage), "
+                f"got {input_size!r}"
             )
     return h, w
 
@@ -53,7 +54,8 @@ class ReActNetABlock(nn.Module):
         out1 = act1( BN1(BinConv3x3_s(sign1(x))) + [AvgPool2d(2,2)](x) )
         xb   = sign2(out1)                                   # one sign site, shared by both 1x1s
         out  = act2( BN2(BinConv1x1(xb)) + out1 )                                   if Cout == Cin
-        out  = act2( cat[BN2_1(BinConv1x1_a(xb)) + out1, BN2_2(BinConv1x1_b(xb)) + out1] )  if Cout == 2Cin
+        out  = act2( cat[BN2_1(BinConv1x1_a(xb)) + out1,
+                         BN2_2(BinConv1x1_b(xb)) + out1] )                         if Cout == 2Cin
 
     Sites: sign1 (C=Cin, input resolution), sign2 (C=Cin, output resolution), act1 (Cin),
     act2 (Cout).
@@ -125,7 +127,8 @@ class ReActNet18Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, sites: SiteConfig, pad_value="zero",
                  scale="mean_abs"):
         super().__init__()
-        self.binary_conv = BinaryConv2d(cin, cout, 3, stride, 1, binarizer=sites.make_binarizer(cin),
+        self.binary_conv = BinaryConv2d(cin, cout, 3, stride, 1,
+                                        binarizer=sites.make_binarizer(cin),
                                         pad_value=pad_value, scale=scale)
         self.bn1 = nn.BatchNorm2d(cout)
         self.act = sites.make_activation(cout)

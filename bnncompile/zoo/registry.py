@@ -56,7 +56,8 @@ class ModelSpec:
 
 
 #: build-time options handled by :func:`build` itself (not by the model builder).
-_BUILD_OPTIONS = ("in_channels", "calibrate", "calibrate_thresholds", "calib_batches", "calib_batch_size", "dynamic_init",
+_BUILD_OPTIONS = ("in_channels", "calibrate", "calibrate_thresholds", "calib_batches",
+                  "calib_batch_size", "dynamic_init",
                   "dynamic_strength")
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -81,7 +82,8 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        known = ", ".join(list_models())
+        raise UsageError(f"unknown model {name!r}; known models: {known}") from None
 
 
 def _as_hw(input_size) -> tuple[int, int]:
@@ -124,7 +126,8 @@ def build(name: str, *, num_classes: int | None = None, input_size=None, seed: i
     unknown = sorted(k for k in overrides if k not in allowed)
     if unknown:
         raise UsageError(
-            f"unknown option(s) {', '.join(unknown)} for model {name!r}; accepted: {', '.join(allowed)}"
+            f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
+            f"accepted: {', '.join(allowed)}"
         )
     num_classes = spec.num_classes if num_classes is None else num_classes
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -142,8 +145,10 @@ def build(name: str, *, num_classes: int | None = None, input_size=None, seed: i
     dynamic_init = opts.pop("dynamic_init", "random")
     dynamic_strength = float(opts.pop("dynamic_strength", 1.0))
     if dynamic_init not in DYNAMIC_INIT_CHOICES:
-        raise UsageError(f"dynamic_init must be one of {DYNAMIC_INIT_CHOICES}, got {dynamic_init!r}")
-    site_opts = {**FAMILY_SITES[spec.family], **{k: opts.pop(k) for k in list(opts) if k in SITE_FIELDS}}
+        raise UsageError(
+            f"dynamic_init must be one of {DYNAMIC_INIT_CHOICES}, got {dynamic_init!r}")
+    site_opts = dict(FAMILY_SITES[spec.family])
+    site_opts.update({k: opts.pop(k) for k in list(opts) if k in SITE_FIELDS})
     sites = SiteConfig(**site_opts)
 
     with torch.random.fork_rng(devices=[]):
@@ -187,7 +192,8 @@ for _name, _fam, _twin, _desc in (
     ("reactnet_a", "reactnet", None, f"{_A}: RSign + RPReLU"),
     ("dybnn_reactnet_a", "dybnn", "reactnet_a", f"DyBNN on {_A}: DySign + DPReLU"),
     ("insta_bnn_a", "insta", "reactnet_a", f"INSTA-BNN on {_A}: INSTA-Th + INSTA-PReLU"),
-    ("insta_bnn_a_plus", "insta_plus", "reactnet_a", f"INSTA-BNN+ on {_A}: INSTA-Th+ + INSTA-PReLU"),
+    ("insta_bnn_a_plus", "insta_plus", "reactnet_a", 
+     f"INSTA-BNN+ on {_A}: INSTA-Th+ + INSTA-PReLU"),
 ):
     register(ModelSpec(_name, build_reactnet_a, 224, 1000, 3, _fam, _desc, _twin, "reactnet_a"))
 
@@ -196,7 +202,8 @@ for _name, _fam, _twin, _desc in (
     ("bireal_18", "bireal", None, f"Bi-Real-18, {_R}: Sign, no RPReLU"),
     ("dybnn_reactnet_18", "dybnn", "reactnet_18", f"DyBNN ReActNet-18, {_R}: DySign + DPReLU"),
     ("insta_bnn_18", "insta", "reactnet_18", f"INSTA-BNN-18, {_R}: INSTA-Th + INSTA-PReLU"),
-    ("insta_bnn_18_plus", "insta_plus", "reactnet_18", f"INSTA-BNN+-18, {_R}: INSTA-Th+ + INSTA-PReLU"),
+    ("insta_bnn_18_plus", "insta_plus", "reactnet_18", 
+     f"INSTA-BNN+-18, {_R}: INSTA-Th+ + INSTA-PReLU"),
 ):
     register(ModelSpec(_name, build_reactnet_18, 224, 1000, 3, _fam, _desc, _twin, "reactnet_18"))
 

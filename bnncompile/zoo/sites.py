@@ -66,7 +66,8 @@ class SiteConfig:
 
     def __post_init__(self):
         if self.binarizer not in BINARIZER_KINDS:
-            raise UsageError(f"unknown binarizer {self.binarizer!r}; known: {', '.join(BINARIZER_KINDS)}")
+            raise UsageError(
+                f"unknown binarizer {self.binarizer!r}; known: {', '.join(BINARIZER_KINDS)}")
         if self.activation not in ACTIVATION_KINDS:
             raise UsageError(
                 f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATION_KINDS)}"

@@ -65,7 +65,8 @@ def _to_official(model, weights_layout: bool) -> dict:
             off = inverse.get((path, role_of[leaf]))
             if off is not None:
                 shape = (v.numel(),) if off.startswith("prelu") else (1, v.numel(), 1, 1)
-                out[f"module.{block}.{off}.{'weight' if leaf == 'slope' else 'bias'}"] = v.reshape(shape)
+                pname = 'weight' if leaf == 'slope' else 'bias'
+                out[f"module.{block}.{off}.{pname}"] = v.reshape(shape)
                 continue
         if weights_layout and leaf == "weight" and ".binary_" in k:
             out[f"module.{prefix}.weights"] = v.reshape(-1, 1)
@@ -98,7 +99,8 @@ def test_official_checkpoint_initialises_dynamic_twin():
             for p in params:
                 getattr(m, p).add_(0.1 * torch.randn_like(getattr(m, p)))
     official = _to_official(static, weights_layout=False)
-    dyn = zoo.build("dybnn_reactnet_18", input_size=32, seed=1, dynamic_init="zero", calibrate=False)
+    dyn = zoo.build("dybnn_reactnet_18", input_size=32, seed=1, dynamic_init="zero",
+                    calibrate=False)
     missing, unexpected = zoo.load_checkpoint(dyn, official, strict=False)
     assert unexpected == [] and missing and all(".mlp." in k for k in missing)
     assert torch.allclose(_out(static), _out(dyn), atol=1e-5)

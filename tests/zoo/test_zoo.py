@@ -1,4 +1,4 @@
-"""Model zoo: registry, every model builds/forwards, site counts and types, seeding, sign balance."""
+"""Model zoo: registry, builds and forwards, site counts and types, seeding, sign balance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from bnncompile import zoo
 from bnncompile.errors import UsageError
-from bnncompile.nn import (DPReLU, DySign, InstaPReLU, InstaTh, InstaThPlus, RPReLU, RSign, Sign)
+from bnncompile.nn import DPReLU, DySign, InstaPReLU, InstaTh, InstaThPlus, RPReLU, RSign, Sign
 from bnncompile.nn.layers import BinaryConv2d, BinaryLinear
 
 ALL = [
@@ -134,7 +134,8 @@ def test_reactnet_18_layout():
     assert isinstance(ds[2], nn.BatchNorm2d)
     assert model.conv1.kernel_size == (7, 7) and isinstance(model.maxpool, nn.MaxPool2d)
     bireal = built("bireal_18")
-    assert all(isinstance(b.act, nn.Identity) for i in range(1, 5) for b in getattr(bireal, f"layer{i}"))
+    assert all(isinstance(b.act, nn.Identity)
+               for i in range(1, 5) for b in getattr(bireal, f"layer{i}"))
 
 
 def test_deterministic_by_seed_and_rng_untouched():
@@ -180,7 +181,8 @@ def test_overrides_and_sizes():
     assert isinstance(m.layer1[0].binary_conv.binarizer, DySign)
     assert m.layer1[0].binary_conv.binarizer.mlp.fc1.out_features == 16
     assert m(torch.randn(1, 3, 32, 64)).shape == (1, 5)
-    m = zoo.build("insta_bnn_18", input_size=32, cube_root=True, dynamic_slope=True, calibrate=False)
+    m = zoo.build("insta_bnn_18", input_size=32, cube_root=True, dynamic_slope=True,
+                  calibrate=False)
     assert m.layer1[0].binary_conv.binarizer.cube_root and m.layer1[0].act.dynamic_slope
     m = zoo.build("binary_cct_14_7x2", input_size=32, num_layers=1, **FAST)
     assert m.sequence_length == 4 and len(m.blocks) == 1
@@ -226,7 +228,8 @@ def test_binary_qk_matmul_operands_are_dynamic_signs():
 
 
 def _binary_and_fp(model):
-    binary = sum(m.weight.numel() for m in model.modules() if isinstance(m, (BinaryConv2d, BinaryLinear)))
+    binary = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, (BinaryConv2d, BinaryLinear)))
     total = sum(p.numel() for p in model.parameters())
     return binary, total
 
