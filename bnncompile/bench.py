@@ -179,3 +179,88 @@ def plot(report: BenchReport, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+@dataclass
+class LayerTiming:
+    kernel: str
+    kind: str
+    layers: list[str]
+    calls: int
+    ms: float  # per inference, all calls of this kernel
+    share: float  # fraction of the instrumented total
+    gbmacs: float | None  # achieved G binary-MAC/s (binary kernels)
+    gflops_mac: float | None  # achieved G float-MAC/s (float conv kernel)
+
+
+def binary_ceiling_gbmacs() -> tuple[float, str]:
+    """Per-thread binary-MAC/s ceiling of this CPU, with where the number comes from."""
+    from .targets import cpu_flags
+
+    if "avx512_vpopcntdq" in cpu_flags():
+        # vpxor + vpopcntq + vpaddq per 512 bits on two vector ports: ~1.5 cycles -> 341 bMAC/cycle
+        return 341 * _cpu_ghz(), "model: 512 bits / 1.5 cycles (AVX-512 VPOPCNTDQ)"
+    return 280.0, "measured AVX2 vpshufb popcount on Zen 3 (ARCHITECTURE.md)"
+
+
+def _cpu_ghz() -> float:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) / 1e3
+    except (OSError, ValueError):
+        pass
+    return 2.0
+
+
+def profile_layers(runner, x: np.ndarray | None = None, *, repeats: int = 5) -> list[LayerTiming]:
+    """Time every VM call (one per kernel launch) with the VM's instrument hook."""
+    import collections
+
+    kernels = runner.meta.get("kernels", {})
+    x = np.random.default_rng(0).standard_normal(runner.inputs[0]["shape"]).astype(np.float32) if x is None else x
+    args = runner.set_inputs(x)
+    vm = runner._vm
+    vm["main"](*args)
+    acc: collections.Counter = collections.Counter()
+    start: dict[str, float] = {}
+
+    def instrument(func, symbol, before_run, ret_value, *rest):
+        if before_run:
+            start[symbol] = time.perf_counter()
+        else:
+            acc[symbol] += time.perf_counter() - start.pop(symbol, time.perf_counter())
+        return 0
+
+    vm.set_instrument(instrument)
+    try:
+        for _ in range(repeats):
+            vm["main"](*args)
+    finally:
+        vm.set_instrument(lambda *a: 0)
+    total = sum(acc.values()) or 1.0
+    rows = []
+    for symbol, secs in acc.most_common():
+        info = kernels.get(symbol, {})
+        per = secs / repeats
+        calls = int(info.get("calls", 0)) or 1
+        bm, fm = info.get("binary_macs", 0) * calls, info.get("float_macs", 0) * calls
+        rows.append(LayerTiming(symbol, info.get("kind", "tvm"), list(info.get("layers", [])),
+                                int(info.get("calls", 0)), per * 1e3, secs / total,
+                                bm / per / 1e9 if bm else None, fm / per / 1e9 if fm else None))
+    return rows
+
+
+def format_layers(rows: list[LayerTiming], top: int = 25) -> str:
+    ceiling, source = binary_ceiling_gbmacs()
+    lines = [f"per-kernel time (1 inference; binary ceiling ~{ceiling:.0f} G bMAC/s per thread, {source})",
+             f"{'ms':>8} {'share':>6} {'G bMAC/s':>9} {'% ceil':>7}  kernel (layers)"]
+    for r in rows[:top]:
+        g = f"{r.gbmacs:9.1f}" if r.gbmacs else (f"{r.gflops_mac:6.1f} GF" if r.gflops_mac else " " * 9)
+        pct = f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs else " " * 7
+        where = f" ({r.layers[0]}{' +' + str(len(r.layers) - 1) if len(r.layers) > 1 else ''})" if r.layers else ""
+        lines.append(f"{r.ms:8.3f} {100 * r.share:5.1f}% {g} {pct}  {r.kernel}{where}")
+    if len(rows) > top:
+        lines.append(f"... {len(rows) - top} more kernels, {sum(r.ms for r in rows[top:]):.3f} ms")
+    return "\n".join(lines)

@@ -186,6 +186,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_file": str(Path(onnx_path).name),
         "binary_layers": len(plan.binary),
+        "kernels": plan.kernels,
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},
     }
     side = sidecar_path_for(output)

@@ -58,6 +58,9 @@ class LoweringPlan:
     folded_scale: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
     #: float Conv nodes lowered to bnncompile's blocked float conv (CPU targets)
     float_convs: set[str] = field(default_factory=set)
+    #: kernel symbol -> {"layer": ONNX node name, "kind": ..., "binary_macs"/"float_macs": n,
+    #: "calls": n}; lets bench attribute time per layer and compute achieved G binary-MAC/s
+    kernels: dict[str, dict] = field(default_factory=dict)
 
 
 def _static_input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int]]:
@@ -240,8 +243,15 @@ def _make_importer_class():
         def _shape_of(self, expr):
             return [int(s) for s in expr.ty.shape]
 
-        def _call(self, prim_func, args, out_shape, out_dtype):
+        def _call(self, prim_func, args, out_shape, out_dtype, *, layer=None, kind="bitpack",
+                  binary_macs=0, float_macs=0):
             name = prim_func.attrs["global_symbol"]
+            info = self._plan.kernels.setdefault(
+                name, {"layers": [], "kind": kind, "binary_macs": int(binary_macs),
+                       "float_macs": int(float_macs), "calls": 0})
+            info["calls"] += 1
+            if layer is not None:
+                info["layers"].append(layer)
             gv = self._packed_cache.get(name)
             if gv is None:
                 # Opaque: FuseTIR cannot merge an already scheduled kernel with its neighbours
@@ -312,7 +322,8 @@ def _make_importer_class():
                          *(_conv_out(xs[2 + i], kernel[i], stride[i], pads[i], pads[i + 2], dil[i])
                            for i in range(2))]
             dtype = "float32" if scale is not None else "int32"
-            y = self._call(pf, args, out_shape, dtype)
+            macs = int(np.prod(out_shape)) * int(np.prod(layer.weight.shape[1:]))
+            y = self._call(pf, args, out_shape, dtype, layer=node.name, kind="bconv2d", binary_macs=macs)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
 
         def _float_conv(self, node, inputs):
@@ -336,7 +347,8 @@ def _make_importer_class():
                 args.append(relax.const(bias.astype(np.float32)))
             out = [xs[0], w.shape[0], *(_conv_out(xs[2 + i], w.shape[2 + i], stride[i], pads[i],
                                                   pads[i + 2], dil[i]) for i in range(2))]
-            return self._call(pf, args, out, "float32")
+            macs = int(np.prod(out)) * int(np.prod(w.shape[1:]))
+            return self._call(pf, args, out, "float32", layer=node.name, kind="fconv2d", float_macs=macs)
 
         def _binary_dense(self, node, layer, inputs):
             from .schedules import packing
@@ -362,7 +374,9 @@ def _make_importer_class():
             args = [packed, relax.const(packing.pack_dense_weight(w))]
             args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
             dtype = "float32" if scale is not None else "int32"
-            y = self._call(pf, args, [*xs[:-1], w.shape[0]], dtype)
+            macs = int(np.prod(xs)) * w.shape[0]
+            y = self._call(pf, args, [*xs[:-1], w.shape[0]], dtype, layer=node.name, kind="bdense",
+                           binary_macs=macs)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
 
         def _binary_bmm(self, node, layer):
@@ -384,7 +398,9 @@ def _make_importer_class():
             pa = self._pack(xa, ta, last_axis=True)
             pb = self._pack(xb, tb, last_axis=True)
             dtype = "float32" if alpha is not None else "int32"
-            y = self._call(pf, [pa, pb], [*a_shape[:-1], b_shape[-2]], dtype)
+            macs = int(np.prod(a_shape)) * b_shape[-2]
+            y = self._call(pf, [pa, pb], [*a_shape[:-1], b_shape[-2]], dtype, layer=node.name,
+                           kind="bbatch_matmul", binary_macs=macs)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
 
     return BNNGraphImporter

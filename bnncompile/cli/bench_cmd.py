@@ -28,7 +28,9 @@ def _threads(text: str) -> tuple[int, ...]:
 @click.option("--number", default=10, show_default=True, help="calls per engine per round")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report on stdout")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a bar chart (PNG)")
-def command(model, lib, threads, rounds, number, as_json, plot):
+@click.option("--layers/--no-layers", default=True, show_default=True,
+              help="per-kernel breakdown (1 thread) with achieved G binary-MAC/s")
+def command(model, lib, threads, rounds, number, as_json, plot, layers):
     """Latency of the compiled model vs ONNX Runtime FP32 and PyTorch eager FP32, same run."""
     from ..bench import benchmark
     from ..bench import plot as plot_report
@@ -37,7 +39,21 @@ def command(model, lib, threads, rounds, number, as_json, plot):
     counts = _threads(threads)
     with stages(rounds * len(counts), "bench") as say:
         report = benchmark(model, lib=lib, threads=counts, rounds=rounds, number=number, progress=say)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    rows = []
+    if layers:
+        from ..bench import _set_tvm_threads, format_layers, profile_layers
+        from ..runtime import load
+
+        _set_tvm_threads(1)
+        rows = profile_layers(load(lib))
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({**report.to_dict(), "layers": [asdict(r) for r in rows]}, indent=2))
+    else:
+        click.echo(report.format())
+        if rows:
+            click.echo(format_layers(rows))
     if plot:
         plot_report(report, plot)
         click.echo(f"wrote {plot}", err=True)

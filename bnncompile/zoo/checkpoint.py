@@ -157,7 +157,7 @@ def _unwrap(obj, source: str) -> dict[str, torch.Tensor]:
 
 
 def _shape(t) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def _listing(title: str, items: list[str], limit: int = 5) -> str:
