@@ -189,6 +189,15 @@ def _epilogue(acc_int, k, scale, bias):
     return v
 
 
+def _interior_range(size: int, out: int, k: int, stride: int, pad_lo: int, dil: int) -> tuple:
+    """``[lo, hi)``: output positions whose ``k`` taps ``o*stride - pad_lo + r*dil`` all lie in
+    ``[0, size)`` (empty, lo >= hi, if there are none)."""
+    lo = max(0, -(-pad_lo // stride))  # o*stride >= pad_lo
+    last = size - 1 + pad_lo - (k - 1) * dil  # o*stride <= last
+    hi = min(out, last // stride + 1) if last >= 0 else 0
+    return lo, hi
+
+
 def bconv2d(
     data: te.Tensor,
     weight: te.Tensor,
@@ -302,8 +311,6 @@ def bconv2d(
                      attrs={"schedule_rule": "bnn_bconv2d"})
 
     def ntaps(oh, ow):
-        if not zero_pad:
-            return tirx.const(KH * KW, acc_dtype)
         # Valid-tap count factorises into rows x cols; unrolled in Python (KH/KW are small).
         cnt_h = sum((tirx.Select(valid_h(oh, r), one, zero) for r in range(1, KH)),
                     tirx.Select(valid_h(oh, 0), one, zero))
@@ -311,26 +318,62 @@ def bconv2d(
                     tirx.Select(valid_w(ow, 0), one, zero))
         return cnt_h * cnt_w
 
+    # Output rows/cols whose taps all fall inside the image (no correction needed there).
+    ih_lo, ih_hi = _interior_range(H, OH, KH, sh, pt, dh)
+    iw_lo, iw_hi = _interior_range(W, OW, KW, sw, pl, dw)
+
+    def interior(oh, ow):
+        conds = []
+        if ih_lo > 0:
+            conds.append(oh >= ih_lo)
+        if ih_hi < OH:
+            conds.append(oh < ih_hi)
+        if iw_lo > 0:
+            conds.append(ow >= iw_lo)
+        if iw_hi < OW:
+            conds.append(ow < iw_hi)
+        return tirx.all(*conds) if conds else None
+
+    def _out(v, k):
+        # Narrow to int32 before the float conversion: int64 -> float32 has no AVX2 instruction
+        # (it is scalarised), int32 -> float32 is one vcvtdq2ps.  |v| <= KH*KW*C fits easily.
+        return _epilogue(v.astype("int32") if acc_dtype != "int32" else v, k, scale, bias)
+
     def value(n, oh, ow, k):
         pc = acc[n, oh, ow, k]
-        if zero_pad:
-            # Padded words are 0, so each out-of-image tap added popcount(w[tap, :, k]) to acc
-            # although a zero-padded pixel must contribute nothing: subtract it here.  Doing
-            # this in the epilogue keeps the hot loop free of per-tap selects (a select in the
-            # inner loop cost ~40% on Zen 3).  tap_popcount is a parameter, not an intermediate
-            # block, because reverse_compute_inline/reverse_compute_at of the epilogue refuse a
-            # second intermediate producer.
-            for r in range(KH):
-                for s_ in range(KW):
-                    pc = pc - tirx.Select(tirx.all(valid_h(oh, r), valid_w(ow, s_)), zero,
+        full = tirx.const(KH * KW * C, acc_dtype) - 2 * pc
+        if not zero_pad:
+            return _out(full, k)
+        # Padded words are 0, so each out-of-image tap added popcount(w[tap, :, k]) to acc
+        # although a zero-padded pixel must contribute nothing: subtract it here.  Doing this
+        # in the epilogue keeps the hot loop free of per-tap selects (a select in the inner
+        # loop cost ~40% on Zen 3).  tap_popcount is a parameter, not an intermediate block,
+        # because reverse_compute_inline/reverse_compute_at of the epilogue refuse a second
+        # intermediate producer.
+        corr = pc
+        for r in range(KH):
+            for s_ in range(KW):
+                corr = corr - tirx.Select(tirx.all(valid_h(oh, r), valid_w(ow, s_)), zero,
                                           tap_popcount[r, s_, k].astype(acc_dtype))
-        a = ntaps(oh, ow) * C - 2 * pc
-        return _epilogue(a, k, scale, bias)
+        border = ntaps(oh, ow) * C - 2 * corr
+        cond = interior(oh, ow)
+        if cond is None:  # the taps never reach the padding (e.g. a large stride)
+            return _out(full, k)
+        if ih_lo >= ih_hi or iw_lo >= iw_hi:  # no interior position at all
+            return _out(border, k)
+        # A real branch (if_then_else lowers to one in LLVM when the condition is a scalar, i.e.
+        # when the epilogue is vectorised along k): interior pixels skip the KH*KW selects.
+        return _out(tirx.if_then_else(cond, full, border), k)
 
+    # bnn_border: the epilogue branches on border pixels (zero padding that the taps reach); a
+    # schedule should then vectorise it along k, where that condition is a scalar.
+    border_attr = int(zero_pad and _interior_range(H, OH, KH, sh, pt, dh) != (0, OH)
+                      or zero_pad and _interior_range(W, OW, KW, sw, pl, dw) != (0, OW))
     if out_layout == "NCHW":
         return te.compute((N, K, OH, OW), lambda n, k, oh, ow: value(n, oh, ow, k), name="bconv_out",
-                          attrs={"bnn_out_layout": "NCHW"})
-    return te.compute((N, OH, OW, K), value, name="bconv_out", attrs={"bnn_out_layout": "NHWC"})
+                          attrs={"bnn_out_layout": "NCHW", "bnn_border": border_attr})
+    return te.compute((N, OH, OW, K), value, name="bconv_out",
+                      attrs={"bnn_out_layout": "NHWC", "bnn_border": border_attr})
 
 
 def bdense(

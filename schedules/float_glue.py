@@ -111,6 +111,25 @@ class Injective(ScheduleRule):
         return sch
 
 
+def _contiguous_in_some_read(sch: s_tir.Schedule, block, iter_index: int) -> bool:
+    """Does block iter ``iter_index`` index the innermost dimension of some read buffer?
+
+    Then a vector tile along it reads contiguous memory (ow of an NCHW conv input, j of B in
+    A @ B); otherwise the tile would turn every load into a gather.
+    """
+    stmt = sch.get(block)
+    var = stmt.iter_vars[iter_index].var
+    for region in stmt.reads:
+        if not region.region:
+            continue
+        found = []
+        tirx.stmt_functor.post_order_visit(
+            region.region[-1].min, lambda e: found.append(True) if e.same_as(var) else None)
+        if found:
+            return True
+    return False
+
+
 class SpatialReduction(ScheduleRule):
     """One ``S..S R..R`` reduction with inlinable producers/consumers (conv, matmul, pool)."""
 
@@ -135,6 +154,8 @@ class SpatialReduction(ScheduleRule):
         if len(loops) != len(kinds):
             return None
         spatial, reduce_loops = loops[:n_s], loops[n_s:]
+        if not _contiguous_in_some_read(sch, block, n_s - 1):
+            return None  # e.g. mean over H,W: tiling channels would gather; dlight's rule fits
         lanes = _vector_lanes(target)
         inner_ext = get_extent(sch, spatial[-1])
         if not isinstance(inner_ext, int):

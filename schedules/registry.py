@@ -71,12 +71,21 @@ def get_schedule(op: str, target: TargetLike = None, schedule: Optional[str] = N
 def _finish(args, op: str, name: str, target: TargetLike, schedule: Optional[str]):
     key, fn = get_schedule(op, target, schedule)
     pf = te.create_prim_func(list(args))
-    sch = s_tir.Schedule(pf)
-    fn(sch)
+    # --- tuning hook (schedules/tuning.py): a MetaSchedule record for this unscheduled workload
+    # replaces the hand schedule inside tuning.use_database(); no-op (None) otherwise.
+    from . import tuning
+
+    func = tuning.on_finish(pf, op=op, name=name, key=key, hand=fn, target=target,
+                            forced=schedule is not None)
+    if func is None:
+        sch = s_tir.Schedule(pf)
+        fn(sch)
+        func = sch.mod["main"]
+    # --- end tuning hook ---
     symbol = f"{name}_{key}"
     # bnn.param_names lets the caller check which optional params the function takes.
     names = [str(a.op.name) for a in args]
-    return (sch.mod["main"].with_attr("global_symbol", symbol)
+    return (func.with_attr("global_symbol", symbol)
             .with_attr("tirx.is_scheduled", True)  # ApplyDefaultSchedule (dlight) skips it
             .with_attr("bnn.param_names", names))
 

@@ -1,0 +1,317 @@
+"""MetaSchedule integration: tuned schedules from a database instead of the hand schedules.
+
+Workload key: a kernel's *unscheduled* PrimFunc (``te.create_prim_func`` of its compute, exactly
+as :func:`registry._finish` builds it, before any schedule), normalised the way MetaSchedule
+normalises a tuning task (``IRModule({"main": f})`` with ``global_symbol="main"`` and
+``tirx.noalias``).  Two kernels with the same compute share a record, whatever layer they come from.
+
+Two hooks into :func:`registry._finish`, both inactive (one ``if``) unless a context is open:
+
+* :func:`use_database` — every ``make_*`` first looks the workload up in a MetaSchedule database
+  (a ``JSONDatabase`` directory or a ``ms.Database``); if a *valid* record measured for the same
+  target (:func:`target_tag`: kind, triple, cpu, features; ``num-cores`` ignored) exists, the best
+  one's trace is replayed on the unscheduled PrimFunc instead of the hand schedule.  The caller
+  (``_finish``) still sets ``global_symbol``, ``tirx.is_scheduled`` and ``bnn.param_names``, so the
+  frontend is unchanged.  A trace that no longer applies falls back to the hand schedule.
+* :func:`collect_workloads` — records every workload built while it is open (used by
+  :func:`extract_workloads` and ``bnncompile tune``).
+
+Tuning only reorders/tiles loops of the same compute, so results are bit-identical for the integer
+kernels (tests/tuning checks this against :mod:`.reference`).  The search space is MetaSchedule's
+default space *plus the hand schedule itself* (:func:`hand_space`), so the best record is never a
+regression beyond measurement noise.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Union
+
+import tvm
+
+__all__ = [
+    "Workload", "workload_mod", "target_tag", "tuning_target", "open_database", "use_database",
+    "collect_workloads", "extract_workloads", "lookup_schedule", "fast_build", "hand_space",
+    "pretuned_dir", "PRETUNED_ROOT", "DatabaseSession", "record_digest",
+]
+
+#: pre-tuned records shipped with the package: ``databases/<target_tag>/database_*.json``
+PRETUNED_ROOT = Path(__file__).resolve().parent / "databases"
+
+#: ops whose kernels are tuned by default (the binary ones: they dominate a BNN's run time)
+BINARY_OPS = ("bconv2d", "bdense", "bbatch_matmul")
+
+_LOCAL = threading.local()
+
+
+def _stack(name: str) -> list:
+    s = getattr(_LOCAL, name, None)
+    if s is None:
+        s = []
+        setattr(_LOCAL, name, s)
+    return s
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+def workload_mod(prim_func_or_args) -> tvm.IRModule:
+    """The workload key: unscheduled PrimFunc (or the TE tensors ``[*inputs, out]``) as MetaSchedule
+    normalises a tuning task."""
+    from tvm import te
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    pf = prim_func_or_args
+    if not isinstance(pf, tvm.tirx.PrimFunc):
+        pf = te.create_prim_func(list(pf))
+    return _normalize_mod(pf)
+
+
+def _as_target(target) -> tvm.target.Target:
+    if target is None:
+        target = tvm.target.Target.current() or {"kind": "llvm"}
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
+def target_tag(target) -> str:
+    """Stable name for "code tuned for this target is valid and meaningful here":
+    ``llvm-x86_64-rocketlake``, ``llvm-aarch64-generic+neon``, ``cuda-sm_90`` ...
+    ``num-cores`` and other runtime-only attributes are ignored."""
+    t = _as_target(target)
+    kind = t.kind.name
+    if kind == "cuda":
+        return f"cuda-{t.attrs.get('arch', 'sm_xx')}"
+    triple = str(t.attrs.get("mtriple", "") or "")
+    arch = triple.split("-")[0] if triple else "native"
+    cpu = str(t.attrs.get("mcpu", "") or "generic")
+    mattr = t.attrs.get("mattr", None)
+    feats = "".join(sorted(str(a) for a in mattr)) if mattr else ""
+    return f"{kind}-{arch}-{cpu}{feats}".replace("/", "_")
+
+
+def tuning_target(target, num_cores: Optional[int] = None) -> tvm.target.Target:
+    """``target`` with ``num-cores`` set (MetaSchedule's CPU rules require it)."""
+    t = _as_target(target)
+    if t.kind.name != "llvm" or "num-cores" in t.attrs and int(t.attrs["num-cores"]) > 0:
+        return t
+    cfg = dict(t.export())
+    cfg["num-cores"] = int(num_cores or _physical_cores())
+    host = cfg.pop("host", None)
+    for k in ("keys", "tag", "features"):
+        cfg.pop(k, None)
+    return tvm.target.Target(cfg, host=host) if host else tvm.target.Target(cfg)
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+# -- databases ----------------------------------------------------------------------------------
+
+def pretuned_dir(target) -> Optional[Path]:
+    """The shipped database directory for ``target``'s tag, if there is one."""
+    d = PRETUNED_ROOT / target_tag(target)
+    return d if (d / "database_workload.json").is_file() else None
+
+
+def open_database(db, *, create: bool = False):
+    """``db``: a ``ms.Database`` (returned as is) or a directory holding
+    ``database_workload.json`` / ``database_tuning_record.json``.  Missing directory or files
+    raise ``FileNotFoundError`` unless ``create`` (then they are created)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if isinstance(db, ms.Database):
+        return db
+    d = Path(db)
+    if create:
+        d.mkdir(parents=True, exist_ok=True)
+    elif not d.is_dir():
+        raise FileNotFoundError(f"tuning database directory {d} does not exist")
+    elif not (d / "database_workload.json").is_file():
+        raise FileNotFoundError(f"{d} is not a tuning database (no database_workload.json; "
+                                "create one with `bnncompile tune`)")
+    return ms.database.JSONDatabase(work_dir=str(d), allow_missing=create)
+
+
+def _records_for(db, mod: tvm.IRModule, tag: str, k: int = 1) -> list:
+    """Best ``k`` valid records of ``mod`` measured on a target with tag ``tag`` (no writes)."""
+    if not db.has_workload(mod):
+        return []
+    wl = db.commit_workload(mod)  # existing entry: returned, nothing appended
+    out = []
+    for rec in db.get_top_k(wl, 1 << 20):  # sorted by mean run time, invalid runs excluded
+        if rec.target is not None and target_tag(rec.target) == tag:
+            out.append(rec)
+            if len(out) >= k:
+                break
+    return out
+
+
+def count_records(db, mod: tvm.IRModule, target) -> int:
+    return len(_records_for(db, mod, target_tag(target), k=1 << 30))
+
+
+def record_digest(rec, mod: tvm.IRModule) -> str:
+    h = hashlib.sha256()
+    h.update(str(tvm.ir.structural_hash(mod)).encode())
+    h.update(str(rec.trace).encode())
+    h.update(repr([float(x) for x in rec.run_secs or []]).encode())
+    return h.hexdigest()
+
+
+def lookup_schedule(db, mod: tvm.IRModule, target):
+    """Best record's schedule for (workload, target), or ``(None, None)``."""
+    from tvm import s_tir
+
+    recs = _records_for(db, mod, target_tag(target))
+    if not recs:
+        return None, None
+    rec = recs[0]
+    sch = s_tir.Schedule(mod, debug_mask="all")
+    rec.trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch, rec
+
+
+@dataclass
+class DatabaseSession:
+    """An open :func:`use_database` context: what was looked up and applied."""
+
+    db: object
+    target: tvm.target.Target
+    tag: str
+    path: Optional[str] = None
+    #: kernel symbol -> {"op", "run_ms", "digest"} for every kernel that got a tuned schedule
+    applied: Dict[str, dict] = field(default_factory=dict)
+    #: kernel symbol -> reason, for records that existed but could not be replayed
+    failed: Dict[str, str] = field(default_factory=dict)
+    misses: List[str] = field(default_factory=list)
+
+    def digest(self) -> str:
+        """SHA-256 over the records used (order independent); "" if none."""
+        if not self.applied:
+            return ""
+        h = hashlib.sha256()
+        for d in sorted(v["digest"] for v in self.applied.values()):
+            h.update(d.encode())
+        return h.hexdigest()
+
+
+@contextlib.contextmanager
+def use_database(db_dir_or_database, target=None) -> Iterator[DatabaseSession]:
+    """Within this context every ``make_*`` whose workload has a record for ``target`` (default:
+    the target each ``make_*`` is called with) returns the tuned schedule.  Yields a
+    :class:`DatabaseSession` (applied records, their digest)."""
+    db = open_database(db_dir_or_database)
+    path = None if not isinstance(db_dir_or_database, (str, os.PathLike)) else str(db_dir_or_database)
+    tgt = _as_target(target) if target is not None else None
+    sess = DatabaseSession(db, tgt, target_tag(tgt) if tgt is not None else "", path)
+    stack = _stack("db")
+    stack.append(sess)
+    try:
+        yield sess
+    finally:
+        stack.remove(sess)
+
+
+# -- workload collection ------------------------------------------------------------------------
+
+@dataclass
+class Workload:
+    """A distinct kernel workload seen while building a model."""
+
+    op: str
+    symbol: str  # global_symbol the kernel gets (unique per shape/options/target key)
+    key: str  # schedule key ("x86", "cpu", ...)
+    mod: tvm.IRModule  # workload key (unscheduled)
+    hand: Callable  # the hand schedule function (s_tir.Schedule) -> None
+    calls: int = 1
+
+
+@contextlib.contextmanager
+def collect_workloads() -> Iterator[Dict[str, Workload]]:
+    """Collect ``symbol -> Workload`` of every kernel built inside the context."""
+    seen: Dict[str, Workload] = {}
+    stack = _stack("collect")
+    stack.append(seen)
+    try:
+        yield seen
+    finally:
+        stack.remove(seen)
+
+
+def extract_workloads(model, target, *, batch: int = 1, ops=BINARY_OPS) -> List[Workload]:
+    """Distinct kernel workloads of an ONNX model (``ModelProto`` or path) for ``target``, in
+    first-use order, filtered to ``ops`` (None: all ops incl. bitpack / float conv)."""
+    from bnncompile.export import load_onnx
+    from bnncompile.frontend import FrontendOptions, from_onnx
+
+    if not hasattr(model, "graph"):
+        model = load_onnx(model)
+    with collect_workloads() as seen:
+        from_onnx(model, target=_as_target(target), options=FrontendOptions(batch=batch))
+    return [w for w in seen.values() if ops is None or w.op in ops]
+
+
+# -- the registry hook --------------------------------------------------------------------------
+
+def on_finish(pf: tvm.tirx.PrimFunc, *, op: str, name: str, key: str, hand: Callable, target,
+              forced: bool = False) -> Optional[tvm.tirx.PrimFunc]:
+    """Called by :func:`registry._finish` with the unscheduled PrimFunc; returns the tuned
+    (scheduled) PrimFunc, or None to use the hand schedule.  No-op unless a context is open."""
+    collect, dbs = _stack("collect"), _stack("db")
+    if not collect and not dbs:
+        return None
+    mod = workload_mod(pf)
+    symbol = f"{name}_{key}"
+    for seen in collect:
+        if symbol in seen:
+            seen[symbol].calls += 1
+        else:
+            seen[symbol] = Workload(op, symbol, key, mod, hand)
+    if forced or not dbs:  # an explicitly forced schedule key keeps its hand schedule
+        return None
+    sess = dbs[-1]
+    tgt = sess.target or _as_target(target)
+    try:
+        sch, rec = lookup_schedule(sess.db, mod, tgt)
+    except Exception as exc:  # a stale / foreign record: never fail the build over it
+        sess.failed[symbol] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return None
+    if sch is None:
+        sess.misses.append(symbol)
+        return None
+    secs = [float(x) for x in rec.run_secs or []]
+    sess.applied[symbol] = {"op": op, "run_ms": round(1e3 * sum(secs) / max(len(secs), 1), 4),
+                            "digest": record_digest(rec, mod)}
+    return sch.mod["main"]
+
+
+# -- tuning helpers -----------------------------------------------------------------------------
+
+def fast_build(mod, target, _params):
+    """MetaSchedule's default builder minus ``import tvm.s_tir.tensor_intrin`` (50-75 s in every
+    fresh builder process, longer than the build timeout; see the TVM field notes section 3)."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def hand_space(hand: Callable):
+    """Design space = MetaSchedule's default post-order-apply space + the hand schedule, so the
+    hand schedule is always measured as one candidate."""
+    from tvm.s_tir import meta_schedule as ms
+
+    def _hand(sch):
+        hand(sch)
+        return sch
+
+    return ms.space_generator.SpaceGeneratorUnion(
+        [ms.space_generator.PostOrderApply(), ms.space_generator.ScheduleFn(_hand)])
