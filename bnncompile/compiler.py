@@ -114,6 +114,15 @@ def _io_signature(model, batch: int) -> tuple[list[dict], list[dict]]:
     return inputs, outputs
 
 
+def _check_output_dir(output: Path) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=output.parent)
+    except OSError as exc:  # read-only or unwritable directory (root passes os.access checks)
+        raise InputFileError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
 def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None) -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``; ``.tar`` when no linker).
@@ -133,6 +142,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
     output = Path(output)
     if not output.parent.is_dir():
         raise InputFileError(f"cannot write {output}: directory {output.parent} does not exist")
+    _check_output_dir(output)  # fail before a minute-long build, not after
     model = load_onnx(onnx_path)
     t0 = time.perf_counter()
     say(f"importing {onnx_path} for {spec.name}")
@@ -185,6 +195,9 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         "options": asdict(opts),
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_file": str(Path(onnx_path).name),
+        # load() checks these before dlopen: a truncated library would crash the process (SIGBUS)
+        "library_size": output.stat().st_size,
+        "library_sha256": sha256_file(output),
         "binary_layers": len(plan.binary),
         "kernels": plan.kernels,
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},

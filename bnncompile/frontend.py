@@ -211,7 +211,13 @@ def _make_importer_class():
 
         def _convert_operator(self, op_name, inputs, attrs, opset):
             if not op_name.startswith(MANGLE):
-                return super()._convert_operator(op_name, inputs, attrs, opset)
+                try:
+                    return super()._convert_operator(op_name, inputs, attrs, opset)
+                except Exception as exc:  # TVM's converters raise assorted types; name the node
+                    name = attrs.get("tvm_custom", {}).get("name", "<unnamed>")
+                    raise UnsupportedModelError(
+                        f"node '{name}' (ai.onnx::{op_name}): TVM's converter failed: "
+                        f"{str(exc).splitlines()[0][:200]}") from exc
             node = self._bnn_nodes[attrs["tvm_custom"]["name"]]
             try:
                 if op_name == OP_SIGN:

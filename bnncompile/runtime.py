@@ -87,6 +87,20 @@ class Runner:
         return self._staged
 
 
+def _check_integrity(path: Path, meta: dict) -> None:
+    """Size and SHA-256 from the sidecar: dlopen of a truncated file kills the process (SIGBUS)."""
+    from .compiler import sha256_file
+
+    size = meta.get("library_size")
+    if size is not None and path.stat().st_size != size:
+        raise InputFileError(f"{path} is {path.stat().st_size} bytes but its sidecar says {size}: "
+                             "truncated or replaced; recompile it")
+    digest = meta.get("library_sha256")
+    if digest is not None and sha256_file(path) != digest:
+        raise InputFileError(f"{path} does not match the SHA-256 in its sidecar: modified or "
+                             "replaced; recompile it")
+
+
 def load(path) -> Runner:
     """Load a library written by ``bnncompile compile`` (checks the sidecar and the machine)."""
     import tvm
@@ -106,6 +120,7 @@ def load(path) -> Runner:
         raise UsageError(f"{path} was built for target {meta.get('target_name')} and cannot run here: {why}")
     if meta.get("library_format") == "tar":
         raise UsageError(f"{path} is an object archive for another machine; link and load it there")
+    _check_integrity(path, meta)
     try:
         lib = tvm.runtime.load_module(str(path))
     except Exception as exc:
