@@ -298,7 +298,6 @@ def bconv2d(
         return tirx.all(x >= pl, x < pl + W)
 
     zero = tirx.const(0, acc_dtype)
-    one = tirx.const(1, acc_dtype)
     if zero_pad and tap_popcount is None:
         raise ValueError("pad_value='zero' with padding needs tap_popcount "
                          "(packing.conv_tap_popcount of the weights)")
@@ -307,32 +306,37 @@ def bconv2d(
         pc = tirx.popcount(src[n, oh * sh + rh * dh, ow * sw + rw * dw, rc] ^ weight[rh, rw, rc, k])
         return te.sum(pc.astype(acc_dtype), axis=[rh, rw, rc])
 
+    # bnn_cw / bnn_sw: words per pixel and the w stride, for schedules that vectorise along ow.
     acc = te.compute((N, OH, OW, K), conv_body, name="bconv",
-                     attrs={"schedule_rule": "bnn_bconv2d"})
+                     attrs={"schedule_rule": "bnn_bconv2d", "bnn_cw": CW, "bnn_sw": sw})
 
-    def ntaps(oh, ow):
-        # Valid-tap count factorises into rows x cols; unrolled in Python (KH/KW are small).
-        cnt_h = sum((tirx.Select(valid_h(oh, r), one, zero) for r in range(1, KH)),
-                    tirx.Select(valid_h(oh, 0), one, zero))
-        cnt_w = sum((tirx.Select(valid_w(ow, r), one, zero) for r in range(1, KW)),
-                    tirx.Select(valid_w(ow, 0), one, zero))
-        return cnt_h * cnt_w
+    # Zero padding: padded words are 0, so an out-of-image tap (r, s) added popcount(w[r, s, :, k])
+    # = tap_popcount[r, s, k] to acc and C to the tap count although a zero-padded pixel must
+    # contribute nothing; removing it changes KH*KW*C - 2*acc by -D[r, s, k], D = C - 2*tpc.
+    # Done in the epilogue (a select per tap in the hot loop cost ~40% on Zen 3).  tap_popcount is
+    # a parameter, not an intermediate block: reverse_compute_inline/reverse_compute_at of the
+    # epilogue refuse a second intermediate producer.
+    def tap_invalid(size, out, stride, pad_lo, dil, r):
+        return any(not 0 <= o * stride + r * dil - pad_lo < size for o in range(out))
 
-    # Output rows/cols whose taps all fall inside the image (no correction needed there).
+    bad_r = [r for r in range(KH) if tap_invalid(H, OH, sh, pt, dh, r)] if zero_pad else []
+    bad_s = [s_ for s_ in range(KW) if tap_invalid(W, OW, sw, pl, dw, s_)] if zero_pad else []
     ih_lo, ih_hi = _interior_range(H, OH, KH, sh, pt, dh)
-    iw_lo, iw_hi = _interior_range(W, OW, KW, sw, pl, dw)
+    border = bool(bad_r or bad_s)
 
-    def interior(oh, ow):
-        conds = []
-        if ih_lo > 0:
-            conds.append(oh >= ih_lo)
-        if ih_hi < OH:
-            conds.append(oh < ih_hi)
-        if iw_lo > 0:
-            conds.append(ow >= iw_lo)
-        if iw_hi < OW:
-            conds.append(ow < iw_hi)
-        return tirx.all(*conds) if conds else None
+    def dtap(r, s_, k):
+        return tirx.const(C, acc_dtype) - 2 * tap_popcount[r, s_, k].astype(acc_dtype)
+
+    def col_part(ow, k):
+        # Rows all valid: only the out-of-image columns count, each with its column sum of D.
+        terms = [tirx.Select(valid_w(ow, s_), zero, sum((dtap(r, s_, k) for r in range(1, KH)), dtap(0, s_, k)))
+                 for s_ in bad_s]
+        return sum(terms[1:], terms[0]) if terms else zero
+
+    def full_part(oh, ow, k):
+        terms = [tirx.Select(tirx.all(valid_h(oh, r), valid_w(ow, s_)), zero, dtap(r, s_, k))
+                 for r in range(KH) for s_ in range(KW) if r in bad_r or s_ in bad_s]
+        return sum(terms[1:], terms[0])
 
     def _out(v, k):
         # Narrow to int32 before the float conversion: int64 -> float32 has no AVX2 instruction
@@ -340,35 +344,22 @@ def bconv2d(
         return _epilogue(v.astype("int32") if acc_dtype != "int32" else v, k, scale, bias)
 
     def value(n, oh, ow, k):
-        pc = acc[n, oh, ow, k]
-        full = tirx.const(KH * KW * C, acc_dtype) - 2 * pc
-        if not zero_pad:
+        full = tirx.const(KH * KW * C, acc_dtype) - 2 * acc[n, oh, ow, k]
+        if not border:
             return _out(full, k)
-        # Padded words are 0, so each out-of-image tap added popcount(w[tap, :, k]) to acc
-        # although a zero-padded pixel must contribute nothing: subtract it here.  Doing this
-        # in the epilogue keeps the hot loop free of per-tap selects (a select in the inner
-        # loop cost ~40% on Zen 3).  tap_popcount is a parameter, not an intermediate block,
-        # because reverse_compute_inline/reverse_compute_at of the epilogue refuse a second
-        # intermediate producer.
-        corr = pc
-        for r in range(KH):
-            for s_ in range(KW):
-                corr = corr - tirx.Select(tirx.all(valid_h(oh, r), valid_w(ow, s_)), zero,
-                                          tap_popcount[r, s_, k].astype(acc_dtype))
-        border = ntaps(oh, ow) * C - 2 * corr
-        cond = interior(oh, ow)
-        if cond is None:  # the taps never reach the padding (e.g. a large stride)
-            return _out(full, k)
-        if ih_lo >= ih_hi or iw_lo >= iw_hi:  # no interior position at all
-            return _out(border, k)
-        # A real branch (if_then_else lowers to one in LLVM when the condition is a scalar, i.e.
-        # when the epilogue is vectorised along k): interior pixels skip the KH*KW selects.
-        return _out(tirx.if_then_else(cond, full, border), k)
+        if not bad_r:
+            return _out(full - col_part(ow, k), k)
+        if ih_lo >= ih_hi:  # no row has all its taps inside
+            return _out(full - full_part(oh, ow, k), k)
+        # The row condition is a scalar under both vectorisations the schedules use (along k or
+        # along ow): if_then_else is then a real branch and interior rows only pay for the
+        # out-of-image columns (2 selects for 3x3 p1), border rows for every tap that can miss.
+        row_ok = tirx.all(oh >= ih_lo, oh < ih_hi)
+        return _out(full - tirx.if_then_else(row_ok, col_part(ow, k), full_part(oh, ow, k)), k)
 
     # bnn_border: the epilogue branches on border pixels (zero padding that the taps reach); a
     # schedule should then vectorise it along k, where that condition is a scalar.
-    border_attr = int(zero_pad and _interior_range(H, OH, KH, sh, pt, dh) != (0, OH)
-                      or zero_pad and _interior_range(W, OW, KW, sw, pl, dw) != (0, OW))
+    border_attr = int(border)
     if out_layout == "NCHW":
         return te.compute((N, K, OH, OW), lambda n, k, oh, ow: value(n, oh, ow, k), name="bconv_out",
                           attrs={"bnn_out_layout": "NCHW", "bnn_border": border_attr})

@@ -122,10 +122,8 @@ def _contiguous_in_some_read(sch: s_tir.Schedule, block, iter_index: int) -> boo
     for region in stmt.reads:
         if not region.region:
             continue
-        found = []
-        tirx.stmt_functor.post_order_visit(
-            region.region[-1].min, lambda e: found.append(True) if e.same_as(var) else None)
-        if found:
+        free = tirx.analysis.undefined_vars(region.region[-1].min)  # the vars the index uses
+        if any(v.same_as(var) for v in free):
             return True
     return False
 
@@ -164,6 +162,13 @@ class SpatialReduction(ScheduleRule):
         tile = next((c for c in (lanes, lanes // 2, 4) if inner_ext % c == 0), 1)
         if tile == 1 and inner_ext <= 2 * lanes:
             tile = inner_ext
+        # a few rows of the next spatial axis too: independent accumulators hide FMA latency
+        rows_ext = get_extent(sch, spatial[-2]) if n_s >= 2 else 1
+        rows = next((c for c in (4, 2) if isinstance(rows_ext, int) and rows_ext % c == 0), 1)
+        r_i = None
+        if tile > 1 and rows > 1:
+            r_o, r_i = sch.split(spatial[-2], factors=[None, rows])
+            spatial = [*spatial[:-2], r_o, spatial[-1]]
         if tile > 1 and tile != inner_ext:
             s_o, s_i = sch.split(spatial[-1], factors=[None, tile])
             outer_spatial = [*spatial[:-1], s_o]
@@ -173,7 +178,9 @@ class SpatialReduction(ScheduleRule):
         else:
             s_i, outer_spatial = None, list(spatial)
         if s_i is not None:
-            sch.reorder(*outer_spatial, *reduce_loops, s_i)
+            sch.reorder(*outer_spatial, *reduce_loops, *([r_i] if r_i is not None else []), s_i)
+            if r_i is not None:
+                sch.unroll(r_i)
         consumers = [bi.block_rv for bi in infos if bi.is_injective() and bi is not red]
         if s_i is not None and outer_spatial:
             write_back = sch.cache_write(block, 0, "local")

@@ -17,6 +17,10 @@ from .generic import extent, has_block, largest_divisor, pick_factor
 # Zen 3 (a larger WI spills, a smaller one reloads the weights more often).
 KI_X86 = 8
 WI_MAX_X86 = 14
+import os as _os
+PIXVEC = int(_os.environ.get("BNN_PIXVEC", "1"))
+PIX_VEC_X86 = int(_os.environ.get("BNN_PIXW", "16"))
+PIX_KI_X86 = int(_os.environ.get("BNN_PIXK", "4"))
 
 
 def _copy_out(sch: s_tir.Schedule, wb, ko, nchw: bool, border: bool, wf: int, kf: int) -> None:
@@ -48,11 +52,53 @@ def _copy_out(sch: s_tir.Schedule, wb, ko, nchw: bool, border: bool, wf: int, kf
         sch.vectorize(loops[-1])
 
 
+def _pixel_vector_ok(sch: s_tir.Schedule, conv, nchw: bool) -> int:
+    """Vector width along ow for the pixel-vectorised variant (0: not applicable)."""
+    if not nchw:
+        return 0
+    ann = sch.get(conv).annotations
+    if int(ann.get("bnn_cw", 0)) != 1 or int(ann.get("bnn_sw", 0)) != 1:
+        return 0  # several words per pixel / strided w: the ow vector loads would be strided
+    ow_ext = extent(sch, sch.get_loops(conv)[2])
+    return pick_factor(ow_ext, (PIX_VEC_X86, 8))
+
+
+def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -> None:
+    """One input word per pixel (C <= 64), unit stride along w, NCHW output: vectorise the
+    popcounts along ow (a contiguous load of ``wf`` input words, the weight word broadcast) with
+    ``kf`` output channels unrolled.  The accumulator tile is kept as [k][ow], so the epilogue
+    and the NCHW stores are contiguous along ow: no transpose of the tile at all."""
+    n, oh, ow, k, rh, rw, rc = sch.get_loops(conv)
+    kf = pick_factor(extent(sch, k), (ki, 4, 2))
+    ko, kin = sch.split(k, factors=[None, kf])
+    wo, win = sch.split(ow, factors=[None, wf])
+    sch.reorder(n, oh, wo, ko, rh, rw, rc, kin, win)
+    wb = sch.cache_write(conv, 0, "local")
+    sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, d, c))
+    sch.reverse_compute_at(wb, ko)
+    sch.reverse_compute_inline(out)
+    row = sch.fuse(n, oh)
+    sch.parallel(row)
+    if has_block(sch, "bpad"):
+        sch.compute_at(sch.get_sblock("bpad"), row)
+    sch.vectorize(win)
+    sch.unroll(kin)
+    loops = sch.get_loops(wb)
+    if kf > 1:
+        sch.reorder(loops[-1], loops[-2])
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.decompose_reduction(conv, rh)
+
+
 def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX_X86) -> None:
     conv = sch.get_sblock("bconv")
     out = sch.get_sblock("bconv_out")
     nchw = _is_nchw(sch, out)
     border = _has_border(sch, out)
+    pv = _pixel_vector_ok(sch, conv, nchw) if PIXVEC else 0
+    if pv:
+        _schedule_bconv2d_pixvec(sch, conv, out, pv, PIX_KI_X86)
+        return
     n, oh, ow, k, rh, rw, rc = sch.get_loops(conv)
     kf = pick_factor(extent(sch, k), (ki, 4, 2))
     wf = largest_divisor(extent(sch, ow), wi_max)

@@ -87,6 +87,15 @@ CONV_CASES = [
     (1, 130, 9, 9, 8, (1, 3), 1, (1, 0, 0, 2), 2),
     (1, 3, 7, 7, 3, (5, 3), 2, (2, 1, 1, 2), 1),
     (1, 64, 7, 7, 8, (3, 3), 1, (0, 0, 0, 0), 1),
+    # x86 pixel-vectorised path (one word per pixel, unit w stride, OW % 8 == 0) and the
+    # border-branch epilogue: rows + cols, cols only, no interior row, padding never reached.
+    (1, 64, 9, 16, 8, (3, 3), 1, (1, 1, 1, 1), 1),
+    (2, 32, 5, 32, 12, (3, 3), 1, (1, 1, 1, 1), 1),
+    (1, 40, 6, 16, 8, (1, 1), 1, (0, 0, 0, 0), 1),
+    (1, 64, 8, 8, 8, (3, 3), 1, (0, 1, 0, 1), 1),
+    (1, 5, 3, 8, 8, (5, 5), 1, (2, 2, 2, 2), 1),
+    (1, 64, 9, 9, 8, (1, 1), 2, (0, 0, 1, 1), 1),
+    (1, 128, 14, 14, 16, (3, 3), 2, (1, 1, 1, 1), 1),
 ]
 
 
@@ -113,7 +122,7 @@ def test_bconv2d_int(case, pad_value, sched, rng):
     np.testing.assert_array_equal(got, expect)
 
 
-EPI_CASES = [CONV_CASES[1], CONV_CASES[5], CONV_CASES[6]]
+EPI_CASES = [CONV_CASES[1], CONV_CASES[5], CONV_CASES[6], CONV_CASES[10], CONV_CASES[12]]
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
@@ -139,6 +148,31 @@ def test_bconv2d_fused_epilogue(case, with_scale, with_bias, layout, sched, rng)
         args.append(pk.conv_tap_popcount(w))
     args += [a for a in (scale, bias) if a is not None]
     got = run_primfunc(pf, args, expect.shape, "float32")
+    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "icelake-server"])
+@pytest.mark.parametrize("case", [CONV_CASES[10], CONV_CASES[11], CONV_CASES[1]],
+                         ids=[_conv_id(c) for c in (CONV_CASES[10], CONV_CASES[11], CONV_CASES[1])])
+def test_bconv2d_x86_isas(case, mcpu, rng):
+    """AVX2-only and AVX-512 (VPOPCNTDQ) builds of the x86 schedule, run when the CPU has them."""
+    from bnncompile import targets  # noqa: F401  (cpu flags helper)
+    flags = targets.cpu_flags()
+    if mcpu == "icelake-server" and "avx512_vpopcntdq" not in flags:
+        pytest.skip("no AVX512-VPOPCNTDQ here")
+    if "avx2" not in flags:
+        pytest.skip("no AVX2 here")
+    N, C, H, W, K, (KH, KW), s, p, d = case
+    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
+    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+    scale = rng.standard_normal(K).astype("float32")
+    bias = rng.standard_normal(K).astype("float32")
+    tgt = {"kind": "llvm", "mcpu": mcpu}
+    expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
+                        with_bias=True, target=tgt)
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w), pk.conv_tap_popcount(w), scale, bias]
+    got = run_primfunc(pf, args, expect.shape, "float32", target=tgt)
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
 
 

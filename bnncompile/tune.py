@@ -1,0 +1,350 @@
+"""``tune_model``: MetaSchedule-tune a model's binary kernels into a JSON database.
+
+The model is imported with the frontend exactly as ``compile`` does, so the workloads tuned are the
+kernels ``compile`` builds (one task per distinct kernel, whatever number of layers share it).
+Each task's design space is MetaSchedule's default space plus the hand schedule, and the hand
+schedule is measured first as a baseline record, so the best record in the database is never the
+worse of the two by more than measurement noise.
+
+Resumable: ``trials`` is the number of measured candidates wanted per workload (the hand baseline
+counts as one); a rerun on the same database tops each workload up to that number, and one with
+nothing left to do returns before any tuning machinery starts.  Records are appended to
+``database_tuning_record.json`` as they are measured, so an interrupted run keeps what it measured.
+
+``compile --tuning-db DIR`` (see :func:`bnncompile.compiler.compile_model`) applies the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import targets
+from .errors import CompileError, InputFileError, UsageError
+from .export import load_onnx
+
+#: ops tuned by default (the binary kernels); "bitpack", "bitpack_last", "fconv2d" may be added
+DEFAULT_OPS = ("bconv2d", "bdense", "bbatch_matmul")
+ALL_OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d")
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """Validated once at the entry point."""
+
+    target: str = "host"
+    trials: int = 8
+    batch: int = 1
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    cost_model: str | None = None  # None: "xgb" if xgboost is importable, else "random"
+    num_tuning_cores: int = 2
+    build_timeout_s: int = 120
+    ops: tuple[str, ...] = DEFAULT_OPS
+    seed: int = 0
+
+    def __post_init__(self):
+        def positive(name, v):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UsageError(f"Expected --{name} to be a positive integer, got {v!r}")
+
+        positive("trials", self.trials)
+        positive("batch", self.batch)
+        positive("num-tuning-cores", self.num_tuning_cores)
+        positive("build-timeout", self.build_timeout_s)
+        if (self.rpc_tracker is None) != (self.rpc_key is None):
+            raise UsageError("--rpc-tracker and --rpc-key must be given together")
+        if self.rpc_tracker is not None:
+            parse_tracker(self.rpc_tracker)
+        if self.cost_model not in (None, "random", "xgb", "mlp"):
+            raise UsageError(f"Expected --cost-model to be one of random, xgb, mlp; got {self.cost_model!r}")
+        bad = [o for o in self.ops if o not in ALL_OPS]
+        if bad or not self.ops:
+            raise UsageError(f"Expected ops from {', '.join(ALL_OPS)}; got {list(self.ops)!r}")
+
+
+def parse_tracker(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"Expected --rpc-tracker as HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+@dataclass
+class WorkloadResult:
+    symbol: str
+    op: str
+    calls: int
+    records_before: int
+    trials_run: int
+    best_ms: float | None = None
+    hand_ms: float | None = None
+
+
+@dataclass
+class TuneResult:
+    db_dir: Path
+    target_tag: str
+    workloads: list[WorkloadResult]
+    trials_run: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds_per_trial(self) -> float | None:
+        return self.seconds / self.trials_run if self.trials_run else None
+
+
+def default_cost_model() -> str:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return "random"
+    return "xgb"
+
+
+def check_tracker(host: str, port: int, key: str, timeout: float = 5.0) -> None:
+    """Fail fast (CompileError, one line) when the tracker is unreachable or serves no ``key``."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CompileError(f"cannot reach RPC tracker {host}:{port}: {exc.strerror or exc}") from exc
+    from tvm import rpc
+
+    try:
+        summary = rpc.connect_tracker(host, port, session_timeout=timeout).summary()
+    except Exception as exc:  # tvm raises RuntimeError/TVMError with multi-line text
+        raise CompileError(f"RPC tracker {host}:{port} did not answer: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+    keys = {str(s.get("key", "")).split(":")[-1] for s in summary.get("server_info", [])}
+    if key not in keys:
+        raise CompileError(f"RPC tracker {host}:{port} has no server with key {key!r} "
+                           f"(registered: {', '.join(sorted(keys)) or 'none'})")
+
+
+def _silence_ms_console() -> None:
+    # MetaSchedule logs per-task tables on stdout at INFO; the file logs under DB/logs keep them.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+
+def _measure_hand(workloads, tgt, builder, runner, db):
+    """Build + run the hand schedules once, commit them as records; returns symbol -> ms."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    schs = []
+    for w in workloads:
+        sch = s_tir.Schedule(w.mod)
+        w.hand(sch)
+        schs.append(sch)
+    built = builder.build([ms.builder.BuilderInput(s.mod, tgt) for s in schs])
+    out = {}
+    futures = []
+    for w, s, b in zip(workloads, schs, built):
+        if b.error_msg:
+            futures.append(None)
+            continue
+        args = ms.arg_info.ArgInfo.from_prim_func(s.mod["main"])
+        futures.append((args, runner.run([ms.runner.RunnerInput(b.artifact_path, tgt.kind.name, args)])[0]))
+    for w, s, b, f in zip(workloads, schs, built, futures):
+        if f is None:
+            continue
+        args, fut = f
+        res = fut.result()
+        if b.artifact_path:
+            try:
+                os.remove(b.artifact_path)
+            except OSError:
+                pass
+        if res.error_msg or not res.run_secs:
+            continue
+        db.commit_tuning_record(ms.database.TuningRecord(
+            s.trace, db.commit_workload(w.mod), list(res.run_secs), tgt, args))
+        secs = [float(x) for x in res.run_secs]
+        out[w.symbol] = 1e3 * sum(secs) / len(secs)
+    return out
+
+
+def _progress_callback(report, total: int):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Progress(PyMeasureCallback):
+        def __init__(self):
+            self.done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.done += len(runner_results)
+            report(self.done, total, f"task {task_id}: {len(runner_results)} measured")
+
+    return _Progress()
+
+
+def tune_model(onnx_path, *, target: str = "host", trials: int = 8, db_dir, batch: int = 1,
+               rpc_tracker: str | None = None, rpc_key: str | None = None, progress=None,
+               cost_model: str | None = None, num_tuning_cores: int = 2, ops=DEFAULT_OPS,
+               build_timeout_s: int = 120, seed: int = 0) -> TuneResult:
+    """Tune the kernels of ``onnx_path`` for ``target`` into the JSON database at ``db_dir``.
+
+    Args:
+        target: registry name, ``host`` or raw TVM target JSON (as for ``compile``).
+        trials: measured candidates wanted per distinct kernel workload (hand baseline included);
+            workloads that already have that many records for the target are skipped.
+        db_dir: database directory (created if missing): ``database_workload.json``,
+            ``database_tuning_record.json``, ``logs/``.
+        rpc_tracker, rpc_key: ``"HOST:PORT"`` and key: measure on the device serving ``key``
+            through an RPC tracker instead of locally.
+        progress: optional callable ``(done, total, message)``; called with ``total`` = trials
+            to run this time, after every measured batch.
+        cost_model: "random" / "xgb" / "mlp"; default "xgb" if xgboost is importable else "random".
+        ops: which kernel kinds to tune (default: the binary ones).
+    """
+    opts = TuneOptions(target=target, trials=trials, batch=batch, rpc_tracker=rpc_tracker,
+                       rpc_key=rpc_key, cost_model=cost_model, num_tuning_cores=num_tuning_cores,
+                       build_timeout_s=build_timeout_s, ops=tuple(ops), seed=seed)
+    report = progress or (lambda done, total, msg: None)
+    spec = targets.resolve(opts.target)
+    if opts.rpc_tracker is None:
+        ok, why = targets.runnable_here(spec)
+        if not ok:
+            raise UsageError(f"cannot measure target {spec.name} on this machine ({why}); "
+                             "use --rpc-tracker HOST:PORT --rpc-key KEY")
+    db_dir = Path(db_dir)
+    if db_dir.exists() and not db_dir.is_dir():
+        raise InputFileError(f"--db {db_dir} exists and is not a directory")
+    model = load_onnx(onnx_path)
+    t0 = time.perf_counter()
+
+    from .schedules import tuning
+
+    base_tgt = targets.tvm_target(spec)
+    tgt = tuning.tuning_target(base_tgt)
+    tag = tuning.target_tag(tgt)
+    report(0, 0, "extracting kernels")
+    workloads = tuning.extract_workloads(model, base_tgt, batch=opts.batch, ops=opts.ops)
+    try:
+        db = tuning.open_database(db_dir, create=True)
+    except OSError as exc:
+        raise InputFileError(f"cannot create tuning database {db_dir}: {exc.strerror or exc}") from exc
+    todo, results = [], []
+    for w in workloads:
+        n = tuning.count_records(db, w.mod, tgt)
+        results.append(WorkloadResult(w.symbol, w.op, w.calls, n, 0))
+        if n < opts.trials:
+            todo.append((w, opts.trials - n))
+    notes = []
+    total = sum(r for _, r in todo)
+    if todo:
+        if opts.rpc_tracker is not None:
+            host, port = parse_tracker(opts.rpc_tracker)
+            check_tracker(host, port, opts.rpc_key)
+        _run_tuning(todo, tgt, db, db_dir, opts, report, total, results)
+    else:
+        notes.append(f"all {len(workloads)} workloads already have {opts.trials} records for {tag}")
+    _fill_times(workloads, results, db, tgt)
+    return TuneResult(db_dir, tag, results, sum(r.trials_run for r in results),
+                      time.perf_counter() - t0, notes)
+
+
+def _make_runner(opts: TuneOptions):
+    from tvm.s_tir import meta_schedule as ms
+
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40, enable_cpu_cache_flush=False)
+    if opts.rpc_tracker is None:
+        return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=60)
+    host, port = parse_tracker(opts.rpc_tracker)
+    return ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=opts.rpc_key,
+                                       session_timeout_sec=60, session_priority=1),
+        evaluator_config=evaluator, max_workers=1)
+
+
+def _run_tuning(todo, tgt, db, db_dir, opts, report, total, results):
+    _silence_ms_console()
+    from tvm.s_tir import meta_schedule as ms
+
+    from .schedules import tuning
+
+    by_symbol = {r.symbol: r for r in results}
+    builder = ms.builder.LocalBuilder(f_build=tuning.fast_build, timeout_sec=opts.build_timeout_s,
+                                      max_workers=opts.num_tuning_cores)
+    runner = _make_runner(opts)
+    # 1) the hand schedule as a baseline record for workloads that have none yet
+    fresh = [w for w, _ in todo if by_symbol[w.symbol].records_before == 0]
+    done = 0
+    if fresh:
+        report(0, total, f"measuring {len(fresh)} hand schedules")
+        hand = _measure_hand(fresh, tgt, builder, runner, db)
+        for w in fresh:
+            if w.symbol in hand:
+                by_symbol[w.symbol].trials_run += 1
+                done += 1
+        report(done, total, "hand baselines measured")
+    # 2) search, grouped by the number of trials still wanted (usually one group)
+    groups: dict[int, list] = {}
+    for w, _ in todo:
+        r = by_symbol[w.symbol]
+        left = opts.trials - r.records_before - r.trials_run
+        if left > 0:
+            groups.setdefault(left, []).append(w)
+    cm = opts.cost_model or default_cost_model()
+    logs = ms.logging.get_loggers_from_work_dir(str(db_dir), [w.symbol for g in groups.values() for w in g])
+    logger_of = dict(zip([w.symbol for g in groups.values() for w in g], logs))
+    for left, group in sorted(groups.items()):
+        per_iter = min(left, 16)
+        strategy = ms.search_strategy.EvolutionarySearch(
+            population_size=max(64, 4 * per_iter), init_min_unmeasured=max(16, per_iter),
+            genetic_num_iters=1 if cm == "random" else 3, max_fail_count=3)
+        tasks = [ms.TuneContext(mod=w.mod, target=tgt, space_generator=tuning.hand_space(w.hand),
+                                search_strategy=strategy, task_name=w.symbol,
+                                rand_state=opts.seed + i, num_threads=opts.num_tuning_cores,
+                                logger=logger_of[w.symbol]).clone()
+                 for i, w in enumerate(group)]
+        before = {w.symbol: tuning.count_records(db, w.mod, tgt) for w in group}
+        offset = done
+
+        def sub(n, _t, msg, offset=offset):
+            report(min(total, offset + n), total, msg)
+
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _progress_callback(sub, total)]
+        try:
+            ms.tune_tasks(tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=str(db_dir),
+                          max_trials_global=left * len(tasks), max_trials_per_task=left,
+                          num_trials_per_iter=per_iter, builder=builder, runner=runner, database=db,
+                          cost_model=cm, measure_callbacks=callbacks, task_scheduler="round-robin")
+        except Exception as exc:
+            raise CompileError(f"tuning failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+        for w in group:
+            n = tuning.count_records(db, w.mod, tgt) - before[w.symbol]
+            by_symbol[w.symbol].trials_run += max(n, 0)
+            done += max(n, 0)
+        report(min(done, total), total, "done")
+
+
+def _fill_times(workloads, results, db, tgt):
+    from tvm import s_tir
+
+    from .schedules import tuning
+
+    tag = tuning.target_tag(tgt)
+    by_symbol = {r.symbol: r for r in results}
+    for w in workloads:
+        recs = tuning._records_for(db, w.mod, tag, k=1 << 30)
+        if not recs:
+            continue
+        r = by_symbol[w.symbol]
+        r.best_ms = _ms(recs[0])
+        sch = s_tir.Schedule(w.mod)
+        w.hand(sch)
+        hand_trace = str(sch.trace)
+        r.hand_ms = next((_ms(x) for x in recs if str(x.trace) == hand_trace), None)
+
+
+def _ms(rec) -> float:
+    secs = [float(x) for x in rec.run_secs]
+    return 1e3 * sum(secs) / len(secs)
