@@ -84,15 +84,34 @@ def relax_pipeline(target):
 
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
-                extra_outputs: tuple[str, ...] = ()):
-    """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench."""
+                extra_outputs: tuple[str, ...] = (), tuning_db=None):
+    """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
+
+    ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
+    target replace the hand schedules (``schedules/tuning.py``); after the call, ``plan.tuning``
+    is the :class:`~bnncompile.schedules.tuning.DatabaseSession` (None without a database)."""
+    import contextlib
+
     import tvm
 
     from .frontend import FrontendOptions, from_onnx
 
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs)
-    mod, plan = from_onnx(model, target=tgt, options=opts)
+    # --- tuning (schedules/tuning.py) ---
+    if tuning_db is not None:
+        from .schedules import tuning
+
+        try:
+            use = tuning.use_database(tuning.open_database(tuning_db), tgt)
+        except FileNotFoundError as exc:
+            raise InputFileError(f"--tuning-db: {exc}") from exc
+    else:
+        use = contextlib.nullcontext()
+    with use as session:
+        mod, plan = from_onnx(model, target=tgt, options=opts)
+    plan.tuning = session
+    # --- end tuning ---
     try:
         with tgt:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt))
@@ -124,7 +143,8 @@ def _check_output_dir(output: Path) -> None:
 
 
 def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
-                  binary_kernels: bool = True, progress=None) -> CompileResult:
+                  binary_kernels: bool = True, progress=None, tuning_db=None,
+                  pretuned: bool = True) -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``; ``.tar`` when no linker).
 
     Args:
@@ -135,6 +155,9 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         batch: static batch size compiled in.
         binary_kernels: False lowers everything as float (a debugging aid for parity).
         progress: optional callable ``(message)`` for stage updates.
+        tuning_db: MetaSchedule database directory (``bnncompile tune``); its records for the
+            target replace the hand schedules. Default: the shipped pre-tuned records for the
+            target's tag (``schedules/databases/<tag>``) if any, unless ``pretuned=False``.
     """
     opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels)
     spec = targets.resolve(target)
@@ -146,7 +169,14 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
     model = load_onnx(onnx_path)
     t0 = time.perf_counter()
     say(f"importing {onnx_path} for {spec.name}")
-    ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels)
+    # --- tuning: explicit database, else the shipped pre-tuned one for this target ---
+    if tuning_db is None and pretuned and binary_kernels:
+        from .schedules import tuning
+
+        tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
+    ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
+                          tuning_db=tuning_db)
+    # --- end tuning ---
     notes = []
     fmt = "so"
     fcompile = None
@@ -200,8 +230,21 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         "library_sha256": sha256_file(output),
         "binary_layers": len(plan.binary),
         "kernels": plan.kernels,
+        "tuning": _tuning_sidecar(tuning_db, getattr(plan, "tuning", None)),
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},
     }
     side = sidecar_path_for(output)
     atomic_write_bytes(side, json.dumps(sidecar, indent=2).encode())
     return CompileResult(output, side, time.perf_counter() - t0, len(plan.binary), fmt, ok, notes)
+
+
+def _tuning_sidecar(tuning_db, session) -> dict | None:
+    """Which MetaSchedule records the build used (None: hand schedules only, no database)."""
+    if session is None:
+        return None
+    return {"database": str(Path(tuning_db).resolve()) if isinstance(tuning_db, (str, os.PathLike))
+            else None,
+            "target_tag": session.tag,
+            "records_digest": session.digest(),
+            "tuned_kernels": sorted(session.applied),
+            "failed": dict(session.failed)}

@@ -142,24 +142,13 @@ def _measure_hand(workloads, tgt, builder, runner, db):
         w.hand(sch)
         schs.append(sch)
     built = builder.build([ms.builder.BuilderInput(s.mod, tgt) for s in schs])
+    dev = "cpu" if tgt.kind.name == "llvm" else tgt.kind.name
+    ok = [(w, s, b, ms.arg_info.ArgInfo.from_prim_func(s.mod["main"]))
+          for w, s, b in zip(workloads, schs, built) if not b.error_msg]
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, dev, a) for _, _, b, a in ok])
     out = {}
-    futures = []
-    for w, s, b in zip(workloads, schs, built):
-        if b.error_msg:
-            futures.append(None)
-            continue
-        args = ms.arg_info.ArgInfo.from_prim_func(s.mod["main"])
-        futures.append((args, runner.run([ms.runner.RunnerInput(b.artifact_path, tgt.kind.name, args)])[0]))
-    for w, s, b, f in zip(workloads, schs, built, futures):
-        if f is None:
-            continue
-        args, fut = f
+    for (w, s, _, args), fut in zip(ok, futures):
         res = fut.result()
-        if b.artifact_path:
-            try:
-                os.remove(b.artifact_path)
-            except OSError:
-                pass
         if res.error_msg or not res.run_secs:
             continue
         db.commit_tuning_record(ms.database.TuningRecord(

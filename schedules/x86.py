@@ -1,10 +1,13 @@
 """Hand schedules for x86 (AVX2 / AVX-512) and, with other tile sizes, for other SIMD CPUs.
 
-bconv2d (field notes section 2): a register tile of a row of output pixels x ``KI`` output
+bconv2d, C > 64 or strided or NHWC (field notes section 2): a register tile of a row of output pixels x ``KI`` output
 channels, accumulated in a ``local`` buffer (``cache_write``) and written back once per tile with
 the epilogue fused into that copy-out (``reverse_compute_inline``), rows in parallel, padded input
 rows computed per task, popcount vectorised across output channels (AVX2: ``vpshufb`` nibble LUT;
-AVX512-VPOPCNTDQ: ``vpopcntq``).  ``decompose_reduction`` comes last.
+AVX512-VPOPCNTDQ: ``vpopcntq``).  ``decompose_reduction`` comes last.  The epilogue is vectorised along k (see ``_copy_out``).
+
+bconv2d with one word per pixel, unit w stride and NCHW output (the small-C ReActNet layers):
+popcounts vectorised along ow instead, see ``_schedule_bconv2d_pixvec``.
 """
 from __future__ import annotations
 
@@ -17,10 +20,10 @@ from .generic import extent, has_block, largest_divisor, pick_factor
 # Zen 3 (a larger WI spills, a smaller one reloads the weights more often).
 KI_X86 = 8
 WI_MAX_X86 = 14
-import os as _os
-PIXVEC = int(_os.environ.get("BNN_PIXVEC", "1"))
-PIX_VEC_X86 = int(_os.environ.get("BNN_PIXW", "16"))
-PIX_KI_X86 = int(_os.environ.get("BNN_PIXK", "4"))
+# Pixel-vectorised variant (C <= 64, unit w stride, NCHW): 16 pixels (8 if OW % 16) x 4 output
+# channels; measured on an AVX-512 Xeon, 1 thread: 16x4 0.28 ms vs 8x8 0.37 ms (64->64 @56, 3x3).
+PIX_VEC_X86 = 16
+PIX_KI_X86 = 4
 
 
 def _copy_out(sch: s_tir.Schedule, wb, ko, nchw: bool, border: bool, wf: int, kf: int) -> None:
@@ -60,7 +63,8 @@ def _pixel_vector_ok(sch: s_tir.Schedule, conv, nchw: bool) -> int:
     if int(ann.get("bnn_cw", 0)) != 1 or int(ann.get("bnn_sw", 0)) != 1:
         return 0  # several words per pixel / strided w: the ow vector loads would be strided
     ow_ext = extent(sch, sch.get_loops(conv)[2])
-    return pick_factor(ow_ext, (PIX_VEC_X86, 8))
+    f = pick_factor(ow_ext, (PIX_VEC_X86, 8))
+    return f if f >= 8 else 0
 
 
 def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -> None:
@@ -95,7 +99,7 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
     out = sch.get_sblock("bconv_out")
     nchw = _is_nchw(sch, out)
     border = _has_border(sch, out)
-    pv = _pixel_vector_ok(sch, conv, nchw) if PIXVEC else 0
+    pv = _pixel_vector_ok(sch, conv, nchw)
     if pv:
         _schedule_bconv2d_pixvec(sch, conv, out, pv, PIX_KI_X86)
         return

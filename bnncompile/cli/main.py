@@ -26,6 +26,7 @@ COMMANDS = {
     "run": "run_cmd",
     "validate": "validate_cmd",
     "bench": "bench_cmd",
+    "tune": "tune_cmd",  # MetaSchedule tuning (bnncompile/tune.py)
 }
 
 
