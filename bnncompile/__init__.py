@@ -12,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "export": ("bnncompile.export", "export"),
+    "export": ("bnncompile.exporter", "export"),
     "compile_model": ("bnncompile.compiler", "compile_model"),
     "load": ("bnncompile.runtime", "load"),
     "validate_parity": ("bnncompile.validate", "validate_parity"),

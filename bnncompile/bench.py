@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .export import load_onnx
-
-ZOO_META_KEY = "bnncompile.zoo"
+from .exporter import ZOO_METADATA_KEY, load_onnx
 
 
 @dataclass
@@ -83,9 +81,9 @@ def _zoo_model(onnx_model):
     import json
 
     meta = {p.key: p.value for p in onnx_model.metadata_props}
-    if ZOO_META_KEY not in meta:
+    if ZOO_METADATA_KEY not in meta:
         return None
-    info = json.loads(meta[ZOO_META_KEY])
+    info = json.loads(meta[ZOO_METADATA_KEY])
     if info.get("checkpoint"):
         return None  # weights came from a file we do not reload silently
     from . import zoo

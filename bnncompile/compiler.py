@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, targets
 from .errors import CompileError, InputFileError, UsageError
-from .export import atomic_write_bytes, load_onnx
+from .exporter import atomic_write_bytes, load_onnx
 
 SIDECAR_VERSION = 1
 

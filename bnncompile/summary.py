@@ -214,7 +214,7 @@ def _load(model_or_path) -> tuple[onnx.ModelProto, str]:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path, model_or_path.graph.name or "model"
     if isinstance(model_or_path, (str, Path)):
-        from .export import load_onnx
+        from .exporter import load_onnx
 
         return load_onnx(model_or_path), Path(model_or_path).stem
     raise UsageError(f"Expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import targets
 from .errors import CompileError, InputFileError, UsageError
-from .export import load_onnx
+from .exporter import load_onnx
 
 #: ops tuned by default (the binary kernels); "bitpack", "bitpack_last", "fconv2d" may be added
 DEFAULT_OPS = ("bconv2d", "bdense", "bbatch_matmul")

@@ -23,7 +23,7 @@ import numpy as np
 from . import targets
 from .custom_ops.dynamic_sign import is_dynamic_sign
 from .errors import InputFileError, UsageError
-from .export import golden_path_for, load_golden, load_onnx
+from .exporter import golden_path_for, load_golden, load_onnx
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 
 from bnncompile import zoo
 from bnncompile.data import real_images
-from bnncompile.export import export
+from bnncompile.exporter import export
 from bnncompile.parity import compare_signs
 from bnncompile.summary import summarize
 

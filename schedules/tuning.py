@@ -114,18 +114,89 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _shash(mod) -> int:
+    from tvm_ffi import structural_hash
+
+    return int(structural_hash(mod))
+
+
 # -- databases ----------------------------------------------------------------------------------
+
+def _has_db(d: Path) -> bool:
+    return any((d / f"database_workload.json{z}").is_file() for z in ("", ".gz"))
+
 
 def pretuned_dir(target) -> Optional[Path]:
     """The shipped database directory for ``target``'s tag, if there is one."""
     d = PRETUNED_ROOT / target_tag(target)
-    return d if (d / "database_workload.json").is_file() else None
+    return d if _has_db(d) else None
+
+
+def _load_gz_database(d: Path):
+    """A read-only ``MemoryDatabase`` from gzip-compressed JSONDatabase files (the shipped
+    pre-tuned records: the serialised workloads compress ~14x)."""
+    import gzip
+    import json
+
+    from tvm.s_tir import meta_schedule as ms
+
+    db = ms.database.MemoryDatabase()
+    wls = []
+    with gzip.open(d / "database_workload.json.gz", "rt") as f:
+        for line in f:
+            if line.strip():
+                wls.append(db.commit_workload(ms.database.Workload.from_json(json.loads(line)).mod))
+    rec_path = d / "database_tuning_record.json.gz"
+    if rec_path.is_file():
+        with gzip.open(rec_path, "rt") as f:
+            for line in f:
+                if line.strip():
+                    idx, rec = json.loads(line)
+                    db.commit_tuning_record(ms.database.TuningRecord.from_json(rec, wls[int(idx)]))
+    return db
+
+
+def pack_database(src, dst, *, keep: int = 2, target=None) -> Path:
+    """Write the best ``keep`` valid records per workload of the JSONDatabase directory ``src``
+    (for ``target``'s tag if given) as gzip-compressed ``database_{workload,tuning_record}.json.gz``
+    in ``dst`` (how ``schedules/databases/<tag>`` is made).  Works on the JSON lines as written
+    by MetaSchedule (``[workload_index, [trace, run_secs, target, args_info]]``)."""
+    import gzip
+    import json
+
+    src, dst = Path(src), Path(dst)
+    tag = target_tag(target) if target is not None else None
+    wl_lines = (src / "database_workload.json").read_text().splitlines()
+    best: Dict[int, list] = {}
+    for line in (src / "database_tuning_record.json").read_text().splitlines():
+        if not line.strip():
+            continue
+        idx, rec = json.loads(line)
+        secs = rec[1]
+        if not secs or max(float(x) for x in secs) >= 1e9:
+            continue
+        if tag and target_tag(tvm.target.Target(rec[2])) != tag:
+            continue
+        best.setdefault(int(idx), []).append((sum(float(x) for x in secs) / len(secs), rec))
+    out_wl, out_rec = [], []
+    for idx in sorted(best):
+        j = len(out_wl)
+        out_wl.append(wl_lines[idx])
+        for _, rec in sorted(best[idx], key=lambda t: t[0])[:keep]:
+            out_rec.append(json.dumps([j, rec], separators=(",", ":")))
+    dst.mkdir(parents=True, exist_ok=True)
+    for name, lines in (("database_workload.json.gz", out_wl),
+                        ("database_tuning_record.json.gz", out_rec)):
+        with gzip.GzipFile(dst / name, "wb", compresslevel=9, mtime=0) as f:
+            f.write(("\n".join(lines) + "\n").encode())
+    return dst
 
 
 def open_database(db, *, create: bool = False):
     """``db``: a ``ms.Database`` (returned as is) or a directory holding
-    ``database_workload.json`` / ``database_tuning_record.json``.  Missing directory or files
-    raise ``FileNotFoundError`` unless ``create`` (then they are created)."""
+    ``database_workload.json`` / ``database_tuning_record.json`` (or their ``.json.gz`` forms,
+    loaded read-only into memory).  A missing directory or files raise ``FileNotFoundError``
+    unless ``create`` (then they are created)."""
     from tvm.s_tir import meta_schedule as ms
 
     if isinstance(db, ms.Database):
@@ -135,9 +206,11 @@ def open_database(db, *, create: bool = False):
         d.mkdir(parents=True, exist_ok=True)
     elif not d.is_dir():
         raise FileNotFoundError(f"tuning database directory {d} does not exist")
-    elif not (d / "database_workload.json").is_file():
+    elif not _has_db(d):
         raise FileNotFoundError(f"{d} is not a tuning database (no database_workload.json; "
                                 "create one with `bnncompile tune`)")
+    if not create and not (d / "database_workload.json").is_file():
+        return _load_gz_database(d)
     return ms.database.JSONDatabase(work_dir=str(d), allow_missing=create)
 
 
@@ -156,26 +229,28 @@ def _records_for(db, mod: tvm.IRModule, tag: str, k: int = 1) -> list:
 
 
 def count_records(db, mod: tvm.IRModule, target) -> int:
+    """Valid records of workload ``mod`` measured for ``target``'s tag."""
     return len(_records_for(db, mod, target_tag(target), k=1 << 30))
 
 
 def record_digest(rec, mod: tvm.IRModule) -> str:
     h = hashlib.sha256()
-    h.update(str(tvm.ir.structural_hash(mod)).encode())
+    h.update(str(_shash(mod)).encode())
     h.update(str(rec.trace).encode())
     h.update(repr([float(x) for x in rec.run_secs or []]).encode())
     return h.hexdigest()
 
 
 def lookup_schedule(db, mod: tvm.IRModule, target):
-    """Best record's schedule for (workload, target), or ``(None, None)``."""
+    """Best record's schedule for (workload, target) as ``(s_tir.Schedule, record)``, or
+    ``(None, None)``."""
     from tvm import s_tir
 
     recs = _records_for(db, mod, target_tag(target))
     if not recs:
         return None, None
     rec = recs[0]
-    sch = s_tir.Schedule(mod, debug_mask="all")
+    sch = s_tir.Schedule(mod)
     rec.trace.apply_to_schedule(sch, remove_postproc=False)
     return sch, rec
 
@@ -185,7 +260,7 @@ class DatabaseSession:
     """An open :func:`use_database` context: what was looked up and applied."""
 
     db: object
-    target: tvm.target.Target
+    target: Optional[tvm.target.Target]
     tag: str
     path: Optional[str] = None
     #: kernel symbol -> {"op", "run_ms", "digest"} for every kernel that got a tuned schedule
@@ -210,7 +285,7 @@ def use_database(db_dir_or_database, target=None) -> Iterator[DatabaseSession]:
     the target each ``make_*`` is called with) returns the tuned schedule.  Yields a
     :class:`DatabaseSession` (applied records, their digest)."""
     db = open_database(db_dir_or_database)
-    path = None if not isinstance(db_dir_or_database, (str, os.PathLike)) else str(db_dir_or_database)
+    path = str(db_dir_or_database) if isinstance(db_dir_or_database, (str, os.PathLike)) else None
     tgt = _as_target(target) if target is not None else None
     sess = DatabaseSession(db, tgt, target_tag(tgt) if tgt is not None else "", path)
     stack = _stack("db")
@@ -250,7 +325,7 @@ def collect_workloads() -> Iterator[Dict[str, Workload]]:
 def extract_workloads(model, target, *, batch: int = 1, ops=BINARY_OPS) -> List[Workload]:
     """Distinct kernel workloads of an ONNX model (``ModelProto`` or path) for ``target``, in
     first-use order, filtered to ``ops`` (None: all ops incl. bitpack / float conv)."""
-    from bnncompile.export import load_onnx
+    from bnncompile.exporter import load_onnx
     from bnncompile.frontend import FrontendOptions, from_onnx
 
     if not hasattr(model, "graph"):

@@ -79,7 +79,7 @@ def small_input():
 @pytest.fixture(scope="session")
 def exported_small(small_model, small_input, tmp_path_factory):
     """(ExportResult, model) of :class:`AllBinarizers` exported once per session."""
-    from bnncompile.export import export
+    from bnncompile.exporter import export
 
     path = tmp_path_factory.mktemp("small") / "small.onnx"
     return export(small_model, small_input[:2], path, golden_inputs=small_input)

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from bnncompile.custom_ops import dynamic_sign as ds
 from bnncompile.errors import ExportError, InputFileError
-from bnncompile.export import export, load_golden, load_onnx
+from bnncompile.exporter import export, load_golden, load_onnx
 from bnncompile.graph import GraphIndex, find_binary_layers
 
 

@@ -14,7 +14,7 @@ zoo = pytest.importorskip("bnncompile.zoo")
 
 
 def _export(name, tmp, size, classes=None, **kw):
-    from bnncompile.export import export
+    from bnncompile.exporter import export
 
     model = zoo.build(name, input_size=size, num_classes=classes, **kw)
     x = zoo.example_input(model, batch_size=2)

@@ -32,7 +32,7 @@ def command(library, input_path, output):
 
     import numpy as np
 
-    from ..export import atomic_write_bytes
+    from ..exporter import atomic_write_bytes
     from ..runtime import load
 
     path = Path(input_path)

@@ -44,7 +44,7 @@ class Tiny(nn.Module):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """An exported tiny model (+ golden) and a library compiled for host through the CLI."""
-    from bnncompile.export import export
+    from bnncompile.exporter import export
 
     d = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)

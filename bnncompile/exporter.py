@@ -26,9 +26,10 @@ import onnx
 import torch
 
 from .custom_ops import dynamic_sign, registry
-from .errors import ExportError, InputFileError
+from .errors import ExportError, InputFileError, UsageError
 from .nn.layers import freeze
 
+ZOO_METADATA_KEY = "bnncompile.zoo"
 IR_VERSION = 10
 OPSET = 18
 INPUT_NAME = "input"
@@ -83,6 +84,10 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
 def to_onnx(model: torch.nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = True,
             opset: int = OPSET) -> onnx.ModelProto:
     """Trace, translate and post-process; returns a checked in-memory ModelProto."""
+    import logging
+
+    # torch's exporter warns once per missing torchvision op; meaningless for a bnncompile user
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     if dynamic_batch and example_input.shape[0] == 1:
         # torch.export specialises size-1 dimensions; trace with batch 2 to keep batch symbolic
@@ -250,18 +255,48 @@ def load_onnx(path) -> onnx.ModelProto:
     return model
 
 
-class _CallableModule(type(os)):
-    """``bnncompile.export`` is both this module and the :func:`export` function.
+def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = None,
+                     input_size: int | None = None, num_classes: int | None = None, seed: int = 0,
+                     golden_images: int | None = None, log=None):
+    """Build zoo model ``name`` (optionally load ``checkpoint``) and export it.
 
-    Importing the submodule rebinds the package attribute ``bnncompile.export`` to the module,
-    which would shadow the lazily exported function after its first use; calling the module
-    forwards to :func:`export` so ``bnncompile.export(model, x, path)`` always works.
+    Args:
+        batch: None (default) exports a dynamic batch dimension (traced with 2 images: torch.export
+            specialises a batch of 1 to a constant); an int fixes the batch of the graph.
+        golden_images: real photos (``bnncompile.data.real_images``, seeded) recorded with their
+            PyTorch outputs; default ``batch`` if fixed, else 2. Must equal ``batch`` if fixed.
+
+    Returns :class:`bnncompile.exporter.ExportResult`.
     """
+    import json
 
-    def __call__(self, *args, **kwargs):
-        return export(*args, **kwargs)
+    from . import zoo
+    from .data import real_images
 
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
+    log = log or (lambda msg: None)
+    if golden_images is None:
+        golden_images = batch or 2
+    for opt, v in (("batch", batch), ("golden-images", golden_images)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise UsageError(f"Expected --{opt} >= 1, got {v!r}")
+    if batch is not None and golden_images != batch:
+        raise UsageError(f"with a fixed --batch {batch}, --golden-images must be {batch}, got {golden_images}")
+    zoo.get_spec(name)  # unknown name -> UsageError listing the known models
+    output = Path(output)
+    _check_writable(output)  # fail before the slow build/export
+    log(f"building {name} (seed {seed})")
+    model = zoo.build(name, num_classes=num_classes, input_size=input_size, seed=seed)
+    if checkpoint is not None:
+        log(f"loading checkpoint {checkpoint}")
+        zoo.load_checkpoint(model, checkpoint)
+    c, h, w = model.zoo_config["input_shape"]
+    if h != w:
+        raise UsageError(f"expected a square input size, got {h}x{w}")
+    images = torch.from_numpy(real_images(max(golden_images, 2), h, channels=c, seed=seed))
+    example = images[:2] if batch is None else images[:batch]
+    log(f"exporting {name} at {c}x{h}x{w}, batch {batch or 'dynamic'}, to ONNX")
+    # bench rebuilds the same PyTorch model from this to time PyTorch eager on identical weights
+    meta = {"name": name, "input_size": h, "num_classes": model.zoo_config["num_classes"],
+            "seed": seed, "checkpoint": None if checkpoint is None else str(checkpoint)}
+    return export(model, example, output, golden_inputs=images[:golden_images],
+                  dynamic_batch=batch is None, metadata={ZOO_METADATA_KEY: json.dumps(meta)})

@@ -1,0 +1,175 @@
+"""MetaSchedule tuning: bit-exact tuned kernels, resumable database, compile with records, CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+
+def _host():
+    from bnncompile import targets
+
+    return targets.tvm_target(targets.resolve("host"))
+
+
+def test_tune_records_every_binary_kernel(tuned):
+    db, res, seen = tuned
+    assert {w.op for w in res.workloads} == {"bconv2d", "bdense"}
+    assert len(res.workloads) == 2
+    for w in res.workloads:
+        assert w.records_before == 0 and w.trials_run >= 1, w
+        assert w.best_ms is not None and w.hand_ms is not None  # hand baseline is a record
+        assert w.best_ms <= w.hand_ms
+    assert (db / "database_workload.json").is_file()
+    assert seen and seen[-1][0] == seen[-1][1] == res.trials_run
+
+
+def test_resume_is_fast_and_keeps_records(tuned, tiny_onnx):
+    from bnncompile.tune import tune_model
+
+    db, res, _ = tuned
+    before = (db / "database_tuning_record.json").read_text()
+    t0 = time.perf_counter()
+    again = tune_model(tiny_onnx, trials=2, db_dir=db)
+    assert time.perf_counter() - t0 < 30
+    assert again.trials_run == 0 and again.notes
+    assert [w.records_before for w in again.workloads] == [w.records_before + w.trials_run
+                                                          for w in res.workloads]
+    assert (db / "database_tuning_record.json").read_text() == before
+
+
+def test_every_tuned_record_is_bit_exact_vs_reference(tuned):
+    """Replay *every* record of the conv and dense workloads (not only the best) and compare with
+    schedules/reference.py: tuning may only reorder loops."""
+    import tvm
+    from tvm import s_tir
+
+    from bnncompile.schedules import packing, reference, registry, tuning
+
+    db_dir, _, _ = tuned
+    db = tuning.open_database(db_dir)
+    tgt = _host()
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu()
+    x = np.where(rng.random((1, 16, 8, 8)) < 0.5, -1.0, 1.0).astype(np.float32)
+    w = np.where(rng.random((16, 16, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+    scale = rng.random(16).astype(np.float32)
+    with tuning.collect_workloads() as seen:
+        registry.make_bconv2d(x.shape, w.shape, padding=1, with_scale=True, target=tgt)
+    wl = next(iter(seen.values()))
+    recs = tuning._records_for(db, wl.mod, tuning.target_tag(tgt), k=100)
+    assert len(recs) >= 2
+    ref = reference.bconv2d_ref(x, w, padding=1, scale=scale)
+    xb = reference.bitpack_ref(x, 0.0)
+    args = [xb, packing.pack_conv_weight(w), scale]
+    for rec in recs:
+        sch = s_tir.Schedule(wl.mod)
+        rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        lib = tvm.compile(sch.mod, target=tgt).jit()
+        out = tvm.runtime.empty(ref.shape, "float32", dev)
+        lib["main"](*[tvm.runtime.tensor(a, dev) for a in args], out)
+        np.testing.assert_array_equal(out.numpy(), ref)  # float32(acc) * scale: same rounding
+    # and the integer accumulator (no epilogue): tuned schedule of the same shape's int kernel
+    with tuning.use_database(db, tgt) as sess:
+        pf = registry.make_bconv2d(x.shape, w.shape, padding=1, with_scale=True, target=tgt)
+    assert sess.applied and pf.attrs["tirx.is_scheduled"]
+    assert str(pf.attrs["global_symbol"]) == wl.symbol
+    assert list(pf.attrs["bnn.param_names"]) == ["data", "weight", "scale", "bconv_out"] or \
+        len(pf.attrs["bnn.param_names"]) == 4
+
+
+def test_compile_with_db_matches_untuned(tuned, tiny_onnx, tmp_path):
+    from bnncompile import runtime
+    from bnncompile.compiler import compile_model
+
+    db, _, _ = tuned
+    a = compile_model(tiny_onnx, output=tmp_path / "hand.so", pretuned=False)
+    b = compile_model(tiny_onnx, output=tmp_path / "tuned.so", tuning_db=db)
+    side_a, side_b = (json.loads(p.read_text()) for p in (a.sidecar, b.sidecar))
+    assert side_a["tuning"] is None
+    t = side_b["tuning"]
+    assert t["database"] == str(db.resolve()) and len(t["records_digest"]) == 64
+    assert len(t["tuned_kernels"]) == 2 and not t["failed"]
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ya, yb = runtime.load(a.library)(x), runtime.load(b.library)(x)
+    # integer accumulators are exact; the fused float epilogue (acc * scale) rounds the same way
+    np.testing.assert_allclose(ya, yb, rtol=1e-6, atol=1e-6)
+
+
+def test_use_database_hook_is_inactive_by_default():
+    from bnncompile.schedules import registry, tuning
+
+    tgt = _host()
+    pf = registry.make_bdense((1, 4, 64), (8, 64), target=tgt)
+    with tuning.collect_workloads() as seen:
+        pf2 = registry.make_bdense((1, 4, 64), (8, 64), target=tgt)
+    assert len(seen) == 1
+    import tvm
+
+    assert tvm.ir.structural_equal(pf, pf2)
+
+
+def test_pack_database_roundtrip(tuned, tmp_path):
+    from bnncompile.schedules import tuning
+
+    db, _, _ = tuned
+    out = tuning.pack_database(db, tmp_path / "packed", keep=1)
+    mem = tuning.open_database(out)
+    assert len(mem.get_all_tuning_records()) == 2
+
+
+def test_target_tag_ignores_num_cores():
+    from bnncompile.schedules import tuning
+
+    tgt = _host()
+    assert tuning.target_tag(tgt) == tuning.target_tag(tuning.tuning_target(tgt, num_cores=7))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["tune", "{m}", "--db", "{d}", "--trials", "0"], "Expected --trials to be a positive integer, got 0"),
+    (["tune", "{m}", "--db", "{d}", "--rpc-tracker", "127.0.0.1:1"], "must be given together"),
+    (["tune", "{m}", "--db", "{d}", "--rpc-tracker", "nohost", "--rpc-key", "k"], "HOST:PORT"),
+    (["compile", "{m}", "-o", "{o}", "--tuning-db", "{missing}"], "does not exist"),
+])
+def test_cli_bad_inputs(argv, needle, tiny_onnx, tmp_path, capsys):
+    from bnncompile.cli.main import main
+
+    fmt = {"m": str(tiny_onnx), "d": str(tmp_path / "db"), "o": str(tmp_path / "x.so"),
+           "missing": str(tmp_path / "nope")}
+    rc = main([a.format(**fmt) for a in argv])
+    err = capsys.readouterr().err
+    assert rc != 0 and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_unreachable_tracker(tiny_onnx, tmp_path, capsys):
+    import socket
+
+    from bnncompile.cli.main import main
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    t0 = time.perf_counter()
+    rc = main(["tune", str(tiny_onnx), "--db", str(tmp_path / "db"), "-q", "--trials", "1",
+               "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "k"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "cannot reach RPC tracker" in err, err
+    assert time.perf_counter() - t0 < 60
+
+
+def test_cli_tune_resume_and_compile(tuned, tiny_onnx, tmp_path, capsys):
+    from bnncompile.cli.main import main
+
+    db, _, _ = tuned
+    assert main(["tune", str(tiny_onnx), "--db", str(db), "--trials", "2", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "0 new trials" in out
+    assert main(["compile", str(tiny_onnx), "-o", str(tmp_path / "m.so"), "--tuning-db", str(db),
+                 "-q"]) == 0
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["tuning"]["tuned_kernels"]
