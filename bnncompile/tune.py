@@ -17,7 +17,6 @@ nothing left to do returns before any tuning machinery starts.  Records are appe
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -116,7 +115,7 @@ def check_tracker(host: str, port: int, key: str, timeout: float = 5.0) -> None:
     from tvm import rpc
 
     try:
-        summary = rpc.connect_tracker(host, port, session_timeout=timeout).summary()
+        summary = rpc.connect_tracker(host, port).summary()
     except Exception as exc:  # tvm raises RuntimeError/TVMError with multi-line text
         raise CompileError(f"RPC tracker {host}:{port} did not answer: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
@@ -197,25 +196,48 @@ def tune_model(onnx_path, *, target: str = "host", trials: int = 8, db_dir, batc
                        rpc_key=rpc_key, cost_model=cost_model, num_tuning_cores=num_tuning_cores,
                        build_timeout_s=build_timeout_s, ops=tuple(ops), seed=seed)
     report = progress or (lambda done, total, msg: None)
+    spec = _check_spec(opts)
+    model = load_onnx(onnx_path)
+    t0 = time.perf_counter()
+    from .schedules import tuning
+
+    report(0, 0, "extracting kernels")
+    workloads = tuning.extract_workloads(model, targets.tvm_target(spec), batch=opts.batch, ops=opts.ops)
+    return _tune(workloads, spec, opts, db_dir, report, t0)
+
+
+def tune_workloads(workloads, *, target: str = "host", trials: int = 8, db_dir,
+                   rpc_tracker: str | None = None, rpc_key: str | None = None, progress=None,
+                   cost_model: str | None = None, num_tuning_cores: int = 2,
+                   build_timeout_s: int = 120, seed: int = 0) -> TuneResult:
+    """:func:`tune_model` for explicit :class:`schedules.tuning.Workload` s (from
+    ``tuning.collect_workloads()`` around ``make_*`` calls) instead of a model's."""
+    opts = TuneOptions(target=target, trials=trials, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
+                       cost_model=cost_model, num_tuning_cores=num_tuning_cores,
+                       build_timeout_s=build_timeout_s, seed=seed)
+    spec = _check_spec(opts)
+    return _tune(list(workloads), spec, opts, db_dir, progress or (lambda d, t, m: None),
+                 time.perf_counter())
+
+
+def _check_spec(opts: TuneOptions) -> targets.TargetSpec:
     spec = targets.resolve(opts.target)
     if opts.rpc_tracker is None:
         ok, why = targets.runnable_here(spec)
         if not ok:
             raise UsageError(f"cannot measure target {spec.name} on this machine ({why}); "
                              "use --rpc-tracker HOST:PORT --rpc-key KEY")
+    return spec
+
+
+def _tune(workloads, spec, opts, db_dir, report, t0) -> TuneResult:
+    from .schedules import tuning
+
     db_dir = Path(db_dir)
     if db_dir.exists() and not db_dir.is_dir():
         raise InputFileError(f"--db {db_dir} exists and is not a directory")
-    model = load_onnx(onnx_path)
-    t0 = time.perf_counter()
-
-    from .schedules import tuning
-
-    base_tgt = targets.tvm_target(spec)
-    tgt = tuning.tuning_target(base_tgt)
+    tgt = tuning.tuning_target(targets.tvm_target(spec))
     tag = tuning.target_tag(tgt)
-    report(0, 0, "extracting kernels")
-    workloads = tuning.extract_workloads(model, base_tgt, batch=opts.batch, ops=opts.ops)
     try:
         db = tuning.open_database(db_dir, create=True)
     except OSError as exc:
@@ -282,8 +304,8 @@ def _run_tuning(todo, tgt, db, db_dir, opts, report, total, results):
         if left > 0:
             groups.setdefault(left, []).append(w)
     cm = opts.cost_model or default_cost_model()
-    logs = ms.logging.get_loggers_from_work_dir(str(db_dir), [w.symbol for g in groups.values() for w in g])
-    logger_of = dict(zip([w.symbol for g in groups.values() for w in g], logs))
+    tuning.light_tensor_intrin(tgt)
+    logger_of = {w.symbol: _task_logger(db_dir, w.symbol) for g in groups.values() for w in g}
     for left, group in sorted(groups.items()):
         per_iter = min(left, 16)
         strategy = ms.search_strategy.EvolutionarySearch(
@@ -313,6 +335,25 @@ def _run_tuning(todo, tgt, db, db_dir, opts, report, total, results):
             by_symbol[w.symbol].trials_run += max(n, 0)
             done += max(n, 0)
         report(min(done, total), total, "done")
+
+
+def _task_logger(db_dir, symbol: str) -> logging.Logger:
+    """Per-task file logger ``DB/logs/<symbol>.log`` (MetaSchedule's own logger factory fails when
+    called twice in one process; and its console output would fight the progress bar)."""
+    log_dir = Path(db_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = str((log_dir / f"{symbol[:100]}.log").resolve())
+    logger = logging.getLogger(f"bnncompile.tune.{symbol[:100]}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    if not any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+            h.close()
+        h = logging.FileHandler(path)
+        h.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        logger.addHandler(h)
+    return logger
 
 
 def _fill_times(workloads, results, db, tgt):

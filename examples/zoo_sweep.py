@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import bnncompile
-from bnncompile import zoo
+from bnncompile import targets, zoo
 from bnncompile.data import real_images
 
 COLS = [("model", 20, "s"), ("size", 5, "d"), ("params", 10, ",d"), ("bin", 4, "d"),
@@ -72,6 +72,57 @@ def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: i
     return row
 
 
+def machine_line() -> str:
+    import os
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor())
+    return (f"{cpu}, {os.cpu_count()} vCPU, load average {os.getloadavg()[0]:.1f} at the end; "
+            f"TVM host target {targets.host_spec().target}")
+
+
+def to_markdown(rows: list[dict], argv: list[str]) -> str:
+    head = ("| model | input | params | binary layers | max abs logit err vs PyTorch | top-1 | sign flips "
+            "| bnncompile 1T ms | ORT 1T ms | speed-up 1T | bnncompile 2T ms | ORT 2T ms | speed-up 2T "
+            "| PyTorch 1T ms |")
+    lines = [f"Command: `python examples/zoo_sweep.py {' '.join(argv)}`", "",
+             f"Machine: {machine_line()}", "", head, "|" + "---|" * 14]
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['model']} | {r.get('size')} | error: {r['error']} |" + " |" * 11)
+            continue
+        lines.append(
+            f"| {r['model']} | {r['size']} | {f(r.get('params'), ',d')} | {r.get('bin')} | "
+            f"{f(r.get('max_abs'), '.1e')} | {f(r.get('top1'), '.0%')} | {r.get('flips')} | "
+            f"{f(r.get('bnn_1t_ms'), '.2f')} | {f(r.get('ort_1t_ms'), '.2f')} | {f(r.get('x_1t'), '.2f')}x | "
+            f"{f(r.get('bnn_2t_ms'), '.2f')} | {f(r.get('ort_2t_ms'), '.2f')} | {f(r.get('x_2t'), '.2f')}x | "
+            f"{f(r.get('torch_1t_ms'), '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_speedups(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not r.get("error")]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = range(len(ok))
+    ax.bar([i - 0.2 for i in xs], [r.get("x_1t") or 0 for r in ok], 0.4, label="1 thread")
+    ax.bar([i + 0.2 for i in xs], [r.get("x_2t") or 0 for r in ok], 0.4, label="2 threads")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["model"] for r in ok], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("ONNX Runtime FP32 / bnncompile (median latency)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(zoo.list_models()),
@@ -81,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="benchmark rounds (default 5; 2 with --small)")
     ap.add_argument("--number", type=int, default=None, help="calls per round (default 5; 2 with --small)")
     ap.add_argument("--json", type=Path, help="write all rows as JSON")
+    ap.add_argument("--markdown", type=Path, help="write a markdown table (docs/benchmarks.md style)")
+    ap.add_argument("--plot", type=Path, help="write a PNG: speed-up vs ONNX Runtime per model")
     args = ap.parse_args(argv)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -108,6 +161,10 @@ def main(argv=None) -> int:
             sys.stdout.flush()
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=2))
+    if args.markdown:
+        args.markdown.write_text(to_markdown(rows, argv if argv is not None else sys.argv[1:]))
+    if args.plot:
+        plot_speedups(rows, args.plot)
     print("top1: worst agreement over input sets (golden, photos) vs PyTorch and ONNX Runtime; "
           "x_nt: ORT FP32 median / bnncompile median at n threads (batch 1)")
     bad = [r["model"] for r in rows if r.get("error") or not r.get("parity_ok", False)]

@@ -98,6 +98,12 @@ def _pack_reduce(get_x, get_t, cw, length: int):
     false (ordered ``>=``) and yields bit 0.  Bits past ``length`` are masked off and their loads
     clamped in bounds (``te.sum(where=...)`` is dropped by ``create_prim_func`` in 0.27, and a
     clamp keeps the loop branch-free so it still vectorises)."""
+    if length < WORD:
+        # one partial word: reduce over the real channels only (no masked half-word of dead
+        # compares, e.g. the 32-channel stem); same loop structure, so every schedule applies
+        b = te.reduce_axis((0, length), name="b")
+        hit = get_x(b) >= get_t(b)
+        return te.sum(tirx.Select(hit, tirx.const(1, _U64) << b.astype(_U64), tirx.const(0, _U64)), axis=b)
     b = te.reduce_axis((0, WORD), name="b")
     c = cw * WORD + b
     cond = None

@@ -156,11 +156,16 @@ def _load_gz_database(d: Path):
     return db
 
 
-def pack_database(src, dst, *, keep: int = 2, target=None) -> Path:
+def pack_database(src, dst, *, keep: int = 2, target=None, min_speedup: float = 1.2) -> Path:
     """Write the best ``keep`` valid records per workload of the JSONDatabase directory ``src``
     (for ``target``'s tag if given) as gzip-compressed ``database_{workload,tuning_record}.json.gz``
     in ``dst`` (how ``schedules/databases/<tag>`` is made).  Works on the JSON lines as written
-    by MetaSchedule (``[workload_index, [trace, run_secs, target, args_info]]``)."""
+    by MetaSchedule (``[workload_index, [trace, run_secs, target, args_info]]``).
+
+    A searched record replaces the hand schedule's record (recognised by its trace: hand
+    schedules never sample) as the best only if it measured ``min_speedup`` times faster: with a
+    few trials, one noisy measurement each, smaller wins are mostly noise (a 1.14x "win" on a
+    1024-channel conv re-timed 10-20 % slower)."""
     import gzip
     import json
 
@@ -182,7 +187,11 @@ def pack_database(src, dst, *, keep: int = 2, target=None) -> Path:
     for idx in sorted(best):
         j = len(out_wl)
         out_wl.append(wl_lines[idx])
-        for _, rec in sorted(best[idx], key=lambda t: t[0])[:keep]:
+        ranked = sorted(best[idx], key=lambda t: t[0])
+        hand = next((t for t in ranked if "Sample" not in json.dumps(t[1][0])), None)
+        if hand is not None and ranked[0] is not hand and ranked[0][0] * min_speedup > hand[0]:
+            ranked = ranked[ranked.index(hand):]  # drop the marginal "wins": hand ranks first
+        for _, rec in ranked[:keep]:
             out_rec.append(json.dumps([j, rec], separators=(",", ":")))
     dst.mkdir(parents=True, exist_ok=True)
     for name, lines in (("database_workload.json.gz", out_wl),
@@ -377,6 +386,40 @@ def fast_build(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     return tvm.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def light_tensor_intrin(target) -> None:
+    """Register only the CPU tensor intrinsics a CPU target's schedule rules can use.
+
+    ``ms.TuneContext()`` runs ``import tvm.s_tir.tensor_intrin``, whose package ``__init__``
+    also builds every CUDA/ROCm/Metal/Hexagon intrinsic: 30-140 s on this 2-core VM, in every
+    tuning process.  For llvm targets we register the package without its ``__init__`` and import
+    the CPU submodules (0.2-1.5 s); TuneContext's import then finds it in ``sys.modules``.
+    Other targets (and a process that already imported it) are left alone."""
+    import importlib
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    t = _as_target(target)
+    if name in sys.modules or t.kind.name != "llvm":
+        return
+    import tvm.s_tir as s_tir_pkg
+
+    pkg = types.ModuleType(name)
+    pkg.__path__ = [os.path.join(os.path.dirname(s_tir_pkg.__file__), "tensor_intrin")]
+    pkg.__package__ = name
+    sys.modules[name] = pkg
+    triple = str(t.attrs.get("mtriple", "") or "")
+    subs = (["arm_cpu"] if triple.startswith(("aarch64", "arm")) else
+            ["riscv_cpu"] if triple.startswith("riscv") else ["x86"])
+    try:
+        for sub in subs:
+            setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
+    except Exception:  # fall back to the full (slow) import
+        sys.modules.pop(name, None)
+        for sub in subs:
+            sys.modules.pop(f"{name}.{sub}", None)
 
 
 def hand_space(hand: Callable):

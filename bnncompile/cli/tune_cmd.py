@@ -33,9 +33,13 @@ def command(model, target, trials, db_dir, batch, rpc_tracker, rpc_key, cost_mod
 
     from ..tune import ALL_OPS, DEFAULT_OPS, tune_model
 
-    bar = tqdm(total=0, desc="tune", unit="trial", file=sys.stderr, disable=quiet, leave=False)
+    bars = []  # created at the first progress report, so usage errors print alone
 
     def progress(done, total, msg):
+        if not bars:
+            bars.append(tqdm(total=total, desc="tune", unit="trial", file=sys.stderr,
+                             disable=quiet, leave=False))
+        bar = bars[0]
         if bar.total != total:
             bar.total = total
             bar.refresh()
@@ -47,7 +51,8 @@ def command(model, target, trials, db_dir, batch, rpc_tracker, rpc_key, cost_mod
                          rpc_tracker=rpc_tracker, rpc_key=rpc_key, progress=progress,
                          cost_model=cost_model, ops=ALL_OPS if all_kernels else DEFAULT_OPS)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     for w in res.workloads:
         best = f"{w.best_ms * 1e3:9.1f} us" if w.best_ms is not None else "        -   "
         hand = f"{w.hand_ms * 1e3:9.1f} us" if w.hand_ms is not None else "        -   "

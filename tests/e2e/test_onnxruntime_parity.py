@@ -34,20 +34,12 @@ SIZE, BATCH, CLASSES = 32, 2, 10
 LOGIT_ATOL, LOGIT_RTOL = 1e-4, 1e-4
 MAX_FLIP_FRACTION = 1e-3
 
-#: measured, not guessed: in the randomly initialised 14-layer static binary CCT, a single sign
-#: within ~1 ulp of its threshold in block 0 (LayerNorm/GELU summation order differs between
-#: PyTorch and ONNX Runtime) flips, and the flips grow layer by layer to ~30 % of all signs by
-#: block 13, changing top-1. The binary layers themselves stay bit-exact (checked below when run
-#: without the top-1 assert). Kept visible as xfail until the zoo's init is made less chaotic.
-CHAOTIC = {"binary_cct_14_7x2": "sign-flip cascade from one near-threshold value (random init)"}
 #: the big backbones (ReActNet-A family, CCT-14) take 20-60 s each here; `-m "not slow"` skips them
 SLOW = {"reactnet_a", "dybnn_reactnet_a", "insta_bnn_a", "insta_bnn_a_plus", "binary_cct_14_7x2",
         "dybinary_cct_14_7x2"}
 
 MODELS = [
-    pytest.param(n, marks=[m for m in (
-        pytest.mark.xfail(reason=CHAOTIC[n], strict=False) if n in CHAOTIC else None,
-        pytest.mark.slow if n in SLOW else None) if m is not None])
+    pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
     for n in zoo.list_models()
 ]
 

@@ -31,7 +31,7 @@ class Tiny(nn.Module):
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory):
-    from bnncompile.export import export
+    from bnncompile.exporter import export
 
     torch.manual_seed(0)
     model = Tiny().eval()
