@@ -221,15 +221,23 @@ def save_golden(path, inputs: np.ndarray, outputs: np.ndarray, **extra) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_golden(path) -> dict[str, np.ndarray]:
+def load_npz(path, *, what: str) -> dict[str, np.ndarray]:
+    """Arrays of an ``.npz`` (or one ``.npy`` as ``{"inputs": ...}``), never unpickling."""
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"golden file {path} does not exist")
+        raise InputFileError(f"{what} {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            out = {k: data[k] for k in data.files}
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            return {"inputs": data}
+        with data:
+            return {k: data[k] for k in data.files}
     except Exception as exc:
-        raise InputFileError(f"{path} is not a readable .npz golden file: {_first_line(exc)}") from exc
+        raise InputFileError(f"{what} {path} is not a readable .npz/.npy: {_first_line(exc)}") from exc
+
+
+def load_golden(path) -> dict[str, np.ndarray]:
+    out = load_npz(path, what="golden file")
     missing = {"inputs", "outputs"} - set(out)
     if missing:
         raise InputFileError(f"golden file {path} lacks arrays {sorted(missing)}")

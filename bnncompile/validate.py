@@ -23,7 +23,7 @@ import numpy as np
 from . import targets
 from .custom_ops.dynamic_sign import is_dynamic_sign
 from .errors import InputFileError, UsageError
-from .exporter import golden_path_for, load_golden, load_onnx
+from .exporter import golden_path_for, load_golden, load_npz, load_onnx
 
 
 @dataclass(frozen=True)
@@ -137,20 +137,12 @@ def _top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ort_run(model, x: np.ndarray, extra: list[str]) -> list[np.ndarray]:
-    import onnx
-    import onnxruntime as ort
+    """ONNX Runtime outputs: the model output first, then the ``extra`` intermediates."""
+    from .parity import onnx_intermediates
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in extra:
-        if name not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [model.graph.output[0].name, *extra]
-    return sess.run(names, {sess.get_inputs()[0].name: x})
+    got = onnx_intermediates(model, x, names)
+    return [got[n] for n in names]
 
 
 def _tvm_debug_run(model, spec, x: np.ndarray, extra: list[str], binary_kernels=True) -> list[np.ndarray]:
@@ -191,12 +183,8 @@ def _input_sets(model, onnx_path: Path, inputs, real_images: int) -> list[tuple[
         path = Path(inputs)
         if not path.is_file():
             raise InputFileError(f"--inputs {path}: no such file")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except Exception as exc:
-            raise InputFileError(f"--inputs {path}: not a readable .npy/.npz ({exc})") from exc
-        x = arrays.get("inputs", next(iter(arrays.values()))) if isinstance(arrays, dict) else arrays
+        arrays = load_npz(path, what="--inputs")
+        x = arrays.get("inputs", next(iter(arrays.values())))
         sets.append((path.name, np.asarray(x, np.float32), arrays.get("outputs")))
     if real_images:
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]

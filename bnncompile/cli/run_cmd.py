@@ -9,18 +9,6 @@ import click
 from ..errors import InputFileError
 
 
-def _load_array(path: Path):
-    import numpy as np
-
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return data["inputs"] if "inputs" in data.files else data[data.files[0]]
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputFileError(f"--input {path}: not a readable .npy/.npz array ({exc})") from exc
-
-
 @click.command("run")
 @click.argument("library", type=click.Path(dir_okay=False))
 @click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False),
@@ -32,14 +20,15 @@ def command(library, input_path, output):
 
     import numpy as np
 
-    from ..exporter import atomic_write_bytes
+    from ..exporter import atomic_write_bytes, load_npz
     from ..runtime import load
 
     path = Path(input_path)
     if not path.is_file():
         raise InputFileError(f"--input {path}: no such file")
     runner = load(library)
-    y = runner(_load_array(path))
+    arrays = load_npz(path, what="--input")
+    y = runner(arrays.get("inputs", next(iter(arrays.values()))))
     buf = io.BytesIO()
     np.save(buf, y)
     atomic_write_bytes(output, buf.getvalue())
