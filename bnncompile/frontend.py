@@ -58,6 +58,9 @@ class LoweringPlan:
     folded_scale: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
     #: float Conv nodes lowered to bnncompile's blocked float conv (CPU targets)
     float_convs: set[str] = field(default_factory=set)
+    #: DynamicSign output -> "nchw" | "last": how its binary consumers pack it (one pack kernel
+    #: per sign, shared by all consumers; the debug build unpacks these bits for parity)
+    sign_layout: dict[str, str] = field(default_factory=dict)
     #: kernel symbol -> {"layer": ONNX node name, "kind": ..., "binary_macs"/"float_macs": n,
     #: "calls": n}; lets bench attribute time per layer and compute achieved G binary-MAC/s
     kernels: dict[str, dict] = field(default_factory=dict)
@@ -119,9 +122,13 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
     if float_convs:
         plan.float_convs = {n.name for n in model.graph.node if _is_plain_float_conv(index, n)}
     outputs = {o.name for o in model.graph.output}
+    layouts: dict[str, set[str]] = {}
     for out_name, layer in find_binary_layers(model, index).items():
         plan.binary[layer.node.name] = layer
         plan.float_convs.discard(layer.node.name)
+        packed = layer.signs if layer.kind != "batch_matmul" or layer.b_transposed else layer.signs[:1]
+        for sign in packed:
+            layouts.setdefault(sign.output[0], set()).add("nchw" if layer.kind == "conv" else "last")
         consumers = index.consumers.get(out_name, [])
         if out_name in outputs or len(consumers) != 1 or consumers[0].op_type != "Mul":
             continue
@@ -138,6 +145,7 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
             vec = const.reshape(-1)[:1].astype(np.float32) if const is not None and const.size == 1 else None
         if vec is not None:
             plan.folded_scale[layer.node.name] = (vec, mul.name)
+    plan.sign_layout = {k: next(iter(v)) for k, v in layouts.items() if len(v) == 1}
     return plan
 
 
@@ -190,7 +198,8 @@ def _make_importer_class():
     class BNNGraphImporter(of.ONNXGraphImporter):
         """TVM's importer plus bnncompile's converters (see the module docstring)."""
 
-        def __init__(self, shape_dict, *, plan: LoweringPlan, nodes_by_name, index, target):
+        def __init__(self, shape_dict, *, plan: LoweringPlan, nodes_by_name, index, target,
+                     debug_outputs=()):
             super().__init__(shape_dict, "float32")
             self._plan = plan
             self._bnn_nodes = nodes_by_name
@@ -198,6 +207,8 @@ def _make_importer_class():
             self._target = target
             self._sign_inputs: dict[str, tuple] = {}
             self._packed_cache: dict[tuple, object] = {}
+            self._packs: dict[tuple[str, bool], object] = {}
+            self._debug_outputs = set(debug_outputs)
 
         def _check_for_unsupported_ops(self, graph):
             convert_map = of._get_convert_map()
@@ -222,7 +233,13 @@ def _make_importer_class():
             try:
                 if op_name == OP_SIGN:
                     t = inputs[1] if len(inputs) > 1 else None
-                    self._sign_inputs[node.output[0]] = (inputs[0], t)
+                    out = node.output[0]
+                    self._sign_inputs[out] = (inputs[0], t)
+                    layout = self._plan.sign_layout.get(out)
+                    if out in self._debug_outputs and layout is not None:
+                        # expose the bits the binary kernels consume, not a float recomputation
+                        packed = self._pack(inputs[0], t, last_axis=layout == "last", key=out)
+                        return self._unpack(packed, self._shape_of(inputs[0]), layout)
                     return dynamic_sign_to_relax(self.bb, [inputs[0], t])
                 if op_name == OP_FOLDED:
                     # the producer already applied this scale in its epilogue
@@ -280,10 +297,37 @@ def _make_importer_class():
                 return relax.const(np.zeros((), np.float32))
             return t
 
-        def _pack(self, x, t, *, last_axis: bool):
+        def _pack(self, x, t, *, last_axis: bool, key: str | None = None):
+            """bitpack(x >= t); ``key`` (the DynamicSign output) shares one pack among consumers."""
             from .schedules import registry as kernels
 
-            t = self._threshold(x, t)
+            if key is not None and (key, last_axis) in self._packs:
+                return self._packs[(key, last_axis)]
+            packed = self._pack_uncached(x, self._threshold(x, t), kernels, last_axis)
+            if key is not None:
+                self._packs[(key, last_axis)] = packed
+            return packed
+
+        def _unpack(self, packed, shape, layout):
+            """Float ±1 in the DynamicSign's own layout from packed words (debug builds)."""
+            from tvm import te, tirx
+
+            def compute(p):
+                one, neg = tirx.const(1.0, "float32"), tirx.const(-1.0, "float32")
+
+                def bit(word, c):
+                    shift = (c % 64).astype("uint64")
+                    return ((word >> shift) & tirx.const(1, "uint64")) == tirx.const(1, "uint64")
+
+                if layout == "nchw":
+                    return te.compute(shape, lambda n, c, h, w: tirx.Select(
+                        bit(p[n, h, w, c // 64], c), one, neg), name="unpack_bits")
+                return te.compute(shape, lambda *i: tirx.Select(
+                    bit(p[(*i[:-1], i[-1] // 64)], i[-1]), one, neg), name="unpack_bits")
+
+            return self.bb.emit_te(compute, packed, primfunc_name_hint="unpack_bits")
+
+        def _pack_uncached(self, x, t, kernels, last_axis: bool):
             xs, ts = self._shape_of(x), self._shape_of(t)
             if last_axis:
                 pf = kernels.make_bitpack_last(xs, ts, self._target)
@@ -319,7 +363,7 @@ def _make_importer_class():
             pf = kernels.make_bconv2d(xs, layer.weight.shape, stride=stride, padding=pads,
                                       dilation=dil, pad_value=pad_value, with_scale=scale is not None,
                                       with_bias=bias is not None, target=self._target)
-            packed = self._pack(x, t, last_axis=False)
+            packed = self._pack(x, t, last_axis=False, key=layer.signs[0].output[0])
             args = [packed, relax.const(packing.pack_conv_weight(layer.weight))]
             if packing.needs_tap_popcount(pads, pad_value):
                 args.append(relax.const(packing.conv_tap_popcount(layer.weight)))
@@ -376,7 +420,7 @@ def _make_importer_class():
             scale, bias = self._epilogue(node, w.shape[0], bias)
             pf = kernels.make_bdense(xs, w.shape, with_scale=scale is not None,
                                      with_bias=bias is not None, target=self._target)
-            packed = self._pack(x, t, last_axis=True)
+            packed = self._pack(x, t, last_axis=True, key=layer.signs[0].output[0])
             args = [packed, relax.const(packing.pack_dense_weight(w))]
             args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
             dtype = "float32" if scale is not None else "int32"
@@ -401,8 +445,9 @@ def _make_importer_class():
             folded = self._plan.folded_scale.get(node.name)
             alpha = float(folded[0][0]) if folded is not None else None
             pf = kernels.make_bbatch_matmul(a_shape, b_shape, alpha=alpha, target=self._target)
-            pa = self._pack(xa, ta, last_axis=True)
-            pb = self._pack(xb, tb, last_axis=True)
+            pa = self._pack(xa, ta, last_axis=True, key=layer.signs[0].output[0])
+            pb = self._pack(xb, tb, last_axis=True,
+                            key=layer.signs[1].output[0] if layer.b_transposed else None)
             dtype = "float32" if alpha is not None else "int32"
             macs = int(np.prod(a_shape)) * b_shape[-2]
             y = self._call(pf, [pa, pb], [*a_shape[:-1], b_shape[-2]], dtype, layer=node.name,
@@ -459,7 +504,7 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
     shapes = _static_input_shapes(m, options.batch)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 18)
     importer = _make_importer_class()(shapes, plan=plan, nodes_by_name=nodes_by_name, index=index,
-                                      target=target)
+                                      target=target, debug_outputs=options.extra_outputs)
     import contextlib
     import io
 

@@ -29,10 +29,11 @@ from .exporter import golden_path_for, load_golden, load_npz, load_onnx
 @dataclass(frozen=True)
 class Tolerances:
     #: logits: |tvm - ref| <= atol + rtol * max|ref|. Float glue (BN, PReLU, pooling, softmax) is
-    #: computed in a different order by TVM, ORT and PyTorch: ~1e-6 relative per op, a few hundred
-    #: ops deep; 1e-3 leaves two orders of magnitude of headroom yet catches any wrong layer.
-    atol: float = 1e-3
-    rtol: float = 1e-3
+    #: computed in a different order by TVM, ORT and PyTorch (and softmax/erf with polynomial
+    #: exp/erf): measured <= 1e-5 relative on the zoo without flips; 1e-4 leaves 10x headroom yet
+    #: catches a wrong binary layer even in the zoo's contractive random init (branches ~0.3 %).
+    atol: float = 1e-4
+    rtol: float = 1e-4
     #: sign flips are only legitimate at near-ties; allow at most this fraction of all binarized
     #: elements (0.01 %) and still demand identical top-1.
     max_flip_fraction: float = 1e-4

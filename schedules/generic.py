@@ -60,6 +60,12 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
     # h and w are never fused: the copy-out region of a tile crossing rows is over-approximated.
     blk = sch.get_sblock(name)
     n, h, w, cw, b = sch.get_loops(blk)
+    if extent(sch, w) < 8:
+        # Narrow maps (1x1 at the end of a ResNet at 32 px): nothing to vectorize along w, and
+        # the local row tile's write-back mis-scoped unit loops (wrong words for W=1, CW>1).
+        sch.parallel(sch.fuse(n, h))
+        sch.decompose_reduction(blk, b)
+        return
     wf = pick_factor(extent(sch, w), (vec, 8))
     if wf >= 8 and wf < extent(sch, w):
         wo, wi = sch.split(w, factors=[None, wf])

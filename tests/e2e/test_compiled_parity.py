@@ -1,7 +1,7 @@
 """Zoo models end to end: export → compile (host) → load → validate_parity with the library.
 
 One CNN (DyBNN ReActNet-18 at 32 px) and one transformer (DyBinaryCCT-7/3x1 at 32 px) run in the
-default suite. Tolerances (stated): logits within atol 1e-3 + rtol 1e-3 · max|ref| of PyTorch
+default suite. Tolerances (stated): logits within atol 1e-4 + rtol 1e-4 · max|ref| of PyTorch
 (validate's defaults), identical top-1, and sign flips ≤ 0.01 % of binarized elements — in
 practice 0 for these inputs, which is asserted on the golden set.
 """
