@@ -206,7 +206,7 @@ def _make_importer_class():
             self._index = index
             self._target = target
             self._sign_inputs: dict[str, tuple] = {}
-            self._packed_cache: dict[tuple, object] = {}
+            self._kernel_gvs: dict[tuple, object] = {}
             self._packs: dict[tuple[str, bool], object] = {}
             self._debug_outputs = set(debug_outputs)
 
@@ -275,13 +275,13 @@ def _make_importer_class():
             info["calls"] += 1
             if layer is not None:
                 info["layers"].append(layer)
-            gv = self._packed_cache.get(name)
+            gv = self._kernel_gvs.get(name)
             if gv is None:
                 # Opaque: FuseTIR cannot merge an already scheduled kernel with its neighbours
                 # ("inconsistent buffers"), and the kernels fuse their own epilogues.
                 prim_func = prim_func.with_attr("op_pattern", 8)
                 gv = self.bb.add_func(prim_func, name)
-                self._packed_cache[name] = gv
+                self._kernel_gvs[name] = gv
             return self.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(out_shape, out_dtype)))
 
         def _sign_operand(self, sign_node):
