@@ -1,9 +1,11 @@
 """``benchmark``: the compiled model vs ONNX Runtime FP32 vs PyTorch eager FP32, in one run.
 
 Method (shared 2-core VMs show 2-3x run-to-run spread): every engine is warmed up, then the
-engines are *interleaved* round by round, each round timing ``number`` back-to-back calls; we
-report the median and the p10–p90 spread of all calls, and ratios of medians taken from the same
-run. Thread counts are set per engine (TVM thread pool, ORT intra-op threads, torch threads).
+engines are *interleaved* round by round, each round timing ``number`` back-to-back calls after a
+short settle pause and one untimed call (so one engine's spinning thread pool never steals the
+second core from the next); we report the median and the p10–p90 spread of all calls, and ratios
+of medians taken from the same run. Thread counts are set per engine (TVM thread pool, ORT
+intra-op threads, torch threads).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import numpy as np
 
 from .errors import UsageError
 from .exporter import ZOO_METADATA_KEY, load_onnx
+
+#: pause between engines inside a round (see benchmark()); spinning pools park within ~100 ms
+SETTLE_S = 0.2
 
 
 @dataclass
@@ -142,6 +147,11 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         for r in range(rounds):
             say(f"{n} thread(s), round {r + 1}/{rounds}")
             for name, fn in engines.items():
+                # The previous engine's idle workers spin for a while (TVM's pool and ORT's
+                # intra-op pool both do); let them park, then rewarm, so no engine is timed while
+                # another one burns the second core.
+                time.sleep(SETTLE_S)
+                fn()
                 for _ in range(number):
                     t0 = time.perf_counter()
                     fn()

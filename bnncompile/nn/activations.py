@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .binarizers import _channel_view, _HyperMLP, pool_channels
+from .binarizers import _channel_view, _HyperMLP, pool_channels, stats_input
 
 
 def prelu(y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
@@ -43,8 +43,10 @@ class DPReLU(nn.Module):
     The last FC is zero-initialised, so a new layer equals RPReLU.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, init_slope: float = 0.25):
+    def __init__(self, channels: int, reduction: int = 16, init_slope: float = 0.25,
+                 detach_stats: bool = False):
         super().__init__()
+        self.detach_stats = detach_stats
         self.channels = channels
         self.mlp = _HyperMLP(channels, 2 * channels, reduction)
         self.gamma0 = nn.Parameter(torch.zeros(channels))
@@ -52,7 +54,7 @@ class DPReLU(nn.Module):
         self.slope = nn.Parameter(torch.full((channels,), init_slope))
 
     def forward(self, y):
-        gz = self.mlp(pool_channels(y))
+        gz = self.mlp(pool_channels(stats_input(y, self.detach_stats)))
         gamma, zeta = gz[:, : self.channels], gz[:, self.channels :]
         v = lambda p: _channel_view(p, y)  # noqa: E731
         return prelu(y - v(gamma + self.gamma0), v(self.slope)) + v(zeta + self.zeta0)
@@ -66,8 +68,9 @@ class InstaPReLU(nn.Module):
     """
 
     def __init__(self, channels: int, reduction: int = 16, dynamic_slope: bool = False,
-                 init_slope: float = 0.25):
+                 init_slope: float = 0.25, detach_stats: bool = False):
         super().__init__()
+        self.detach_stats = detach_stats
         self.channels, self.dynamic_slope = channels, dynamic_slope
         self.mlp = _HyperMLP(channels, (3 if dynamic_slope else 2) * channels, reduction)
         self.gamma = nn.Parameter(torch.zeros(channels))
@@ -75,7 +78,7 @@ class InstaPReLU(nn.Module):
         self.slope = nn.Parameter(torch.full((channels,), init_slope))
 
     def forward(self, y):
-        d = self.mlp(pool_channels(y))
+        d = self.mlp(pool_channels(stats_input(y, self.detach_stats)))
         c = self.channels
         v = lambda p: _channel_view(p, y)  # noqa: E731
         slope = self.slope + d[:, 2 * c :] if self.dynamic_slope else self.slope

@@ -47,6 +47,11 @@ def pool_channels(x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected a (N,C,H,W), (B,L,D) or (N,C) tensor, got shape {tuple(x.shape)}")
 
 
+def stats_input(x: torch.Tensor, detach: bool) -> torch.Tensor:
+    """The tensor statistics are pooled from; ``detach`` stops their gradient (spec §7.8 ablation)."""
+    return x.detach() if detach else x
+
+
 def _check_channels(layer: nn.Module, x: torch.Tensor, channels: int) -> None:
     c = x.shape[1] if x.dim() == 4 else x.shape[-1]
     if c != channels:
@@ -134,11 +139,13 @@ class DySign(Binarizer):
         squash: None (spec default) or ``"tanh"`` to bound the dynamic part.
         keep_static: keep the static per-channel :math:`\alpha_0` (ReActNet's RSign), default True.
         ste: ``"approx"`` (ApproxSign) or ``"clipped"``.
+        detach_stats: stop the gradient through the pooled statistics (spec §7.8; default False).
     """
 
     def __init__(self, channels: int, reduction: int = 16, squash: str | None = None,
-                 keep_static: bool = True, ste: str = "approx"):
+                 keep_static: bool = True, ste: str = "approx", detach_stats: bool = False):
         super().__init__(ste)
+        self.detach_stats = detach_stats
         if squash not in (None, "tanh"):
             raise ValueError(f"Expected squash to be None or 'tanh', got {squash!r}")
         self.channels, self.reduction, self.squash = channels, reduction, squash
@@ -151,7 +158,7 @@ class DySign(Binarizer):
 
     def threshold(self, x):
         _check_channels(self, x, self.channels)
-        t = self.mlp(pool_channels(x))
+        t = self.mlp(pool_channels(stats_input(x, self.detach_stats)))
         if self.squash == "tanh":
             t = torch.tanh(t)
         if self.alpha0 is not None:
@@ -171,8 +178,10 @@ class InstaTh(Binarizer):
     ``cube_root=True`` uses :math:`\mathrm{sign}(m)|m|^{1/3}` instead of the linear form (spec §7.10).
     """
 
-    def __init__(self, channels: int, cube_root: bool = False, ste: str = "approx"):
+    def __init__(self, channels: int, cube_root: bool = False, ste: str = "approx",
+                 detach_stats: bool = False):
         super().__init__(ste)
+        self.detach_stats = detach_stats
         self.channels, self.cube_root = channels, cube_root
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.lam = nn.Parameter(torch.zeros(channels))
@@ -183,7 +192,7 @@ class InstaTh(Binarizer):
 
     def threshold(self, x):
         _check_channels(self, x, self.channels)
-        m3 = _third_moment(x)
+        m3 = _third_moment(stats_input(x, self.detach_stats))
         if self.cube_root:
             m3 = torch.sign(m3) * m3.abs().clamp_min(1e-12).pow(1.0 / 3.0)
         return _channel_view(self.alpha + self.lam * m3, x)
@@ -196,8 +205,9 @@ class InstaThPlus(Binarizer):
     """
 
     def __init__(self, channels: int, reduction: int = 16, include_mean: bool = False,
-                 ste: str = "approx"):
+                 ste: str = "approx", detach_stats: bool = False):
         super().__init__(ste)
+        self.detach_stats = detach_stats
         self.channels, self.include_mean = channels, include_mean
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.mlp = _HyperMLP(channels * (2 if include_mean else 1), channels, reduction)
@@ -208,9 +218,10 @@ class InstaThPlus(Binarizer):
 
     def threshold(self, x):
         _check_channels(self, x, self.channels)
-        s = _third_moment(x)
+        xs = stats_input(x, self.detach_stats)
+        s = _third_moment(xs)
         if self.include_mean:
-            s = torch.cat([s, pool_channels(x)], dim=-1)
+            s = torch.cat([s, pool_channels(xs)], dim=-1)
         return _channel_view(self.alpha + self.mlp(s), x)
 
 

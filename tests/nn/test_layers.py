@@ -151,3 +151,27 @@ def test_dysign_threshold_gradient_reaches_mlp():
     x = torch.randn(2, C, 4, 4, requires_grad=True)
     b(x).pow(2).mul(torch.randn(2, C, 4, 4)).sum().backward()
     assert b.mlp.fc2.weight.grad is not None and torch.any(b.mlp.fc2.weight.grad != 0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: bnn.DySign(8, reduction=2, detach_stats=True),
+    lambda: bnn.InstaTh(8, detach_stats=True),
+    lambda: bnn.InstaThPlus(8, reduction=2, detach_stats=True),
+])
+def test_detach_stats_stops_gradient_through_statistics_only(make):
+    """Spec §7.8 ablation: with detach_stats the input gets only the STE gradient, not the
+    gradient through the pooled statistics; forward is unchanged."""
+    torch.manual_seed(0)
+    b = make()
+    for p in b.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    b(x).sum().backward()
+    g_detached = x.grad.clone()
+    b.detach_stats = False
+    x.grad = None
+    y = b(x)
+    y.sum().backward()
+    assert not torch.allclose(g_detached, x.grad)
+    b.detach_stats = True
+    assert torch.equal(b(x), y)
