@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +164,7 @@ class ModelSummary:
             if not (all_nodes or la.binary_macs or la.float_macs or la.params or la.op_type == "DynamicSign"):
                 continue
             kind = "binary" if la.binary else ("dynamic" if la.dynamic else "float")
-            shape = lambda s: "x".join(map(str, s[0])) if s and s[0] is not None else "?"  # noqa: E731
+            shape = lambda s: "x".join(map(str, s[0])) if s and s[0] is not None else "?"
             rows.append((la.name, la.op_type, shape(la.input_shapes), shape(la.output_shapes), kind,
                          _eng(la.binary_macs), _eng(la.float_macs), _eng(la.params),
                          str(la.param_bits) if la.params else ""))

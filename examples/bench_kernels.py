@@ -27,12 +27,12 @@ _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import numpy as np  # noqa: E402
-import tvm  # noqa: E402
+import numpy as np
+import tvm
 
-import schedules as S  # noqa: E402
-from schedules import packing as pk  # noqa: E402
-from schedules import reference as ref  # noqa: E402
+import schedules as S
+from schedules import packing as pk
+from schedules import reference as ref
 
 # (name, Cin, H(=W) of the input, Cout, kernel, stride); padding = kernel // 2 (zero padding).
 REACTNET_A = [

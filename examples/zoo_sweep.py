@@ -88,7 +88,7 @@ def to_markdown(rows: list[dict], argv: list[str]) -> str:
             "| PyTorch 1T ms |")
     lines = [f"Command: `python examples/zoo_sweep.py {' '.join(argv)}`", "",
              f"Machine: {machine_line()}", "", head, "|" + "---|" * 14]
-    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    f = lambda v, spec: "-" if v is None else format(v, spec)
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['model']} | {r.get('size')} | error: {r['error']} |" + " |" * 11)

@@ -4,7 +4,14 @@ Public entry points (see :mod:`.registry` for PrimFunc parameter orders): ``make
 ``make_bitpack_last``, ``make_bconv2d``, ``make_bdense``, ``make_bbatch_matmul``; numpy packing
 helpers in :mod:`.packing`; independent references in :mod:`.reference`.
 """
-from .packing import check_pm1, num_words, pack_bits, pack_conv_weight, pack_dense_weight, unpack_bits
+from .packing import (
+    check_pm1,
+    num_words,
+    pack_bits,
+    pack_conv_weight,
+    pack_dense_weight,
+    unpack_bits,
+)
 from .registry import (
     SCHEDULES,
     get_schedule,
@@ -18,7 +25,19 @@ from .registry import (
 )
 
 __all__ = [
-    "SCHEDULES", "get_schedule", "target_key",
-    "make_bitpack", "make_bitpack_last", "make_bconv2d", "make_bdense", "make_bbatch_matmul",
-    "make_fconv2d", "pack_bits", "unpack_bits", "pack_conv_weight", "pack_dense_weight", "check_pm1", "num_words",
+    "SCHEDULES",
+    "check_pm1",
+    "get_schedule",
+    "make_bbatch_matmul",
+    "make_bconv2d",
+    "make_bdense",
+    "make_bitpack",
+    "make_bitpack_last",
+    "make_fconv2d",
+    "num_words",
+    "pack_bits",
+    "pack_conv_weight",
+    "pack_dense_weight",
+    "target_key",
+    "unpack_bits",
 ]

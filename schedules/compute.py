@@ -10,24 +10,23 @@ narrowing per popcount (measured ~1.2x faster than int32 on Zen 3); CUDA passes 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-import tvm
 from tvm import te, tirx
 
 WORD = 64
 _U64 = "uint64"
 
 __all__ = [
-    "normalize_2d",
-    "normalize_padding",
-    "conv_out_size",
-    "bitpack",
-    "bitpack_last",
+    "bbatch_matmul",
     "bconv2d",
     "bdense",
-    "bbatch_matmul",
+    "bitpack",
+    "bitpack_last",
+    "conv_out_size",
     "fconv2d_blocked",
+    "normalize_2d",
+    "normalize_padding",
 ]
 
 
@@ -214,11 +213,11 @@ def bconv2d(
     padding=0,
     dilation=1,
     pad_value: str = "zero",
-    scale: Optional[te.Tensor] = None,
-    bias: Optional[te.Tensor] = None,
+    scale: te.Tensor | None = None,
+    bias: te.Tensor | None = None,
     out_layout: str = "NCHW",
     acc_dtype: str = "int64",
-    tap_popcount: Optional[te.Tensor] = None,
+    tap_popcount: te.Tensor | None = None,
 ) -> te.Tensor:
     """Bipolar XNOR-popcount 2-D convolution (groups = 1).
 
@@ -378,8 +377,8 @@ def bdense(
     w_packed: te.Tensor,
     *,
     in_features: int,
-    scale: Optional[te.Tensor] = None,
-    bias: Optional[te.Tensor] = None,
+    scale: te.Tensor | None = None,
+    bias: te.Tensor | None = None,
     acc_dtype: str = "int64",
 ) -> te.Tensor:
     """Binary dense layer ``y = a @ W.T`` in +-1 space.
@@ -424,7 +423,7 @@ def bbatch_matmul(
     b_packed: te.Tensor,
     *,
     k: int,
-    alpha: Optional[float] = None,
+    alpha: float | None = None,
     acc_dtype: str = "int64",
 ) -> te.Tensor:
     """Batched +-1 matmul ``A @ B^T`` with both operands packed along the reduction axis.
@@ -476,7 +475,7 @@ def fconv2d_blocked(
     stride: Sequence[int] = (1, 1),
     padding: Sequence[int] = (0, 0, 0, 0),
     dilation: Sequence[int] = (1, 1),
-    bias: Optional[te.Tensor] = None,
+    bias: te.Tensor | None = None,
 ) -> te.Tensor:
     """Float conv2d (the FP stem / shortcut / tokenizer convs) with output-channel-blocked weights.
 

@@ -188,7 +188,7 @@ class SpatialReduction(ScheduleRule):
             for c in consumers:
                 try:
                     sch.reverse_compute_inline(c)
-                except Exception:  # noqa: BLE001 - a consumer that cannot be inlined stays a loop nest
+                except Exception:
                     pass
             sch.vectorize(s_i)
             wb_loops = sch.get_loops(write_back)
@@ -197,7 +197,7 @@ class SpatialReduction(ScheduleRule):
             _parallel_outer(sch, outer_spatial)
         try:
             sch.decompose_reduction(block, reduce_loops[0])
-        except Exception:  # noqa: BLE001 - keep the fused init; still correct
+        except Exception:
             pass
         return sch
 
@@ -344,7 +344,7 @@ class RowReduction(ScheduleRule):
         for rf in rf_blocks:
             try:
                 sch.decompose_reduction(rf, _loop_binding(sch, rf, "R"))
-            except Exception:  # noqa: BLE001 - keep the fused init; still correct
+            except Exception:
                 pass
         return sch
 
@@ -358,7 +358,7 @@ class _Guarded(ScheduleRule):
     def apply(self, func, target, tunable):
         try:
             return self.rule.apply(func, target, tunable)
-        except Exception:  # noqa: BLE001 - s_tir raises ScheduleError & TVMError subclasses
+        except Exception:
             return None
 
 

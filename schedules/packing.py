@@ -13,14 +13,14 @@ WORD_BITS = 64
 
 __all__ = [
     "WORD_BITS",
-    "num_words",
-    "pack_bits",
-    "unpack_bits",
-    "pack_conv_weight",
-    "pack_dense_weight",
     "check_pm1",
     "conv_tap_popcount",
     "needs_tap_popcount",
+    "num_words",
+    "pack_bits",
+    "pack_conv_weight",
+    "pack_dense_weight",
+    "unpack_bits",
 ]
 
 

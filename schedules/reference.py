@@ -6,8 +6,6 @@ and returned as int32; the optional float epilogue is applied in float32 as
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,8 +60,8 @@ def bconv2d_ref(
     padding=(0, 0, 0, 0),
     dilation=1,
     pad_value: str = "zero",
-    scale: Optional[np.ndarray] = None,
-    bias: Optional[np.ndarray] = None,
+    scale: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
     out_layout: str = "NCHW",
 ) -> np.ndarray:
     """``F.conv2d`` of +-1 NCHW ``x`` and OIHW ``w``; padding (top, left, bottom, right) filled
@@ -89,7 +87,7 @@ def bdense_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, scale=None, bias=None) -> n
     return _epilogue(np.rint(acc.numpy()).astype(np.int64), scale, bias, axis=-1)
 
 
-def bbatch_matmul_ref(a_pm1: np.ndarray, b_pm1: np.ndarray, alpha: Optional[float] = None) -> np.ndarray:
+def bbatch_matmul_ref(a_pm1: np.ndarray, b_pm1: np.ndarray, alpha: float | None = None) -> np.ndarray:
     """``A [..., M, K] @ B[..., N, K]^T`` in +-1 space; int32, or float32 ``acc * alpha``."""
     acc = torch.matmul(torch.from_numpy(np.asarray(a_pm1, np.float64)),
                        torch.from_numpy(np.asarray(b_pm1, np.float64)).transpose(-1, -2))

@@ -10,7 +10,8 @@ and a descriptive ``global_symbol`` unique per shape/options/target key, ready f
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Union
 
 import tvm
 from tvm import s_tir, te
@@ -23,7 +24,7 @@ TargetLike = Union[tvm.target.Target, dict, None]
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d")
 
-SCHEDULES: Dict[Tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
+SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
     for _op in OPS:
         SCHEDULES[(_op, _key)] = getattr(_mod, "schedule_" + _op)
@@ -32,9 +33,16 @@ for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cu
 _ACC_DTYPE = {"cuda": "int32"}
 
 __all__ = [
-    "SCHEDULES", "target_key", "get_schedule",
-    "make_bitpack", "make_bitpack_last", "make_bconv2d", "make_bdense", "make_bbatch_matmul",
-    "make_fconv2d", "fconv2d_block",
+    "SCHEDULES",
+    "fconv2d_block",
+    "get_schedule",
+    "make_bbatch_matmul",
+    "make_bconv2d",
+    "make_bdense",
+    "make_bitpack",
+    "make_bitpack_last",
+    "make_fconv2d",
+    "target_key",
 ]
 
 
@@ -61,14 +69,14 @@ def target_key(target: TargetLike) -> str:
     return "cpu"
 
 
-def get_schedule(op: str, target: TargetLike = None, schedule: Optional[str] = None):
+def get_schedule(op: str, target: TargetLike = None, schedule: str | None = None):
     """Return ``(key, fn)``; ``schedule`` forces a key (e.g. "cpu" for the generic fallback)."""
     key = schedule or target_key(target)
     fn = SCHEDULES.get((op, key)) or SCHEDULES[(op, "cpu")]
     return key, fn
 
 
-def _finish(args, op: str, name: str, target: TargetLike, schedule: Optional[str]):
+def _finish(args, op: str, name: str, target: TargetLike, schedule: str | None):
     key, fn = get_schedule(op, target, schedule)
     pf = te.create_prim_func(list(args))
     # --- tuning hook (schedules/tuning.py): a MetaSchedule record for this unscheduled workload
@@ -90,7 +98,7 @@ def _finish(args, op: str, name: str, target: TargetLike, schedule: Optional[str
             .with_attr("bnn.param_names", names))
 
 
-def _acc(target: TargetLike, schedule: Optional[str]) -> str:
+def _acc(target: TargetLike, schedule: str | None) -> str:
     key = schedule or target_key(target)
     return _ACC_DTYPE.get(key, "int64")
 
@@ -100,7 +108,7 @@ def _shape_tag(shape) -> str:
 
 
 def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
-                 schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binarise + pack NCHW activations.
 
     PrimFunc params: ``(x float32[N,C,H,W], t float32[t_shape], out uint64[N,H,W,ceil(C/64)])``;
@@ -114,7 +122,7 @@ def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetL
 
 
 def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
-                      schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+                      schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binarise + pack the last axis.
 
     PrimFunc params: ``(x float32[..., D], t float32[t_shape], out uint64[..., ceil(D/64)])``.
@@ -129,7 +137,7 @@ def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: Ta
 def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int], *, stride=1,
                  padding=0, dilation=1, pad_value: str = "zero", with_scale: bool = False,
                  with_bias: bool = False, out_layout: str = "NCHW", target: TargetLike = None,
-                 schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binary conv2d on packed operands.
 
     ``data_shape_nchw`` = ``(N, C, H, W)`` of the float activation, ``weight_pm1_shape`` =
@@ -168,7 +176,7 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
 
 def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
                 with_scale: bool = False, with_bias: bool = False, target: TargetLike = None,
-                schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+                schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binary dense ``y = x @ W.T`` on packed operands.
 
     ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
@@ -195,8 +203,8 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     return _finish(args, "bdense", name, target, schedule)
 
 
-def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha: Optional[float] = None,
-                       target: TargetLike = None, schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha: float | None = None,
+                       target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binary batched ``A @ B^T``; shapes are the float shapes ``(*batch, M, K)``, ``(*batch, N, K)``.
 
     PrimFunc params: ``(a uint64[*batch, M, KW], b uint64[*batch, N, KW],
@@ -228,7 +236,7 @@ def fconv2d_block(target: TargetLike = None) -> int:
 
 def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *, stride=1, padding=0,
                  dilation=1, with_bias: bool = False, target: TargetLike = None,
-                 schedule: Optional[str] = None) -> tvm.tirx.PrimFunc:
+                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Float conv2d (NCHW, zero padding, groups=1) on output-channel-blocked weights.
 
     PrimFunc params: ``(data float32[N,C,H,W], weight float32[KB,C,KH,KW,OB]

@@ -27,16 +27,28 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import tvm
 
 __all__ = [
-    "Workload", "workload_mod", "target_tag", "tuning_target", "open_database", "use_database",
-    "collect_workloads", "extract_workloads", "lookup_schedule", "fast_build", "hand_space",
-    "pretuned_dir", "PRETUNED_ROOT", "DatabaseSession", "record_digest",
+    "PRETUNED_ROOT",
+    "DatabaseSession",
+    "Workload",
+    "collect_workloads",
+    "extract_workloads",
+    "fast_build",
+    "hand_space",
+    "lookup_schedule",
+    "open_database",
+    "pretuned_dir",
+    "record_digest",
+    "target_tag",
+    "tuning_target",
+    "use_database",
+    "workload_mod",
 ]
 
 #: pre-tuned records shipped with the package: ``databases/<target_tag>/database_*.json``
@@ -92,7 +104,7 @@ def target_tag(target) -> str:
     return f"{kind}-{arch}-{cpu}{feats}".replace("/", "_")
 
 
-def tuning_target(target, num_cores: Optional[int] = None) -> tvm.target.Target:
+def tuning_target(target, num_cores: int | None = None) -> tvm.target.Target:
     """``target`` with ``num-cores`` set (MetaSchedule's CPU rules require it)."""
     t = _as_target(target)
     if t.kind.name != "llvm" or "num-cores" in t.attrs and int(t.attrs["num-cores"]) > 0:
@@ -126,7 +138,7 @@ def _has_db(d: Path) -> bool:
     return any((d / f"database_workload.json{z}").is_file() for z in ("", ".gz"))
 
 
-def pretuned_dir(target) -> Optional[Path]:
+def pretuned_dir(target) -> Path | None:
     """The shipped database directory for ``target``'s tag, if there is one."""
     d = PRETUNED_ROOT / target_tag(target)
     return d if _has_db(d) else None
@@ -172,7 +184,7 @@ def pack_database(src, dst, *, keep: int = 2, target=None, min_speedup: float = 
     src, dst = Path(src), Path(dst)
     tag = target_tag(target) if target is not None else None
     wl_lines = (src / "database_workload.json").read_text().splitlines()
-    best: Dict[int, list] = {}
+    best: dict[int, list] = {}
     for line in (src / "database_tuning_record.json").read_text().splitlines():
         if not line.strip():
             continue
@@ -269,14 +281,14 @@ class DatabaseSession:
     """An open :func:`use_database` context: what was looked up and applied."""
 
     db: object
-    target: Optional[tvm.target.Target]
+    target: tvm.target.Target | None
     tag: str
-    path: Optional[str] = None
+    path: str | None = None
     #: kernel symbol -> {"op", "run_ms", "digest"} for every kernel that got a tuned schedule
-    applied: Dict[str, dict] = field(default_factory=dict)
+    applied: dict[str, dict] = field(default_factory=dict)
     #: kernel symbol -> reason, for records that existed but could not be replayed
-    failed: Dict[str, str] = field(default_factory=dict)
-    misses: List[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    misses: list[str] = field(default_factory=list)
 
     def digest(self) -> str:
         """SHA-256 over the records used (order independent); "" if none."""
@@ -320,9 +332,9 @@ class Workload:
 
 
 @contextlib.contextmanager
-def collect_workloads() -> Iterator[Dict[str, Workload]]:
+def collect_workloads() -> Iterator[dict[str, Workload]]:
     """Collect ``symbol -> Workload`` of every kernel built inside the context."""
-    seen: Dict[str, Workload] = {}
+    seen: dict[str, Workload] = {}
     stack = _stack("collect")
     stack.append(seen)
     try:
@@ -331,7 +343,7 @@ def collect_workloads() -> Iterator[Dict[str, Workload]]:
         stack.remove(seen)
 
 
-def extract_workloads(model, target, *, batch: int = 1, ops=BINARY_OPS) -> List[Workload]:
+def extract_workloads(model, target, *, batch: int = 1, ops=BINARY_OPS) -> list[Workload]:
     """Distinct kernel workloads of an ONNX model (``ModelProto`` or path) for ``target``, in
     first-use order, filtered to ``ops`` (None: all ops incl. bitpack / float conv)."""
     from bnncompile.exporter import load_onnx
@@ -347,7 +359,7 @@ def extract_workloads(model, target, *, batch: int = 1, ops=BINARY_OPS) -> List[
 # -- the registry hook --------------------------------------------------------------------------
 
 def on_finish(pf: tvm.tirx.PrimFunc, *, op: str, name: str, key: str, hand: Callable, target,
-              forced: bool = False) -> Optional[tvm.tirx.PrimFunc]:
+              forced: bool = False) -> tvm.tirx.PrimFunc | None:
     """Called by :func:`registry._finish` with the unscheduled PrimFunc; returns the tuned
     (scheduled) PrimFunc, or None to use the hand schedule.  No-op unless a context is open."""
     collect, dbs = _stack("collect"), _stack("db")

@@ -7,9 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from bnncompile.custom_ops import dynamic_sign as ds
 from onnx import numpy_helper
 
-from bnncompile.custom_ops import dynamic_sign as ds
 from bnncompile.errors import ExportError, InputFileError
 from bnncompile.exporter import export, load_golden, load_onnx
 from bnncompile.graph import GraphIndex, find_binary_layers

@@ -24,7 +24,7 @@ def command(model, output, checkpoint, batch, input_size, num_classes, seed, gol
 
     # torch's exporter warns once per missing torchvision op; not useful to a bnncompile user
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    log = lambda msg: click.echo(msg, err=True)
     from ..exporter import export_zoo_model
 
     result = export_zoo_model(model, output, checkpoint=checkpoint, batch=batch,

@@ -15,8 +15,23 @@ from .registry import MODELS, ModelSpec, build, example_input, get_spec, list_mo
 from .sites import ACTIVATION_KINDS, BINARIZER_KINDS, FAMILY_SITES, SiteConfig
 
 __all__ = [
-    "ACTIVATION_KINDS", "BINARIZER_KINDS", "FAMILY_SITES", "MODELS", "ModelSpec", "SITE_RENAMES",
-    "SiteConfig", "build", "calibrate_batchnorm", "example_input", "get_spec", "list_models",
-    "load_checkpoint", "map_state_dict", "randomize_dynamic", "register", "sign_balance",
-    "sign_sites", "smooth_images",
+    "ACTIVATION_KINDS",
+    "BINARIZER_KINDS",
+    "FAMILY_SITES",
+    "MODELS",
+    "SITE_RENAMES",
+    "ModelSpec",
+    "SiteConfig",
+    "build",
+    "calibrate_batchnorm",
+    "example_input",
+    "get_spec",
+    "list_models",
+    "load_checkpoint",
+    "map_state_dict",
+    "randomize_dynamic",
+    "register",
+    "sign_balance",
+    "sign_sites",
+    "smooth_images",
 ]

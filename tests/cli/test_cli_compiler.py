@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 from bnncompile import nn as bnn

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from bnncompile.custom_ops import dynamic_sign
+from onnx import TensorProto, helper, numpy_helper
 
 DS_DOMAIN = dynamic_sign.DOMAIN
 

@@ -15,7 +15,16 @@ from onnx import helper
 from bnncompile.errors import UnsupportedModelError
 from bnncompile.frontend import FrontendOptions, from_onnx
 
-from .helpers import build_and_run, ds, host_target, int_inputs, make_model, ort_run, pm1, relax_func_names
+from .helpers import (
+    build_and_run,
+    ds,
+    host_target,
+    int_inputs,
+    make_model,
+    ort_run,
+    pm1,
+    relax_func_names,
+)
 
 RTOL, ATOL = 1e-6, 1e-5
 #: PrimFuncs of the bit-packed path (other ``bnn_*`` functions may be fused float glue)

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from bnncompile.custom_ops import dynamic_sign as ds
 from onnx import helper
 
-from bnncompile.custom_ops import dynamic_sign as ds
 from bnncompile.errors import UnsupportedModelError
 
 

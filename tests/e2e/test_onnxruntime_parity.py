@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from bnncompile.data import real_images
 from bnncompile.exporter import export
 from bnncompile.graph import GraphIndex, find_binary_layers
-from bnncompile.parity import compare_signs, dynamic_sign_outputs, onnx_intermediates, torch_sign_outputs
+from bnncompile.parity import (
+    compare_signs,
+    dynamic_sign_outputs,
+    onnx_intermediates,
+    torch_sign_outputs,
+)
 
 zoo = pytest.importorskip("bnncompile.zoo")
 

@@ -9,8 +9,8 @@ _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import numpy as np  # noqa: E402
-import tvm  # noqa: E402
+import numpy as np
+import tvm
 
 HOST = {"kind": "llvm", "mcpu": "znver3"}  # this box (Zen 3, AVX2); any AVX2 x86 runs it
 _LIBS = {}

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 tvm = pytest.importorskip("tvm")
-from tvm import relax  # noqa: E402
-
-from bnncompile.schedules import float_glue  # noqa: E402
+from bnncompile.schedules import float_glue
+from tvm import relax
 
 R = relax.op
 TGT = tvm.target.Target({"kind": "llvm"})

@@ -4,12 +4,11 @@ epilogue float32(acc)*scale+bias: rtol=1e-6, atol=1e-5 (LLVM may contract mul+ad
 which differs from numpy's two roundings by at most one ulp of the result)."""
 import numpy as np
 import pytest
+from conftest import HOST, run_primfunc
 
 import schedules as S
 from schedules import packing as pk
 from schedules import reference as ref
-
-from conftest import HOST, run_primfunc
 
 SCHEDS = ["cpu", "x86"]
 FLOAT_TOL = dict(rtol=1e-6, atol=1e-5)
@@ -162,7 +161,7 @@ def test_bconv2d_fused_epilogue(case, with_scale, with_bias, layout, sched, rng)
                          ids=[_conv_id(c) for c in (CONV_CASES[10], CONV_CASES[11], CONV_CASES[1])])
 def test_bconv2d_x86_isas(case, mcpu, rng):
     """AVX2-only and AVX-512 (VPOPCNTDQ) builds of the x86 schedule, run when the CPU has them."""
-    from bnncompile import targets  # noqa: F401  (cpu flags helper)
+    from bnncompile import targets
     flags = targets.cpu_flags()
     if mcpu == "icelake-server" and "avx512_vpopcntdq" not in flags:
         pytest.skip("no AVX512-VPOPCNTDQ here")

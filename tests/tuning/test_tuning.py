@@ -45,9 +45,8 @@ def test_every_tuned_record_is_bit_exact_vs_reference(tuned):
     """Replay *every* record of the conv and dense workloads (not only the best) and compare with
     schedules/reference.py: tuning may only reorder loops."""
     import tvm
-    from tvm import s_tir
-
     from bnncompile.schedules import packing, reference, registry, tuning
+    from tvm import s_tir
 
     db_dir, _, _ = tuned
     db = tuning.open_database(db_dir)
@@ -186,9 +185,9 @@ def test_tuned_integer_kernels_bit_exact(tmp_path):
     """Integer-accumulator kernels (no epilogue): tune bdense / bbatch_matmul / a one-padded
     bconv2d (2 trials each: hand + 1 searched) and replay every record vs schedules/reference.py."""
     import tvm
+    from bnncompile.schedules import packing, reference, registry, tuning
     from tvm import s_tir
 
-    from bnncompile.schedules import packing, reference, registry, tuning
     from bnncompile.tune import tune_workloads
 
     tgt = _host()
