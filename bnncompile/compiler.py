@@ -31,6 +31,7 @@ class CompileOptions:
     target: str = "host"
     batch: int = 1
     binary_kernels: bool = True
+    fast_math: bool = True
     version: int = SIDECAR_VERSION
 
     def __post_init__(self):
@@ -103,7 +104,7 @@ def relax_pipeline(target, *, fast_math: bool = True):
 
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
-                extra_outputs: tuple[str, ...] = (), tuning_db=None):
+                extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
@@ -133,7 +134,7 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     # --- end tuning ---
     try:
         with tgt:
-            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt))
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt, fast_math=fast_math))
     except Exception as exc:
         raise CompileError(f"TVM failed to build for target {spec.name}: {str(exc).splitlines()[0][:300]}") from exc
     return ex, plan
@@ -163,7 +164,7 @@ def _check_output_dir(output: Path) -> None:
 
 def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None, tuning_db=None,
-                  pretuned: bool = True) -> CompileResult:
+                  pretuned: bool = True, fast_math: bool = True) -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``; ``.tar`` when no linker).
 
     Args:
@@ -173,12 +174,15 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         target: a registry name (see :mod:`bnncompile.targets`) or raw TVM target JSON.
         batch: static batch size compiled in.
         binary_kernels: False lowers everything as float (a debugging aid for parity).
+        fast_math: polynomial exp/erf/tanh for softmax/GELU/tanh on CPUs (~1e-7..1e-6 relative);
+            False keeps TVM's libm calls (slower CCT glue, closest to ONNX Runtime).
         progress: optional callable ``(message)`` for stage updates.
         tuning_db: MetaSchedule database directory (``bnncompile tune``); its records for the
             target replace the hand schedules. Default: the shipped pre-tuned records for the
             target's tag (``schedules/databases/<tag>``) if any, unless ``pretuned=False``.
     """
-    opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels)
+    opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels,
+                          fast_math=fast_math)
     spec = targets.resolve(target)
     say = progress or (lambda msg: None)
     output = Path(output)
@@ -194,7 +198,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
 
         tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
     ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
-                          tuning_db=tuning_db)
+                          tuning_db=tuning_db, fast_math=fast_math)
     # --- end tuning ---
     notes = []
     fmt = "so"

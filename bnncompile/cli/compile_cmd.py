@@ -20,8 +20,10 @@ from .. import targets
                    "replace the hand schedules")
 @click.option("--no-pretuned", is_flag=True,
               help="ignore the pre-tuned records shipped for this target (hand schedules only)")
+@click.option("--exact-math", is_flag=True,
+              help="keep libm exp/erf/tanh (default: TVM's polynomial versions, ~1e-6 relative)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
-def command(model, target, output, batch, float_only, tuning_db, no_pretuned, quiet):
+def command(model, target, output, batch, float_only, tuning_db, no_pretuned, exact_math, quiet):
     """Compile an exported ONNX model into a native library plus a JSON sidecar."""
     from ..compiler import compile_model
     from .progress import stages
@@ -29,7 +31,7 @@ def command(model, target, output, batch, float_only, tuning_db, no_pretuned, qu
     with stages(3, "compile", enabled=not quiet) as say:
         res = compile_model(model, output=output, target=target, batch=batch,
                             binary_kernels=not float_only, progress=say, tuning_db=tuning_db,
-                            pretuned=not no_pretuned)
+                            pretuned=not no_pretuned, fast_math=not exact_math)
     click.echo(f"wrote {res.library} and {res.sidecar.name} ({res.num_binary_layers} binary layers, "
                f"{res.seconds:.1f} s)")
     for note in res.notes:

@@ -176,12 +176,19 @@ class InstaTh(Binarizer):
 
     :math:`TH = \alpha_c + \lambda_c\,E_{hw}[x^3]`, with :math:`\lambda` init 0 (starts as RSign).
     ``cube_root=True`` uses :math:`\mathrm{sign}(m)|m|^{1/3}` instead of the linear form (spec §7.10).
+    ``centering=True`` subtracts the batch mean of :math:`E[x^3]` in training and its running mean
+    at eval (INSTA-BNN v1's "difference between batch and instance statistics", spec §7.9).
     """
 
     def __init__(self, channels: int, cube_root: bool = False, ste: str = "approx",
-                 detach_stats: bool = False):
+                 detach_stats: bool = False, centering: bool = False, momentum: float = 0.1):
         super().__init__(ste)
         self.detach_stats = detach_stats
+        # INSTA-BNN v1 (spec §5.2/§7.9): use m3 - E_batch[m3]; the batch statistic becomes a
+        # running mean (like BN) and is a constant at eval, so the export stays per-instance.
+        self.centering, self.momentum = centering, momentum
+        if centering:
+            self.register_buffer("running_m3", torch.zeros(channels))
         self.channels, self.cube_root = channels, cube_root
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.lam = nn.Parameter(torch.zeros(channels))
@@ -193,6 +200,14 @@ class InstaTh(Binarizer):
     def threshold(self, x):
         _check_channels(self, x, self.channels)
         m3 = _third_moment(stats_input(x, self.detach_stats))
+        if self.centering:
+            if self.training:
+                batch_m3 = m3.mean(dim=0)
+                with torch.no_grad():
+                    self.running_m3.lerp_(batch_m3.detach(), self.momentum)
+                m3 = m3 - batch_m3
+            else:
+                m3 = m3 - self.running_m3
         if self.cube_root:
             m3 = torch.sign(m3) * m3.abs().clamp_min(1e-12).pow(1.0 / 3.0)
         return _channel_view(self.alpha + self.lam * m3, x)

@@ -269,3 +269,12 @@ def test_run_output_into_unwritable_directory(work, tmp_path, capsys):
 def test_bench_bad_threads(work, capsys):
     code = main(["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--threads", "0"])
     _err_one_line(capsys, code, 2, "--threads")
+
+
+def test_exact_math_flag_is_recorded(work, tmp_path):
+    """--exact-math keeps libm exp/erf/tanh; the sidecar records the choice."""
+    import json
+
+    out = tmp_path / "exact.so"
+    assert main(["compile", str(work / "tiny.onnx"), "-o", str(out), "--exact-math", "-q"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["options"]["fast_math"] is False

@@ -175,3 +175,21 @@ def test_detach_stats_stops_gradient_through_statistics_only(make):
     assert not torch.allclose(g_detached, x.grad)
     b.detach_stats = True
     assert torch.equal(b(x), y)
+
+
+def test_insta_th_centering_uses_running_mean_at_eval():
+    """Spec §7.9: m3 - E_batch[m3] in training, m3 - running mean at eval; exports as a constant."""
+    torch.manual_seed(0)
+    b = bnn.InstaTh(4, centering=True, momentum=0.5)
+    torch.nn.init.normal_(b.lam)
+    x = torch.randn(3, 4, 5, 5) + 1.0
+    m3 = (x ** 3).mean(dim=(2, 3))
+    b.train()
+    t_train = b.threshold(x)
+    torch.testing.assert_close(t_train.reshape(3, 4), b.alpha + b.lam * (m3 - m3.mean(0)))
+    torch.testing.assert_close(b.running_m3, 0.5 * m3.mean(0))
+    b.eval()
+    t_eval = b.threshold(x)
+    torch.testing.assert_close(t_eval.reshape(3, 4), b.alpha + b.lam * (m3 - b.running_m3))
+    # per-instance at eval: one sample's threshold does not depend on the others
+    torch.testing.assert_close(b.threshold(x[:1]), t_eval[:1])
