@@ -32,6 +32,7 @@ class CompileOptions:
     batch: int = 1
     binary_kernels: bool = True
     fast_math: bool = True
+    fuse_epilogues: bool = True
     version: int = SIDECAR_VERSION
 
     def __post_init__(self):
@@ -104,7 +105,8 @@ def relax_pipeline(target, *, fast_math: bool = True):
 
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
-                extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True):
+                extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
+                fuse_epilogues: bool = True):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
@@ -117,7 +119,8 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     from .frontend import FrontendOptions, from_onnx
 
     tgt = targets.tvm_target(spec)
-    opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs)
+    opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
+                           fuse_epilogues=fuse_epilogues)
     # --- tuning (schedules/tuning.py) ---
     if tuning_db is not None:
         from .schedules import tuning
@@ -164,7 +167,8 @@ def _check_output_dir(output: Path) -> None:
 
 def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None, tuning_db=None,
-                  pretuned: bool = True, fast_math: bool = True) -> CompileResult:
+                  pretuned: bool = True, fast_math: bool = True,
+                  fuse_epilogues: bool = True) -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``; ``.tar`` when no linker).
 
     Args:
@@ -176,13 +180,15 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         binary_kernels: False lowers everything as float (a debugging aid for parity).
         fast_math: polynomial exp/erf/tanh for softmax/GELU/tanh on CPUs (~1e-7..1e-6 relative);
             False keeps TVM's libm calls (slower CCT glue, closest to ONNX Runtime).
+        fuse_epilogues: run the BN / residual / RPReLU chain after each binary conv in the
+            conv's epilogue (``bnncompile.epilogue``); False leaves it to TVM's float fusion.
         progress: optional callable ``(message)`` for stage updates.
         tuning_db: MetaSchedule database directory (``bnncompile tune``); its records for the
             target replace the hand schedules. Default: the shipped pre-tuned records for the
             target's tag (``schedules/databases/<tag>``) if any, unless ``pretuned=False``.
     """
     opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels,
-                          fast_math=fast_math)
+                          fast_math=fast_math, fuse_epilogues=fuse_epilogues)
     spec = targets.resolve(target)
     say = progress or (lambda msg: None)
     output = Path(output)
@@ -198,7 +204,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
 
         tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
     ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
-                          tuning_db=tuning_db, fast_math=fast_math)
+                          tuning_db=tuning_db, fast_math=fast_math, fuse_epilogues=fuse_epilogues)
     # --- end tuning ---
     notes = []
     fmt = "so"

@@ -28,6 +28,7 @@ from .custom_ops.dynamic_sign import DOMAIN as DS_DOMAIN
 from .custom_ops.dynamic_sign import OP_TYPE as DS_OP
 from .custom_ops.dynamic_sign import relax_convert as dynamic_sign_to_relax
 from .custom_ops.dynamic_sign import verify_node as verify_dynamic_sign
+from .epilogue import Epilogue, match_chain, value_shapes
 from .errors import UnsupportedModelError, node_label
 from .graph import BinaryLayer, GraphIndex, find_binary_layers
 
@@ -38,6 +39,8 @@ OP_BDENSE = MANGLE + "BinaryDense"
 OP_BBMM = MANGLE + "BinaryBatchMatMul"
 OP_FOLDED = MANGLE + "FoldedScale"  # a Mul whose scale went into the binary kernel
 OP_FCONV = MANGLE + "FloatConv"  # a float Conv with constant weights -> blocked CPU kernel
+OP_MAXPOOL = MANGLE + "MaxPool"  # 2-D MaxPool -> separable CPU kernel
+OP_EPILOGUE = MANGLE + "FusedEpilogue"  # last node of a chain fused into a binary conv's epilogue
 
 
 @dataclass
@@ -47,6 +50,8 @@ class FrontendOptions:
     binary_kernels: bool = True
     #: extra graph outputs to expose (e.g. every DynamicSign output for per-layer parity)
     extra_outputs: tuple[str, ...] = ()
+    #: run BN / residual / RPReLU chains after binary convs in the conv's epilogue
+    fuse_epilogues: bool = True
 
 
 @dataclass
@@ -56,8 +61,14 @@ class LoweringPlan:
     binary: dict[str, BinaryLayer] = field(default_factory=dict)
     #: binary node name -> (scale vector [K], Mul node name) folded into its epilogue
     folded_scale: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
+    #: tail node name -> the float chain a binary conv computes in its epilogue
+    #: (bnncompile.epilogue); ``fused_convs`` maps the conv's name to that tail
+    epilogues: dict[str, Epilogue] = field(default_factory=dict)
+    fused_convs: dict[str, str] = field(default_factory=dict)
     #: float Conv nodes lowered to bnncompile's blocked float conv (CPU targets)
     float_convs: set[str] = field(default_factory=set)
+    #: MaxPool nodes lowered to bnncompile's separable max-pool kernel (CPU targets)
+    max_pools: set[str] = field(default_factory=set)
     #: DynamicSign output -> "nchw" | "last": how its binary consumers pack it (one pack kernel
     #: per sign, shared by all consumers; the debug build unpacks these bits for parity)
     sign_layout: dict[str, str] = field(default_factory=dict)
@@ -117,10 +128,22 @@ def _is_plain_float_conv(index: GraphIndex, node: onnx.NodeProto) -> bool:
             and int(attrs.get("group", 1)) == 1 and auto_pad in (b"NOTSET", "NOTSET"))
 
 
-def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: bool = True) -> LoweringPlan:
+def _is_plain_max_pool(node: onnx.NodeProto) -> bool:
+    """2-D MaxPool, explicit pads, no dilation / ceil mode / indices output."""
+    if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return (len(attrs.get("kernel_shape", [])) == 2 and not attrs.get("ceil_mode", 0)
+            and all(d == 1 for d in attrs.get("dilations", [1, 1]))
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: bool = True,
+                  fuse_epilogues: bool = True) -> LoweringPlan:
     plan = LoweringPlan()
-    if float_convs:
+    if float_convs:  # CPU-only kernels
         plan.float_convs = {n.name for n in model.graph.node if _is_plain_float_conv(index, n)}
+        plan.max_pools = {n.name for n in model.graph.node if _is_plain_max_pool(n)}
     outputs = {o.name for o in model.graph.output}
     layouts: dict[str, set[str]] = {}
     for out_name, layer in find_binary_layers(model, index).items():
@@ -146,7 +169,44 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
         if vec is not None:
             plan.folded_scale[layer.node.name] = (vec, mul.name)
     plan.sign_layout = {k: next(iter(v)) for k, v in layouts.items() if len(v) == 1}
+    if fuse_epilogues:
+        _plan_epilogues(plan, index, value_shapes(model), outputs)
     return plan
+
+
+def _conv_scale_bias(plan: LoweringPlan, index: GraphIndex, node: onnx.NodeProto, k: int):
+    """The kernel's own ``acc * scale + bias`` from the conv bias and the folded scale Mul."""
+    bias = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if len(node.input) > 2 and node.input[2] and bias is None:
+        raise UnsupportedModelError(f"node {node_label(node)}: conv bias must be a constant")
+    return _scale_bias(plan, node.name, k, None if bias is None else bias.reshape(-1).astype(np.float32))
+
+
+def _scale_bias(plan: LoweringPlan, name: str, k: int, bias: np.ndarray | None):
+    """(scale, bias) of a binary kernel's ``acc * scale + bias``: the folded Mul and the layer's
+    own bias; (None, None) for a plain integer output."""
+    folded = plan.folded_scale.get(name)
+    scale = folded[0] if folded is not None else None
+    if scale is not None and bias is not None:
+        bias = bias * scale  # (acc + b) * s == acc * s + b * s
+    if scale is None and bias is not None:
+        scale = np.ones(k, np.float32)
+    return scale, bias
+
+
+def _plan_epilogues(plan: LoweringPlan, index: GraphIndex, shapes: dict, keep: set[str]) -> None:
+    for name, layer in plan.binary.items():
+        if layer.kind != "conv":
+            continue
+        k = layer.weight.shape[0]
+        folded = plan.folded_scale.get(name)
+        start = next(n for n in index.model.graph.node if n.name == folded[1]).output[0] \
+            if folded is not None else layer.node.output[0]
+        scale, bias = _conv_scale_bias(plan, index, layer.node, k)
+        epi = match_chain(index, layer.node, start, k, scale, bias, shapes=shapes, keep=keep)
+        if epi is not None:
+            plan.epilogues[epi.tail] = epi
+            plan.fused_convs[name] = epi.tail
 
 
 def _dense_weight(layer: BinaryLayer) -> np.ndarray:
@@ -248,6 +308,10 @@ def _make_importer_class():
                     return inputs[idx]
                 if op_name == OP_FCONV:
                     return self._float_conv(node, inputs)
+                if op_name == OP_EPILOGUE:
+                    return self._fused_epilogue(node)
+                if op_name == OP_MAXPOOL:
+                    return self._max_pool(node, inputs, attrs, opset)
                 layer = self._plan.binary[node.name]
                 if op_name == OP_BCONV:
                     return self._binary_conv(node, layer, inputs)
@@ -337,16 +401,35 @@ def _make_importer_class():
                 out = [xs[0], xs[2], xs[3], (xs[1] + 63) // 64]
             return self._call(pf, [x, t], out, "uint64")
 
-        def _epilogue(self, node, k, bias):
-            folded = self._plan.folded_scale.get(node.name)
-            scale = folded[0] if folded is not None else None
-            if scale is not None and bias is not None:
-                bias = bias * scale  # (acc + b) * s == acc * s + b * s
-            if scale is None and bias is not None:
-                scale = np.ones(k, np.float32)
-            return scale, bias
-
         def _binary_conv(self, node, layer, inputs):
+            if node.name in self._plan.fused_convs:
+                # The chain's tail node emits the kernel (its residual inputs may come later in
+                # the graph); until then the chain computes on a placeholder that DCE removes.
+                xs = self._shape_of(self._sign_operand(layer.signs[0])[0])
+                return self.bb.emit(relax.op.zeros(self._conv_out_shape(node, layer, xs), "float32"))
+            scale, bias = _conv_scale_bias(self._plan, self._index, node, layer.weight.shape[0])
+            return self._emit_bconv(node, layer, scale, bias)
+
+        def _fused_epilogue(self, tail):
+            epi = self._plan.epilogues[tail.name]
+            node = self._bnn_nodes[epi.conv]
+            layer = self._plan.binary[epi.conv]
+            post_args = []
+            for kind, payload in epi.post:
+                if kind == "residual":
+                    post_args.append(self._nodes[payload])
+                elif payload is not None:
+                    post_args.append(relax.const(payload))
+            return self._emit_bconv(node, layer, epi.scale, epi.bias, epi.post_kinds, post_args,
+                                    fused=epi.nodes)
+
+        def _conv_out_shape(self, node, layer, xs):
+            kernel, stride, pads, dil, _ = _conv_geometry(node, layer)
+            return [xs[0], layer.weight.shape[0],
+                    *(_conv_out(xs[2 + i], kernel[i], stride[i], pads[i], pads[i + 2], dil[i])
+                      for i in range(2))]
+
+        def _emit_bconv(self, node, layer, scale, bias, post=(), post_args=(), fused=()):
             from .schedules import packing
             from .schedules import registry as kernels
 
@@ -354,26 +437,27 @@ def _make_importer_class():
             xs = self._shape_of(x)
             if len(xs) != 4:
                 raise UnsupportedModelError(f"node {node_label(node)}: binary conv needs NCHW input, got {xs}")
-            kernel, stride, pads, dil, pad_value = _conv_geometry(node, layer)
-            bias = self._index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            if len(node.input) > 2 and node.input[2] and bias is None:
-                raise UnsupportedModelError(f"node {node_label(node)}: conv bias must be a constant")
-            k = layer.weight.shape[0]
-            scale, bias = self._epilogue(node, k, None if bias is None else bias.astype(np.float32))
+            _, stride, pads, dil, pad_value = _conv_geometry(node, layer)
+            out_shape = self._conv_out_shape(node, layer, xs)
+            for kind, arg in zip([k for k in post if k != "relu"], post_args):
+                if kind == "residual" and self._shape_of(arg) != out_shape:
+                    raise UnsupportedModelError(
+                        f"node {node_label(node)}: fused residual has shape {self._shape_of(arg)}, "
+                        f"expected {out_shape} (graph value_info disagrees with the import)")
             pf = kernels.make_bconv2d(xs, layer.weight.shape, stride=stride, padding=pads,
                                       dilation=dil, pad_value=pad_value, with_scale=scale is not None,
-                                      with_bias=bias is not None, target=self._target)
+                                      with_bias=bias is not None, post=post, target=self._target)
             packed = self._pack(x, t, last_axis=False, key=layer.signs[0].output[0])
             args = [packed, relax.const(packing.pack_conv_weight(layer.weight))]
             if packing.needs_tap_popcount(pads, pad_value):
                 args.append(relax.const(packing.conv_tap_popcount(layer.weight)))
             args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
-            out_shape = [xs[0], layer.weight.shape[0],
-                         *(_conv_out(xs[2 + i], kernel[i], stride[i], pads[i], pads[i + 2], dil[i])
-                           for i in range(2))]
+            args += list(post_args)
             dtype = "float32" if scale is not None else "int32"
             macs = int(np.prod(out_shape)) * int(np.prod(layer.weight.shape[1:]))
             y = self._call(pf, args, out_shape, dtype, layer=node.name, kind="bconv2d", binary_macs=macs)
+            if fused:
+                self._plan.kernels[pf.attrs["global_symbol"]].setdefault("fused", []).extend(fused)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
 
         def _float_conv(self, node, inputs):
@@ -400,6 +484,22 @@ def _make_importer_class():
             macs = int(np.prod(out)) * int(np.prod(w.shape[1:]))
             return self._call(pf, args, out, "float32", layer=node.name, kind="fconv2d", float_macs=macs)
 
+        def _max_pool(self, node, inputs, attrs, opset):
+            from .schedules import registry as kernels
+
+            x = inputs[0]
+            xs = self._shape_of(x)
+            if len(xs) != 4:  # 1-D / 3-D pooling: TVM's converter
+                return super()._convert_operator("MaxPool", inputs, attrs, opset)
+            a = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+            k = tuple(a["kernel_shape"])
+            stride = tuple(a.get("strides", [1, 1]))
+            pads = tuple(a.get("pads", [0, 0, 0, 0]))
+            pf = kernels.make_maxpool2d(xs, kernel=k, stride=stride, padding=pads, target=self._target)
+            out = [xs[0], xs[1], *(_conv_out(xs[2 + i], k[i], stride[i], pads[i], pads[i + 2], 1)
+                                   for i in range(2))]
+            return self._call(pf, [x], out, "float32", layer=node.name, kind="maxpool2d")
+
         def _binary_dense(self, node, layer, inputs):
             from .schedules import packing
             from .schedules import registry as kernels
@@ -417,7 +517,7 @@ def _make_importer_class():
                     bias = _per_channel(c, w.shape[0], 1)
                     if bias is None:
                         raise UnsupportedModelError(f"node {node_label(node)}: Gemm C must be a per-output constant")
-            scale, bias = self._epilogue(node, w.shape[0], bias)
+            scale, bias = _scale_bias(self._plan, node.name, w.shape[0], bias)
             pf = kernels.make_bdense(xs, w.shape, with_scale=scale is not None,
                                      with_bias=bias is not None, target=self._target)
             packed = self._pack(x, t, last_axis=True, key=layer.signs[0].output[0])
@@ -481,8 +581,8 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     index = GraphIndex(m)
     cpu = target.kind.name == "llvm"
-    plan = (plan_lowering(m, index, float_convs=cpu) if options.binary_kernels
-            else LoweringPlan())
+    plan = (plan_lowering(m, index, float_convs=cpu, fuse_epilogues=options.fuse_epilogues)
+            if options.binary_kernels else LoweringPlan())
     folded_muls = {mul for _, mul in plan.folded_scale.values()}
     nodes_by_name = {}  # node name -> the node as written in the file (for messages)
     for node in m.graph.node:
@@ -498,6 +598,10 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
             node.op_type = OP_FOLDED
         elif node.name in plan.float_convs:
             node.op_type = OP_FCONV
+        elif node.name in plan.epilogues:
+            node.op_type, node.domain = OP_EPILOGUE, ""
+        elif node.name in plan.max_pools:
+            node.op_type = OP_MAXPOOL
         else:
             continue
         nodes_by_name[node.name] = original

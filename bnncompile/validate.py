@@ -146,15 +146,19 @@ def _ort_run(model, x: np.ndarray, extra: list[str]) -> list[np.ndarray]:
     return [got[n] for n in names]
 
 
-def _tvm_debug_run(model, spec, x: np.ndarray, extra: list[str], binary_kernels=True) -> list[np.ndarray]:
-    """Compile in memory with every DynamicSign exposed, run once."""
+def _tvm_debug_run(model, spec, x: np.ndarray, extra: list[str], binary_kernels=True,
+                   options: dict | None = None) -> list[np.ndarray]:
+    """Compile in memory with every DynamicSign exposed, run once; ``options`` are the library's
+    sidecar options, so the debug build makes the same lowering choices."""
     import tvm
     from tvm import relax
 
     from .compiler import build_relax
 
+    options = options or {}
     ex, _ = build_relax(model, spec=spec, batch=x.shape[0], binary_kernels=binary_kernels,
-                        extra_outputs=tuple(extra))
+                        extra_outputs=tuple(extra), fast_math=options.get("fast_math", True),
+                        fuse_epilogues=options.get("fuse_epilogues", True))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x)))
     outs = [out] if hasattr(out, "numpy") else list(out)
@@ -243,7 +247,8 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
         say(f"compiling a debug build and running it on {name}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tvm_outs = _tvm_debug_run(model, spec, x, sign_outputs, binary_kernels)
+            tvm_outs = _tvm_debug_run(model, spec, x, sign_outputs, binary_kernels,
+                                      None if runner is None else runner.meta.get("options"))
         y = tvm_outs[0] if runner is None else _run_library(runner, x)
         layers = [LayerParity(n.name, n.output[0], int(a.size), int(np.count_nonzero(a != b)))
                   for n, a, b in zip(signs, tvm_outs[1:], ort_outs[1:])]

@@ -21,6 +21,7 @@ from .registry import (
     make_bitpack,
     make_bitpack_last,
     make_fconv2d,
+    make_maxpool2d,
     target_key,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "make_bitpack",
     "make_bitpack_last",
     "make_fconv2d",
+    "make_maxpool2d",
     "num_words",
     "pack_bits",
     "pack_conv_weight",

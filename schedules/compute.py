@@ -25,6 +25,7 @@ __all__ = [
     "bitpack_last",
     "conv_out_size",
     "fconv2d_blocked",
+    "maxpool2d",
     "normalize_2d",
     "normalize_padding",
 ]
@@ -194,6 +195,34 @@ def _epilogue(acc_int, k, scale, bias):
     return v
 
 
+#: Element-wise float ops a binary conv can apply after ``acc * scale + bias``, in graph order:
+#: the BN-free tail of a ReActNet block (residual add, RPReLU's shift / slope / shift).
+POST_OPS = ("residual", "shift", "mul", "prelu", "relu")
+
+
+def _post_epilogue(v, post, out_index, k):
+    """Apply ``post`` = [(kind, tensor or None)] to the float ``v`` of output element ``out_index``
+    (channel ``k``).  "residual" reads a tensor of the output's shape and layout, "shift" / "mul" /
+    "prelu" a float32 ``[K]`` vector; "prelu" is ONNX's ``Where(v >= 0, v, slope * v)``."""
+    zero = tirx.const(0.0, "float32")
+    for kind, p in post:
+        if kind == "residual":
+            v = v + p[out_index]
+        elif kind == "shift":
+            v = v + p[k]
+        elif kind == "mul":
+            v = v * p[k]
+        elif kind == "prelu":
+            # bind v once: Select repeats it, and v carries the whole border-correction tree
+            x = tirx.Var("prelu_in", "float32")
+            v = tirx.Let(x, v, tirx.Select(x >= zero, x, p[k] * x))
+        elif kind == "relu":
+            v = tirx.max(v, zero)
+        else:
+            raise ValueError(f"unknown post-op {kind!r}; expected one of {POST_OPS}")
+    return v
+
+
 def _interior_range(size: int, out: int, k: int, stride: int, pad_lo: int, dil: int) -> tuple:
     """``[lo, hi)``: output positions whose ``k`` taps ``o*stride - pad_lo + r*dil`` all lie in
     ``[0, size)`` (empty, lo >= hi, if there are none)."""
@@ -218,6 +247,7 @@ def bconv2d(
     out_layout: str = "NCHW",
     acc_dtype: str = "int64",
     tap_popcount: te.Tensor | None = None,
+    post: Sequence[tuple[str, te.Tensor | None]] = (),
 ) -> te.Tensor:
     """Bipolar XNOR-popcount 2-D convolution (groups = 1).
 
@@ -248,6 +278,10 @@ def bconv2d(
         int32 ``[KH, KW, K]``: number of +1 weights per tap and output channel
         (:func:`schedules.packing.conv_tap_popcount`).  Required iff pad_value="zero" and the
         padding is non-zero.
+    post : [(kind, tensor)], optional
+        Float ops after scale/bias (needs scale or bias), see :data:`POST_OPS`: the BN / residual /
+        RPReLU tail of a block runs in the copy-out of the register tile instead of as a separate
+        pass over the activation.  A "residual" tensor has the output's shape and layout.
 
     Returns
     -------
@@ -343,24 +377,30 @@ def bconv2d(
                  for r in range(KH) for s_ in range(KW) if r in bad_r or s_ in bad_s]
         return sum(terms[1:], terms[0])
 
-    def _out(v, k):
+    if post and scale is None and bias is None:
+        raise ValueError("post-ops need a float epilogue (scale and/or bias)")
+
+    def _out(v, n, oh, ow, k):
         # Narrow to int32 before the float conversion: int64 -> float32 has no AVX2 instruction
         # (it is scalarised), int32 -> float32 is one vcvtdq2ps.  |v| <= KH*KW*C fits easily.
-        return _epilogue(v.astype("int32") if acc_dtype != "int32" else v, k, scale, bias)
+        v = _epilogue(v.astype("int32") if acc_dtype != "int32" else v, k, scale, bias)
+        idx = (n, k, oh, ow) if out_layout == "NCHW" else (n, oh, ow, k)
+        return _post_epilogue(v, post, idx, k)
 
     def value(n, oh, ow, k):
         full = tirx.const(KH * KW * C, acc_dtype) - 2 * acc[n, oh, ow, k]
         if not border:
-            return _out(full, k)
+            return _out(full, n, oh, ow, k)
         if not bad_r:
-            return _out(full - col_part(ow, k), k)
+            return _out(full - col_part(ow, k), n, oh, ow, k)
         if ih_lo >= ih_hi:  # no row has all its taps inside
-            return _out(full - full_part(oh, ow, k), k)
+            return _out(full - full_part(oh, ow, k), n, oh, ow, k)
         # The row condition is a scalar under both vectorisations the schedules use (along k or
         # along ow): if_then_else is then a real branch and interior rows only pay for the
         # out-of-image columns (2 selects for 3x3 p1), border rows for every tap that can miss.
         row_ok = tirx.all(oh >= ih_lo, oh < ih_hi)
-        return _out(full - tirx.if_then_else(row_ok, col_part(ow, k), full_part(oh, ow, k)), k)
+        return _out(full - tirx.if_then_else(row_ok, col_part(ow, k), full_part(oh, ow, k)),
+                    n, oh, ow, k)
 
     # bnn_border: the epilogue branches on border pixels (zero padding that the taps reach); a
     # schedule should then vectorise it along k, where that condition is a scalar.
@@ -523,3 +563,46 @@ def fconv2d_blocked(
         return v + bias[k] if bias is not None else v
 
     return te.compute((N, out_channels, OH, OW), out, name="fconv_out")
+
+
+def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
+    """2-D max pooling of NCHW float32 (padding never wins: ONNX / PyTorch semantics), separable.
+
+    ``pool_rows`` takes the max over the ``KH`` input rows of each output row for every input
+    column (contiguous along w, so it vectorises), then ``pool`` takes the max over ``KW``
+    columns of that row with the pooling stride.  max is exact, so the split changes nothing
+    but the memory traffic: the fused form read each input ``KH*KW`` times through strided,
+    bounds-checked gathers.
+
+    Returns float32 ``[N, C, OH, OW]``; intermediate ``pool_rows`` ``[N, C, OH, W + pl + pr]``
+    (``-inf`` in the padded columns).
+    """
+    N, C, H, W = _ints(x.shape)
+    KH, KW = normalize_2d(kernel, "kernel")
+    sh, sw = normalize_2d(stride, "stride")
+    pt, pl, pb, pr = normalize_padding(padding)
+    OH = conv_out_size(H, KH, sh, pt, pb, 1)
+    OW = conv_out_size(W, KW, sw, pl, pr, 1)
+    Wp = W + pl + pr
+    neg = tirx.const(float("-inf"), "float32")
+
+    def row_max(n, c, oh, wp):
+        w = wp - pl
+        acc = None
+        for r in range(KH):
+            h = oh * sh + r - pt
+            ok = tirx.all(h >= 0, h < H, w >= 0, w < W)
+            v = tirx.if_then_else(ok, x[n, c, tirx.max(tirx.min(h, H - 1), 0),
+                                        tirx.max(tirx.min(w, W - 1), 0)], neg)
+            acc = v if acc is None else tirx.max(acc, v)
+        return acc
+
+    rows = te.compute((N, C, OH, Wp), row_max, name="pool_rows")
+
+    def col_max(n, c, oh, ow):
+        acc = rows[n, c, oh, ow * sw]
+        for s_ in range(1, KW):
+            acc = tirx.max(acc, rows[n, c, oh, ow * sw + s_])
+        return acc
+
+    return te.compute((N, C, OH, OW), col_max, name="pool")

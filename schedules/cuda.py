@@ -72,3 +72,8 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
     sch.reverse_compute_at(wb, tx)
     sch.decompose_reduction(blk, loops[-3])
     _bind_flat(sch, sch.get_loops(sch.get_sblock("fconv_out")))
+
+
+def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
+    sch.compute_inline(sch.get_sblock("pool_rows"))
+    _bind_flat(sch, sch.get_loops(sch.get_sblock("pool")))

@@ -158,6 +158,9 @@ class SpatialReduction(ScheduleRule):
         inner_ext = get_extent(sch, spatial[-1])
         if not isinstance(inner_ext, int):
             return None
+        outer_ext = [get_extent(sch, lp) for lp in spatial[:-1]]
+        if all(e == 1 for e in outer_ext) and inner_ext >= 4 * lanes:
+            return _schedule_gemv(sch, block, spatial, reduce_loops, infos, red, lanes, inner_ext)
         # register tile along the innermost spatial axis (ow for NCHW conv, N for matmul)
         tile = next((c for c in (lanes, lanes // 2, 4) if inner_ext % c == 0), 1)
         if tile == 1 and inner_ext <= 2 * lanes:
@@ -202,6 +205,38 @@ class SpatialReduction(ScheduleRule):
         return sch
 
 
+def _schedule_gemv(sch, block, spatial, reduce_loops, infos, red, lanes: int, n: int):
+    """A single output row (``x[1, K] @ W[K, N]``: the DyBNN / INSTA threshold MLPs, the
+    classifier): stream W row by row, each task accumulating a chunk of up to 512 columns in
+    registers/L1.  The generic tile (16 columns, all K rows, then the next 16 columns) walked W
+    column-chunk by column-chunk, touching every cache line of a multi-MB matrix twice, far
+    apart (1024x1000 head: 0.36 ms; streamed it is memory-bound at ~0.2 ms)."""
+    vec = next((c for c in (lanes, lanes // 2, 4) if n % c == 0), 0)
+    if not vec:
+        return None
+    chunk = max(c for c in range(vec, min(n, 512) + 1, vec) if n % c == 0)
+    s_o, s_i = sch.split(spatial[-1], factors=[None, chunk])
+    v_o, v_i = sch.split(s_i, factors=[None, vec])
+    sch.reorder(*spatial[:-1], s_o, *reduce_loops, v_o, v_i)
+    write_back = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(write_back, s_o, preserve_unit_loops=True)
+    for c in (bi.block_rv for bi in infos if bi.is_injective() and bi is not red):
+        try:
+            sch.reverse_compute_inline(c)
+        except Exception:
+            pass
+    sch.vectorize(v_i)
+    wb = sch.get_loops(write_back)[-1]
+    w_o, w_i = sch.split(wb, factors=[None, vec])
+    sch.vectorize(w_i)
+    sch.parallel(sch.fuse(*spatial[:-1], s_o) if len(spatial) > 1 else s_o)
+    try:
+        sch.decompose_reduction(block, reduce_loops[0])
+    except Exception:
+        pass
+    return sch
+
+
 def _reads_innermost(sch: s_tir.Schedule, block, var) -> bool:
     """Does ``var`` appear in the innermost index of some buffer the block reads?"""
     for region in sch.get(block).reads:
@@ -211,22 +246,28 @@ def _reads_innermost(sch: s_tir.Schedule, block, var) -> bool:
     return False
 
 
-def _loop_binding(sch: s_tir.Schedule, block, kind: str):
-    """The innermost loop bound to a block iter of ``kind`` ("S" / "R") that is not a unit loop
-    of the row (the loop whose var is exactly the binding of the last such iter)."""
+def _bound_loops(sch: s_tir.Schedule, block, kind: str) -> list:
+    """The loops bound one-to-one to the block's iters of ``kind`` ("S" / "R"), in iter order
+    (unit loops of the row and fused bindings are skipped)."""
     from tvm.s_tir.dlight.analysis.common_analysis import get_sblockrealize
 
     realize = get_sblockrealize(sch, block)
     want = tirx.IterVar.CommReduce if kind == "R" else tirx.IterVar.DataPar
     loops = sch.get_loops(block)
     loop_vars = [sch.get(lp).loop_var for lp in loops]
-    for iv, val in reversed(list(zip(realize.block.iter_vars, realize.iter_values))):
-        if iv.iter_type != want:
-            continue
-        for lp, lv in zip(loops, loop_vars):
-            if val.same_as(lv):
-                return lp
-    raise ValueError(f"no {kind} loop")
+    found = []
+    for iv, val in zip(realize.block.iter_vars, realize.iter_values):
+        if iv.iter_type == want:
+            found += [lp for lp, lv in zip(loops, loop_vars) if val.same_as(lv)]
+    return found
+
+
+def _loop_binding(sch: s_tir.Schedule, block, kind: str):
+    """The loop bound to the last block iter of ``kind`` ("S" / "R")."""
+    found = _bound_loops(sch, block, kind)
+    if not found:
+        raise ValueError(f"no {kind} loop")
+    return found[-1]
 
 
 def _calls_libm(func) -> bool:
@@ -234,6 +275,21 @@ def _calls_libm(func) -> bool:
     Python API, so the printed script is searched)."""
     text = func.script()
     return any(f"T.{fn}(" in text for fn in ("exp", "erf", "tanh"))
+
+
+def _partial_sum_lanes(r_ext: int, inner_ext: int, lanes: int) -> int:
+    """Vector lanes F of partial sums for a row of ``r_ext`` elements whose innermost reduced
+    axis has ``inner_ext``; 0 for a serial chain.  F divides the innermost axis, which is split
+    on its own: splitting a fused (h, w) made lane groups straddle rows and read
+    ``x[(f*F+l) // W, (f*F+l) % W]``, which neither TVM nor LLVM turn back into one contiguous
+    load (mean over 56x56 ran as scalar loads, ~0.3 ms per GAP in DyBNN's thresholds).  Rows
+    narrower than the preferred widths (W = 7, 14) use F = W, one odd-width vector per row."""
+    for c in (2 * lanes, lanes, lanes // 2, 4):
+        if r_ext % c == 0 and inner_ext % c == 0 and r_ext >= 2 * c:
+            return c
+    if 4 <= inner_ext <= 2 * lanes and r_ext >= 2 * inner_ext:
+        return inner_ext
+    return 0
 
 
 class RowReduction(ScheduleRule):
@@ -301,11 +357,13 @@ class RowReduction(ScheduleRule):
                 if not isinstance(it.dom, int):
                     return None
                 r_ext *= it.dom
-            r = sch.fuse(*red_loops) if len(red_loops) > 1 else red_loops[0]
-            f = next((c for c in (2 * lanes, lanes, lanes // 2, 4) if r_ext % c == 0 and r_ext >= 2 * c), 0)
+            inner_ext = bi.iters[-1].dom
+            f = _partial_sum_lanes(r_ext, inner_ext, lanes)
             if not f:
                 continue  # short / odd rows: a serial chain, as dlight does
-            _, ri = sch.split(r, factors=[None, f])
+            # split the innermost reduced axis itself, (h, w) not fused: the lanes then read
+            # x[.., h, wo*F + l], one contiguous vector load (F divides W)
+            _, ri = sch.split(red_loops[-1], factors=[None, f])
             # partial sums last in the rf buffer: [..row.., F], one contiguous vector per row
             rf = sch.rfactor(ri, factor_axis=len(sch.get(blk).writes[0].region))
             rf_blocks.append(rf)
@@ -337,13 +395,13 @@ class RowReduction(ScheduleRule):
                 if not sch.get(inner).same_as(sch.get(row)):  # only loops inside the row task
                     _vectorize_inner(sch, bi.block_rv, lanes)
         for rf in rf_blocks:
-            # (..., ro [R], ri [S]) with the partial-sum lanes ri innermost, vectorised
-            ri, ro = _loop_binding(sch, rf, "S"), _loop_binding(sch, rf, "R")
-            sch.reorder(ro, ri)
+            # (..., R loops in iter order (h, w_o), ri [S]): partial-sum lanes innermost, vectorised
+            ri, ros = _loop_binding(sch, rf, "S"), _bound_loops(sch, rf, "R")
+            sch.reorder(*ros, ri)
             sch.vectorize(ri)
         for rf in rf_blocks:
             try:
-                sch.decompose_reduction(rf, _loop_binding(sch, rf, "R"))
+                sch.decompose_reduction(rf, _bound_loops(sch, rf, "R")[0])
             except Exception:
                 pass
         return sch

@@ -154,3 +154,21 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8) -> None:
     on, ok, ooh, oow = sch.get_loops(out)
     sch.parallel(sch.fuse(on, ok))
     sch.decompose_reduction(conv, rc)
+
+
+def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
+    """Rows of (n, c, oh) in parallel; per row, the KH-row max into a local row buffer
+    (vectorised along w), then the strided KW-column max, left to LLVM's loop vectoriser (it
+    turns the stride-2 reads into shuffles; TVM's vectorize would scalarise them)."""
+    pool = sch.get_sblock("pool")
+    n, c, oh, ow = sch.get_loops(pool)
+    row = sch.fuse(n, c, oh)
+    sch.parallel(row)
+    rows = sch.get_sblock("pool_rows")
+    sch.compute_at(rows, row)
+    sch.set_scope(rows, 0, "local")
+    w = sch.get_loops(rows)[-1]
+    f = pick_factor(extent(sch, w), (16, 8, 4))
+    if f > 1:
+        _, wi = sch.split(w, factors=[None, f])
+        sch.vectorize(wi)

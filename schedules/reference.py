@@ -63,9 +63,11 @@ def bconv2d_ref(
     scale: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     out_layout: str = "NCHW",
+    post=(),
 ) -> np.ndarray:
     """``F.conv2d`` of +-1 NCHW ``x`` and OIHW ``w``; padding (top, left, bottom, right) filled
-    with 0 ("zero") or +1 ("one") via ``F.pad``.  int32, or float32 with scale/bias."""
+    with 0 ("zero") or +1 ("one") via ``F.pad``.  int32, or float32 with scale/bias, then the
+    ``post`` ops [(kind, array)] in float32 (a "residual" array is given in ``out_layout``)."""
     if isinstance(padding, int):
         padding = (padding,) * 4
     if len(padding) == 2:
@@ -77,7 +79,30 @@ def bconv2d_ref(
     acc = F.conv2d(xt, wt, stride=stride, dilation=dilation).numpy()
     acc = np.rint(acc).astype(np.int64)
     out = _epilogue(acc, scale, bias, axis=1)
-    return out.transpose(0, 2, 3, 1).copy() if out_layout == "NHWC" else out
+    if out_layout == "NHWC":
+        out = out.transpose(0, 2, 3, 1).copy()
+    return _post_ref(out, post, axis=1 if out_layout == "NCHW" else 3)
+
+
+def _post_ref(v: np.ndarray, post, axis: int) -> np.ndarray:
+    """The post-ops of ``compute.POST_OPS`` written out in numpy, float32 throughout."""
+    shape = [1] * v.ndim
+    shape[axis] = -1
+    for kind, p in post:
+        vec = None if kind in ("residual", "relu") else np.asarray(p, np.float32).reshape(shape)
+        if kind == "residual":
+            v = v + np.asarray(p, np.float32)
+        elif kind == "shift":
+            v = v + vec
+        elif kind == "mul":
+            v = v * vec
+        elif kind == "prelu":
+            v = np.where(v >= 0, v, vec * v)
+        elif kind == "relu":
+            v = np.maximum(v, np.float32(0))
+        else:
+            raise ValueError(f"unknown post-op {kind!r}")
+    return v.astype(np.float32)
 
 
 def bdense_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, scale=None, bias=None) -> np.ndarray:
@@ -95,3 +120,10 @@ def bbatch_matmul_ref(a_pm1: np.ndarray, b_pm1: np.ndarray, alpha: float | None 
     if alpha is None:
         return acc.astype(np.int32)
     return (acc.astype(np.float32) * np.float32(alpha)).astype(np.float32)
+
+
+def maxpool2d_ref(x: np.ndarray, *, kernel, stride, padding) -> np.ndarray:
+    """``F.max_pool2d`` (padding (top, left, bottom, right) as -inf, floor rounding)."""
+    pt, pl, pb, pr = padding
+    xt = F.pad(torch.from_numpy(np.asarray(x, np.float32)), (pl, pr, pt, pb), value=float("-inf"))
+    return F.max_pool2d(xt, kernel, stride).numpy()

@@ -22,7 +22,7 @@ from .packing import needs_tap_popcount
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
-OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d")
+OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
@@ -42,6 +42,7 @@ __all__ = [
     "make_bitpack",
     "make_bitpack_last",
     "make_fconv2d",
+    "make_maxpool2d",
     "target_key",
 ]
 
@@ -134,10 +135,14 @@ def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: Ta
     return _finish([x, t, out], "bitpack_last", name, target, schedule)
 
 
+#: one letter per post-op in kernel symbols (residual, sHift, Mul, Prelu, relU)
+_POST_TAG = {"residual": "r", "shift": "h", "mul": "m", "prelu": "p", "relu": "u"}
+
+
 def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int], *, stride=1,
                  padding=0, dilation=1, pad_value: str = "zero", with_scale: bool = False,
-                 with_bias: bool = False, out_layout: str = "NCHW", target: TargetLike = None,
-                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                 with_bias: bool = False, out_layout: str = "NCHW", post: Sequence[str] = (),
+                 target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binary conv2d on packed operands.
 
     ``data_shape_nchw`` = ``(N, C, H, W)`` of the float activation, ``weight_pm1_shape`` =
@@ -150,6 +155,8 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
                                       packing.needs_tap_popcount(padding, pad_value))
       ``scale  float32[K]``            (only if with_scale)
       ``bias   float32[K]``            (only if with_bias)
+      one parameter per ``post`` op (compute.POST_OPS): ``residual float32[<out shape>]``,
+      ``shift`` / ``mul`` / ``prelu`` ``float32[K]``; ``relu`` takes none
       ``out    int32[N, K, OH, OW]``  (float32 if with_scale or with_bias; NHWC if out_layout="NHWC")
     """
     N, C, H, W = (int(v) for v in data_shape_nchw)
@@ -164,11 +171,24 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
            if needs_tap_popcount(pd, pad_value) else None)
     scale = te.placeholder((K,), "float32", name="scale") if with_scale else None
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
+    OH = compute.conv_out_size(H, KH, st[0], pd[0], pd[2], dl[0])
+    OW = compute.conv_out_size(W, KW, st[1], pd[1], pd[3], dl[1])
+    out_shape = (N, K, OH, OW) if out_layout == "NCHW" else (N, OH, OW, K)
+    post_ops = []
+    for i, kind in enumerate(post):
+        if kind not in compute.POST_OPS:
+            raise ValueError(f"unknown post-op {kind!r}; expected one of {compute.POST_OPS}")
+        shape = out_shape if kind == "residual" else (K,)
+        post_ops.append((kind, None if kind == "relu" else te.placeholder(shape, "float32", name=f"{kind}{i}")))
     out = compute.bconv2d(data, weight, in_channels=C, kernel=(KH, KW), stride=st, padding=pd,
                           dilation=dl, pad_value=pad_value, scale=scale, bias=bias,
-                          out_layout=out_layout, acc_dtype=_acc(target, schedule), tap_popcount=tpc)
-    args = [data, weight] + [a for a in (tpc, scale, bias) if a is not None] + [out]
+                          out_layout=out_layout, acc_dtype=_acc(target, schedule), tap_popcount=tpc,
+                          post=post_ops)
+    args = ([data, weight] + [a for a in (tpc, scale, bias) if a is not None]
+            + [p for _, p in post_ops if p is not None] + [out])
     epi = ("s" if with_scale else "") + ("b" if with_bias else "")
+    if post:
+        epi += "_e" + "".join(_POST_TAG[k] for k in post)
     name = (f"bnn_bconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
             f"_d{dl[0]}x{dl[1]}_{pad_value}{'_' + epi if epi else ''}_{out_layout.lower()}")
     return _finish(args, "bconv2d", name, target, schedule)
@@ -259,3 +279,18 @@ def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *,
     name = (f"bnn_fconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
             f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}")
     return _finish(args, "fconv2d", name, target, schedule)
+
+
+def make_maxpool2d(data_shape_nchw: Sequence[int], *, kernel, stride=1, padding=0,
+                   target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
+    """Float max pooling (NCHW, no dilation, floor rounding).
+
+    PrimFunc params: ``(data float32[N,C,H,W], out float32[N,C,OH,OW])``.
+    """
+    N, C, H, W = (int(v) for v in data_shape_nchw)
+    k, st, pd = normalize_2d(kernel, "kernel"), normalize_2d(stride, "stride"), normalize_padding(padding)
+    data = te.placeholder((N, C, H, W), "float32", name="data")
+    out = compute.maxpool2d(data, kernel=k, stride=st, padding=pd)
+    name = (f"bnn_maxpool2d_{N}x{C}x{H}x{W}_k{k[0]}x{k[1]}_s{st[0]}x{st[1]}"
+            f"_p{'x'.join(map(str, pd))}")
+    return _finish([data, out], "maxpool2d", name, target, schedule)

@@ -76,10 +76,10 @@ def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -
     kf = pick_factor(extent(sch, k), (ki, 4, 2))
     ko, kin = sch.split(k, factors=[None, kf])
     wo, win = sch.split(ow, factors=[None, wf])
-    sch.reorder(n, oh, wo, ko, rh, rw, rc, kin, win)
+    sch.reorder(n, oh, ko, wo, rh, rw, rc, kin, win)
     wb = sch.cache_write(conv, 0, "local")
     sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, d, c))
-    sch.reverse_compute_at(wb, ko)
+    sch.reverse_compute_at(wb, wo)
     sch.reverse_compute_inline(out)
     row = sch.fuse(n, oh)
     sch.parallel(row)
@@ -169,6 +169,7 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int 
 
 schedule_bitpack = generic.schedule_bitpack
 schedule_bitpack_last = generic.schedule_bitpack_last
+schedule_maxpool2d = generic.schedule_maxpool2d
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:

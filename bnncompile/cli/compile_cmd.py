@@ -22,8 +22,12 @@ from .. import targets
               help="ignore the pre-tuned records shipped for this target (hand schedules only)")
 @click.option("--exact-math", is_flag=True,
               help="keep libm exp/erf/tanh (default: TVM's polynomial versions, ~1e-6 relative)")
+@click.option("--no-fuse-epilogues", is_flag=True,
+              help="leave BN / residual / RPReLU after binary convs to separate float passes "
+                   "(default: run them in the binary kernel's epilogue)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
-def command(model, target, output, batch, float_only, tuning_db, no_pretuned, exact_math, quiet):
+def command(model, target, output, batch, float_only, tuning_db, no_pretuned, exact_math,
+            no_fuse_epilogues, quiet):
     """Compile an exported ONNX model into a native library plus a JSON sidecar."""
     from ..compiler import compile_model
     from .progress import stages
@@ -31,7 +35,8 @@ def command(model, target, output, batch, float_only, tuning_db, no_pretuned, ex
     with stages(3, "compile", enabled=not quiet) as say:
         res = compile_model(model, output=output, target=target, batch=batch,
                             binary_kernels=not float_only, progress=say, tuning_db=tuning_db,
-                            pretuned=not no_pretuned, fast_math=not exact_math)
+                            pretuned=not no_pretuned, fast_math=not exact_math,
+                            fuse_epilogues=not no_fuse_epilogues)
     click.echo(f"wrote {res.library} and {res.sidecar.name} ({res.num_binary_layers} binary layers, "
                f"{res.seconds:.1f} s)")
     for note in res.notes:

@@ -59,7 +59,8 @@ def relax_func_names(mod) -> list[str]:
     return sorted(gv.name_hint for gv in mod.get_global_vars())
 
 
-def build_and_run(model: onnx.ModelProto, feeds: dict, *, batch: int = 1, binary_kernels: bool = True):
+def build_and_run(model: onnx.ModelProto, feeds: dict, *, batch: int = 1, binary_kernels: bool = True,
+                  **build_options):
     """Compile in memory for host (bnncompile.compiler.build_relax) and run once."""
     import tvm
     from tvm import relax
@@ -68,7 +69,7 @@ def build_and_run(model: onnx.ModelProto, feeds: dict, *, batch: int = 1, binary
     from bnncompile.compiler import build_relax
 
     ex, plan = build_relax(model, spec=targets.resolve("host"), batch=batch,
-                           binary_kernels=binary_kernels)
+                           binary_kernels=binary_kernels, **build_options)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i.name])) for i in model.graph.input
             if i.name not in {t.name for t in model.graph.initializer}]

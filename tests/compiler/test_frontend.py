@@ -297,3 +297,25 @@ def test_unconvertible_standard_op_names_node():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(UnsupportedModelError, match=rf"odd_std_op.*{UNCONVERTIBLE}"):
         _import(model)
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+                                   dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 1, 1, 0])])
+def test_max_pool_uses_the_separable_kernel(rng, attrs):
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", **attrs)
+    model = make_model([node], {"x": [2, 3, 9, 10]}, {"y": None})
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    (y,), plan = build_and_run(model, {"x": x}, batch=2)
+    np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
+    assert plan.max_pools == {"pool"}
+    assert [v["kind"] for v in plan.kernels.values()] == ["maxpool2d"]
+
+
+def test_max_pool_with_ceil_mode_stays_with_tvm(rng):
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                            ceil_mode=1)
+    model = make_model([node], {"x": [1, 2, 8, 8]}, {"y": None})
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    (y,), plan = build_and_run(model, {"x": x})
+    np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
+    assert not plan.max_pools

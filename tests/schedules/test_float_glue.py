@@ -80,6 +80,16 @@ CASES = {
                     lambda x: x.mean((2, 3)), [(2, 10, 6, 6)], "RowReduction"),
     "mean_cube": (lambda x: R.mean(R.multiply(R.multiply(x, x), x), axis=[2, 3], keepdims=True),
                   lambda x: (x * x * x).mean((2, 3), keepdims=True), [(1, 16, 8, 12)], "RowReduction"),
+    # partial-sum lanes divide W (8 | 56) or are W itself (7): contiguous loads, see below
+    "mean_hw_56": (lambda x: R.mean(x, axis=[2, 3], keepdims=True),
+                   lambda x: x.mean((2, 3), keepdims=True), [(1, 6, 56, 56)], "RowReduction"),
+    "mean_hw_7": (lambda x: R.mean(x, axis=[2, 3], keepdims=True),
+                  lambda x: x.mean((2, 3), keepdims=True), [(1, 40, 7, 7)], "RowReduction"),
+    # one output row (threshold MLPs, classifier): W streamed row by row, column chunks per task
+    "gemv_mlp": (lambda x, w: R.nn.relu(R.matmul(x, w)), lambda x, w: np.maximum(x @ w, 0),
+                 [(1, 64), (64, 1024)], "SpatialReduction"),
+    "gemv_head": (lambda x, w: R.matmul(x, w), lambda x, w: x @ w, [(1, 96), (96, 200)],
+                  "SpatialReduction"),
     "layer_norm_tokens": (lambda x, g, b: R.nn.layer_norm(x, g, b, axes=[-1]), _layer_norm,
                           [(1, 17, 96), (96,), (96,)], "RowReduction"),
     "softmax_tokens": (lambda x: R.nn.softmax(x, axis=-1), _softmax, [(1, 3, 17, 40)], "Reduction"),
@@ -136,3 +146,21 @@ def test_row_reduction_builds_for_avx2(mcpu):
         scheduled = float_glue.schedule_pass()(mod)
     assert "rf" in scheduled.script()
     tvm.compile(scheduled, target=tgt)
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 56, 56), (1, 4, 112, 112), (1, 40, 7, 7)])
+def test_mean_reads_whole_rows(shape):
+    """No lane group straddles two rows: the read index has no ``// W`` (scalarised gathers)."""
+    mod = _legalized(lambda x: R.mean(x, axis=[2, 3], keepdims=True), [shape])
+    with TGT:
+        text = "\n".join(f.script() for f in _prim_funcs(float_glue.schedule_pass()(mod)).values())
+    assert "T.vectorized(" in text and f"// T.int64({shape[-1]})" not in text, text
+
+
+def test_gemv_streams_weight_rows():
+    """The reduction loop sits outside the column loops of a task: W is read row by row."""
+    mod = _legalized(lambda x, w: R.matmul(x, w), [(1, 64), (64, 1024)])
+    with TGT:
+        (text,) = [f.script() for f in _prim_funcs(float_glue.schedule_pass()(mod)).values()]
+    assert "T.parallel(T.int64(2))" in text, text  # two 512-column tasks
+    assert "T.grid(T.int64(64), T.int64(" in text, text  # k, then the column vectors

@@ -156,6 +156,53 @@ def test_bconv2d_fused_epilogue(case, with_scale, with_bias, layout, sched, rng)
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
 
 
+# ReActNet's block tail (residual, RPReLU = shift, prelu, shift) plus the other post-ops, on
+# the three x86 code paths: pixel-vectorised, k-vectorised interior and border-branch epilogues.
+POST_CASES = [CONV_CASES[10], CONV_CASES[1], CONV_CASES[5], CONV_CASES[16], CONV_CASES[2]]
+POST_CHAINS = [("residual", "shift", "prelu", "shift"), ("residual",), ("mul", "relu", "shift"),
+               ("prelu", "residual")]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("post", POST_CHAINS, ids=["-".join(c) for c in POST_CHAINS])
+@pytest.mark.parametrize("case", POST_CASES, ids=[_conv_id(c) for c in POST_CASES])
+def test_bconv2d_post_ops(case, post, layout, sched, rng):
+    N, C, H, W, K, (KH, KW), s, p, d = case
+    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
+    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+    scale = rng.standard_normal(K).astype("float32")
+    bias = rng.standard_normal(K).astype("float32")
+    out_shape = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale,
+                                out_layout=layout).shape
+    params = []
+    for kind in post:
+        if kind == "residual":
+            params.append(rng.standard_normal(out_shape).astype("float32") * 8)
+        elif kind != "relu":
+            params.append(rng.standard_normal(K).astype("float32"))
+    it = iter(params)
+    post_ref = [(kind, None if kind == "relu" else next(it)) for kind in post]
+    expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias,
+                             out_layout=layout, post=post_ref)
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
+                        with_bias=True, out_layout=layout, post=post, target=HOST, schedule=sched)
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    if pk.needs_tap_popcount(p, "zero"):
+        args.append(pk.conv_tap_popcount(w))
+    args += [scale, bias, *params]
+    assert len(args) + 1 == len(pf.params)
+    got = run_primfunc(pf, args, expect.shape, "float32")
+    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+
+
+def test_bconv2d_post_ops_need_float_epilogue():
+    with pytest.raises(ValueError, match="float epilogue"):
+        S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), post=("relu",), target=HOST)
+    with pytest.raises(ValueError, match="unknown post-op"):
+        S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), with_scale=True, post=("gelu",), target=HOST)
+
+
 @pytest.mark.parametrize("mcpu", ["haswell", "icelake-server"])
 @pytest.mark.parametrize("case", [CONV_CASES[10], CONV_CASES[11], CONV_CASES[1]],
                          ids=[_conv_id(c) for c in (CONV_CASES[10], CONV_CASES[11], CONV_CASES[1])])
@@ -242,3 +289,25 @@ def test_bbatch_matmul(a_shape, b_shape, alpha, sched, rng):
         np.testing.assert_array_equal(got, expect)
     else:
         np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+
+
+# ---------------------------------------------------------------- maxpool2d
+# ResNet's stem pool (3x3 s2 p1), odd sizes, asymmetric padding, a window wider than the stride.
+POOL_CASES = [((1, 8, 112, 112), (3, 3), (2, 2), (1, 1, 1, 1)),
+              ((2, 3, 9, 7), (3, 3), (2, 2), (1, 1, 1, 1)),
+              ((1, 4, 8, 10), (2, 2), (2, 2), (0, 0, 0, 0)),
+              ((1, 5, 11, 13), (3, 2), (1, 2), (1, 0, 0, 1)),
+              ((1, 2, 6, 6), (5, 5), (1, 1), (2, 2, 2, 2))]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("shape,k,s,p", POOL_CASES,
+                         ids=[f"{'x'.join(map(str, c[0]))}-k{c[1][0]}{c[1][1]}-s{c[2][0]}{c[2][1]}"
+                              for c in POOL_CASES])
+def test_maxpool2d(shape, k, s, p, sched, rng):
+    x = rng.standard_normal(shape).astype("float32")
+    x[0, 0, 0, :3] = -1e30  # all-negative border windows: padding must not win
+    expect = ref.maxpool2d_ref(x, kernel=k, stride=s, padding=p)
+    pf = S.make_maxpool2d(shape, kernel=k, stride=s, padding=p, target=HOST, schedule=sched)
+    got = run_primfunc(pf, [x], expect.shape, "float32")
+    np.testing.assert_array_equal(got, expect)  # max is exact

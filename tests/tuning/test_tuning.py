@@ -56,28 +56,32 @@ def test_every_tuned_record_is_bit_exact_vs_reference(tuned):
     x = np.where(rng.random((1, 16, 8, 8)) < 0.5, -1.0, 1.0).astype(np.float32)
     w = np.where(rng.random((16, 16, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
     scale = rng.random(16).astype(np.float32)
+    res = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    # Tiny's conv as compiled: the residual ``+ x`` runs in the kernel's epilogue
+    make = dict(padding=1, with_scale=True, post=("residual",), target=tgt)
     with tuning.collect_workloads() as seen:
-        registry.make_bconv2d(x.shape, w.shape, padding=1, with_scale=True, target=tgt)
+        registry.make_bconv2d(x.shape, w.shape, **make)
     wl = next(iter(seen.values()))
     recs = tuning._records_for(db, wl.mod, tuning.target_tag(tgt), k=100)
     assert len(recs) >= 2
-    ref = reference.bconv2d_ref(x, w, padding=1, scale=scale)
+    ref = reference.bconv2d_ref(x, w, padding=1, scale=scale, post=[("residual", res)])
     xb = reference.bitpack_ref(x, 0.0)
     args = [xb, packing.pack_conv_weight(w)]
     if packing.needs_tap_popcount((1, 1, 1, 1), "zero"):
         args.append(packing.conv_tap_popcount(w))
-    args.append(scale)
+    args += [scale, res]
     for rec in recs:
         sch = s_tir.Schedule(wl.mod)
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
         lib = tvm.compile(sch.mod, target=tgt).jit()
         out = tvm.runtime.empty(ref.shape, "float32", dev)
         lib["main"](*[tvm.runtime.tensor(a, dev) for a in args], out)
-        np.testing.assert_array_equal(out.numpy(), ref)  # float32(acc) * scale: same rounding
+        # integer accumulators are exact; acc * scale + residual may be contracted into an FMA
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-6, atol=1e-5)
     # the make_* contract holds for a tuned kernel: same symbol and attrs as the hand one
-    hand = registry.make_bconv2d(x.shape, w.shape, padding=1, with_scale=True, target=tgt)
+    hand = registry.make_bconv2d(x.shape, w.shape, **make)
     with tuning.use_database(db, tgt) as sess:
-        pf = registry.make_bconv2d(x.shape, w.shape, padding=1, with_scale=True, target=tgt)
+        pf = registry.make_bconv2d(x.shape, w.shape, **make)
     assert wl.symbol in sess.applied and bool(pf.attrs["tirx.is_scheduled"])
     assert str(pf.attrs["global_symbol"]) == str(hand.attrs["global_symbol"]) == wl.symbol
     assert list(pf.attrs["bnn.param_names"]) == list(hand.attrs["bnn.param_names"])

@@ -1,0 +1,179 @@
+"""Which float ops after a binary conv run in its epilogue (ONNX pattern matching).
+
+A ReActNet block after the binary conv is ``Mul(scale) → BatchNormalization → Add(residual) →
+RPReLU``, where RPReLU is exported as ``Add(shift) → [GreaterOrEqual, Mul(slope), Where] →
+Add(shift)``.  Run as separate passes, each reads and writes the whole activation; run in the
+conv's copy-out they cost a few vector ops per output element on data already in registers.
+
+:func:`match_chain` walks forward from a conv's output while the next step is an element-wise op
+with per-channel constants (or a residual of the output's own shape) whose intermediate values
+have no other consumer.  Per-channel affine steps before the first non-affine one fold (in
+float64) into the kernel's scale/bias; the rest become ``schedules.compute.POST_OPS``.  The kernel
+then produces the *last* tensor of the chain, and every intermediate becomes dead code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .graph import GraphIndex
+
+
+@dataclass
+class Epilogue:
+    """A binary conv's fused output transform."""
+
+    conv: str  # the Conv node's name
+    tail: str  # the ONNX node whose output the fused kernel produces
+    output: str  # that output's tensor name
+    scale: np.ndarray  # float32 [K]: acc * scale + bias ...
+    bias: np.ndarray | None  # float32 [K]; None when nothing adds a bias
+    #: then these, in order: ("residual", tensor name) | ("shift"|"mul"|"prelu", float32 [K]) |
+    #: ("relu", None)
+    post: list[tuple[str, object]] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # the ONNX nodes the kernel replaces
+
+    @property
+    def post_kinds(self) -> tuple[str, ...]:
+        return tuple(kind for kind, _ in self.post)
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Tensor name → dims (ints or symbol names) from the graph's value_info, inputs and outputs
+    (ONNX shape inference fills value_info first when the file has none; the exporter writes it)."""
+    shapes = {}
+    if not model.graph.value_info:
+        try:
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception:  # no shapes: residual adds are then simply not fused
+            pass
+    g = model.graph
+    for v in (*g.value_info, *g.input, *g.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                   for d in t.shape.dim)
+    return shapes
+
+
+def _channel_vec(index: GraphIndex, name: str, k: int) -> np.ndarray | None:
+    """A constant broadcasting along NCHW's channel axis only (``[1,K,1,1]``, ``[K,1,1]``,
+    a scalar) → float64 ``[K]``; None otherwise (a 1-D ``[K]`` broadcasts along W, not C)."""
+    c = index.constant(name)
+    if c is None or c.dtype.kind != "f":
+        return None
+    if c.size == 1 and c.ndim <= 4:
+        return np.full(k, float(c.reshape(-1)[0]), np.float64)
+    if c.size == k and c.ndim in (3, 4) and c.shape[-3] == k:
+        return c.reshape(-1).astype(np.float64)
+    return None
+
+
+def _other(node: onnx.NodeProto, cur: str) -> str | None:
+    ins = [i for i in node.input if i]
+    if len(ins) != 2 or ins.count(cur) != 1:
+        return None
+    return ins[1] if ins[0] == cur else ins[0]
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _step(index: GraphIndex, cur: str, k: int, shapes: dict):
+    """The chain step that consumes ``cur``: (kind, payload, nodes, output) or None."""
+    cons = index.consumers.get(cur, [])
+    if len(cons) == 3:
+        return _prelu_pattern(index, cur, cons, k)
+    if len(cons) != 1 or cons[0].domain not in ("", "ai.onnx") or len(cons[0].output) != 1:
+        return None
+    node = cons[0]
+    op = node.op_type
+    if op == "BatchNormalization" and node.input[0] == cur and len(node.input) == 5:
+        vals = [index.constant(n) for n in node.input[1:]]
+        if any(v is None or v.size != k for v in vals) or _attr(node, "training_mode", 0):
+            return None
+        gamma, beta, mean, var = (v.reshape(-1).astype(np.float64) for v in vals)
+        s = gamma / np.sqrt(var + float(_attr(node, "epsilon", 1e-5)))
+        return "affine", (s, beta - mean * s), [node.name], node.output[0]
+    if op == "Relu" and node.input[0] == cur:
+        return "relu", None, [node.name], node.output[0]
+    if op == "PRelu" and node.input[0] == cur:
+        slope = _channel_vec(index, node.input[1], k)
+        return None if slope is None else ("prelu", slope, [node.name], node.output[0])
+    if op not in ("Add", "Sub", "Mul"):
+        return None
+    other = _other(node, cur)
+    if other is None:
+        return None
+    vec = _channel_vec(index, other, k)
+    if vec is not None:
+        if op == "Add":
+            return "shift", vec, [node.name], node.output[0]
+        if op == "Sub" and node.input[0] == cur:  # x - c == x + (-c) exactly
+            return "shift", -vec, [node.name], node.output[0]
+        if op == "Mul":
+            return "mul", vec, [node.name], node.output[0]
+        return None
+    if op == "Add" and index.constant(other) is None and cur in shapes and shapes.get(other) == shapes[cur]:
+        return "residual", other, [node.name], node.output[0]
+    return None
+
+
+def _prelu_pattern(index: GraphIndex, cur: str, cons, k: int):
+    """``Where(GreaterOrEqual(x, 0), x, Mul(slope, x))``, the dynamo export of ``PReLU``."""
+    by_op = {n.op_type: n for n in cons}
+    ge, mul, where = by_op.get("GreaterOrEqual"), by_op.get("Mul"), by_op.get("Where")
+    if ge is None or mul is None or where is None:
+        return None
+    zero = index.constant(ge.input[1]) if ge.input[0] == cur else None
+    if zero is None or zero.size != 1 or float(zero.reshape(-1)[0]) != 0.0:
+        return None
+    other = _other(mul, cur)
+    slope = None if other is None else _channel_vec(index, other, k)
+    if slope is None or list(where.input) != [ge.output[0], cur, mul.output[0]]:
+        return None
+    for n in (ge, mul):
+        if [c.name for c in index.consumers.get(n.output[0], [])] != [where.name]:
+            return None
+    return "prelu", slope, [ge.name, mul.name, where.name], where.output[0]
+
+
+def match_chain(index: GraphIndex, conv: onnx.NodeProto, start: str, k: int,
+                scale: np.ndarray | None, bias: np.ndarray | None, *, shapes: dict,
+                keep: set[str]) -> Epilogue | None:
+    """The fusable chain after ``start`` (the conv's output, or its folded scale Mul's), given
+    the kernel's own ``acc * scale + bias``; None if nothing after ``start`` fuses.  Tensors in
+    ``keep`` (graph outputs, debug outputs) end the chain: they must stay materialised."""
+    s = np.ones(k, np.float64) if scale is None else scale.astype(np.float64)
+    b = np.zeros(k, np.float64) if bias is None else bias.astype(np.float64)
+    post: list[tuple[str, object]] = []
+    nodes: list[str] = []
+    cur, tail = start, None
+    while cur not in keep:
+        step = _step(index, cur, k, shapes)
+        if step is None:
+            break
+        kind, payload, step_nodes, cur = step
+        if not post and kind in ("affine", "shift", "mul"):
+            # still a per-channel affine map of acc: fold it into scale/bias
+            ms, mb = payload if kind == "affine" else ((payload, 0.0) if kind == "mul" else (1.0, payload))
+            s, b = s * ms, b * ms + mb
+        elif kind == "affine":
+            ms, mb = payload
+            post += [("mul", ms.astype(np.float32)), ("shift", mb.astype(np.float32))]
+        else:
+            post.append((kind, payload.astype(np.float32) if isinstance(payload, np.ndarray) else payload))
+        nodes += step_nodes
+        tail = step_nodes[-1]
+    if tail is None:
+        return None
+    no_bias = bias is None and not np.any(b)
+    return Epilogue(conv=conv.name, tail=tail, output=cur, scale=s.astype(np.float32),
+                    bias=None if no_bias else b.astype(np.float32), post=post, nodes=nodes)

@@ -1,0 +1,100 @@
+"""Float chains after a binary conv run in its epilogue (bnncompile.epilogue): which chains are
+matched, where they stop, and that the fused kernel computes what ONNX Runtime computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from .helpers import build_and_run, ds, int_inputs, make_model, ort_run, pm1
+
+RTOL, ATOL = 1e-5, 1e-5
+C, HW = 8, (6, 7)
+
+
+def _block(rng, tail: str, *, bn_output: bool = False, residual_shape=None):
+    """x → sign → Conv(±1) → Mul(scale) → BatchNormalization → ``tail`` (see the cases)."""
+    inits = {"t": rng.integers(-1, 2, size=(1, C, 1, 1)).astype(np.float32),
+             "w": pm1(rng, (C, C, 3, 3)),
+             "a": (rng.random((1, C, 1, 1)) + 0.1).astype(np.float32),
+             "g": rng.standard_normal(C).astype(np.float32), "b": rng.standard_normal(C).astype(np.float32),
+             "m": rng.standard_normal(C).astype(np.float32), "v": (rng.random(C) + 0.5).astype(np.float32),
+             "sh1": rng.standard_normal((1, C, 1, 1)).astype(np.float32),
+             "sh2": rng.standard_normal((1, C, 1, 1)).astype(np.float32),
+             "sl": (rng.random((1, C, 1, 1)) * 0.5).astype(np.float32),
+             "zero": np.array(0.0, np.float32)}
+    nodes = [ds("x", "t", "s", name="sign"),
+             helper.make_node("Conv", ["s", "w"], ["y"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Mul", ["y", "a"], ["ys"], name="scale"),
+             helper.make_node("BatchNormalization", ["ys", "g", "b", "m", "v"], ["bn"], name="bn")]
+    outputs = {}
+    res_in = "x"
+    inputs = {"x": [2, C, *HW]}
+    if residual_shape is not None:
+        inputs["r"] = residual_shape
+        res_in = "r"
+    if tail == "reactnet":  # residual + RPReLU exported as dynamo writes it
+        nodes += [helper.make_node("Add", ["bn", res_in], ["r1"], name="res"),
+                  helper.make_node("Add", ["r1", "sh1"], ["p0"], name="shift1"),
+                  helper.make_node("GreaterOrEqual", ["p0", "zero"], ["ge"], name="ge"),
+                  helper.make_node("Mul", ["sl", "p0"], ["neg"], name="slope"),
+                  helper.make_node("Where", ["ge", "p0", "neg"], ["pr"], name="where"),
+                  helper.make_node("Add", ["pr", "sh2"], ["out"], name="shift2")]
+    elif tail == "ops":  # ONNX PRelu / Relu; the Sub by a constant folds into scale/bias too
+        nodes += [helper.make_node("Sub", ["bn", "sh1"], ["p0"], name="sub"),
+                  helper.make_node("PRelu", ["p0", "sl"], ["pr"], name="prelu"),
+                  helper.make_node("Add", ["pr", res_in], ["r1"], name="res"),
+                  helper.make_node("Relu", ["r1"], ["out"], name="relu")]
+    outputs["out"] = None
+    if bn_output:
+        outputs["bn"] = None
+    return make_model(nodes, inputs, outputs, inits)
+
+
+def _run(model, x, **kw):
+    feeds = {"x": x}
+    if len(model.graph.input) > 1:
+        shape = [d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim]
+        feeds["r"] = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    outs, plan = build_and_run(model, feeds, batch=x.shape[0], **kw)
+    refs = ort_run(model, feeds)
+    for got, ref in zip(outs, refs):
+        np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+    return plan
+
+
+@pytest.mark.parametrize("tail,kinds", [("reactnet", ("residual", "shift", "prelu", "shift")),
+                                         ("ops", ("prelu", "residual", "relu"))])
+def test_block_tail_fuses_into_the_conv(rng, tail, kinds):
+    model = _block(rng, tail)
+    plan = _run(model, int_inputs(rng, (2, C, *HW)))
+    (epi,) = plan.epilogues.values()
+    assert epi.conv == "conv" and epi.output == "out"
+    assert epi.post_kinds == kinds  # scale Mul + BN folded into the kernel's own scale/bias
+    assert "bn" in epi.nodes and plan.fused_convs == {"conv": epi.tail}
+    (sym,) = [k for k, v in plan.kernels.items() if v["kind"] == "bconv2d"]
+    assert "_e" in sym and plan.kernels[sym]["fused"] == epi.nodes
+
+
+def test_fusion_off_gives_the_same_result(rng):
+    model = _block(rng, "reactnet")
+    plan = _run(model, int_inputs(rng, (2, C, *HW)), fuse_epilogues=False)
+    assert not plan.epilogues
+    assert all("_e" not in k for k in plan.kernels)
+
+
+def test_chain_stops_at_a_tensor_that_must_stay(rng):
+    # BN's output is also a graph output: only BN (an affine of acc) folds, it stays materialised
+    model = _block(rng, "reactnet", bn_output=True)
+    plan = _run(model, int_inputs(rng, (2, C, *HW)))
+    (epi,) = plan.epilogues.values()
+    assert epi.output == "bn" and epi.post == []
+
+
+def test_broadcast_add_is_not_a_residual(rng):
+    # a [2, C, 1, 1] tensor added to the conv output broadcasts: not an element-wise residual
+    model = _block(rng, "reactnet", residual_shape=[2, C, 1, 1])
+    plan = _run(model, int_inputs(rng, (2, C, *HW)))
+    (epi,) = plan.epilogues.values()
+    assert "residual" not in epi.post_kinds and epi.output == "bn"
