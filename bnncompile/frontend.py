@@ -41,6 +41,7 @@ OP_FOLDED = MANGLE + "FoldedScale"  # a Mul whose scale went into the binary ker
 OP_FCONV = MANGLE + "FloatConv"  # a float Conv with constant weights -> blocked CPU kernel
 OP_MAXPOOL = MANGLE + "MaxPool"  # 2-D MaxPool -> separable CPU kernel
 OP_EPILOGUE = MANGLE + "FusedEpilogue"  # last node of a chain fused into a binary conv's epilogue
+OP_POWER_MEAN = MANGLE + "PowerMean"  # ReduceMean over H, W of x*x or x*x*x (INSTA statistics)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class LoweringPlan:
     #: (bnncompile.epilogue); ``fused_convs`` maps the conv's name to that tail
     epilogues: dict[str, Epilogue] = field(default_factory=dict)
     fused_convs: dict[str, str] = field(default_factory=dict)
+    #: ReduceMean node name -> (x, power, keepdims): E[x^p] over H, W in one pass over x
+    power_means: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
     #: float Conv nodes lowered to bnncompile's blocked float conv (CPU targets)
     float_convs: set[str] = field(default_factory=set)
     #: MaxPool nodes lowered to bnncompile's separable max-pool kernel (CPU targets)
@@ -171,7 +174,42 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
     plan.sign_layout = {k: next(iter(v)) for k, v in layouts.items() if len(v) == 1}
     if fuse_epilogues:
         _plan_epilogues(plan, index, value_shapes(model), outputs)
+    plan.power_means = _plan_power_means(model, index, outputs)
     return plan
+
+
+def _plan_power_means(model: onnx.ModelProto, index: GraphIndex, keep: set[str]) -> dict:
+    """``ReduceMean(Mul(Mul(x, x), x), axes=[2, 3])`` (INSTA's E[x³]; E[x²] likewise): TVM fuses
+    the mean with its consumers but not with the Mul producer, so x³ was written out as a whole
+    tensor and read back.  One reduction over x computes it without the intermediate."""
+    found = {}
+    for node in model.graph.node:
+        keepdims = _hw_mean(index, node)
+        match = None if keepdims is None else _power_of(index, node.input[0], keep)
+        if match is not None:
+            found[node.name] = (*match, keepdims)
+    return found
+
+
+def _power_of(index: GraphIndex, name: str, keep: set[str]) -> tuple[str, int] | None:
+    """``name`` = x*x → (x, 2); (x*x)*x or x*(x*x) → (x, 3); intermediates used only here."""
+    def single_use_mul(t):
+        node = index.producer.get(t)
+        ok = (node is not None and node.op_type == "Mul" and node.domain in ("", "ai.onnx")
+              and t not in keep and len(index.consumers.get(t, [])) == 1)
+        return node if ok else None
+
+    top = single_use_mul(name)
+    if top is None:
+        return None
+    a, b = top.input
+    if a == b:
+        return a, 2
+    for sq, x in ((a, b), (b, a)):
+        inner = single_use_mul(sq)
+        if inner is not None and inner.input[0] == inner.input[1] == x:
+            return x, 3
+    return None
 
 
 def _conv_scale_bias(plan: LoweringPlan, index: GraphIndex, node: onnx.NodeProto, k: int):
@@ -207,6 +245,18 @@ def _plan_epilogues(plan: LoweringPlan, index: GraphIndex, shapes: dict, keep: s
         if epi is not None:
             plan.epilogues[epi.tail] = epi
             plan.fused_convs[name] = epi.tail
+
+
+def _hw_mean(index: GraphIndex, node: onnx.NodeProto) -> bool | None:
+    """keepdims of a ``ReduceMean`` over axes {2, 3} of a 4-D tensor, else None."""
+    if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
+        return None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    axes = index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    axes = attrs.get("axes") if axes is None else axes.reshape(-1).tolist()
+    if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+        return None
+    return bool(attrs.get("keepdims", 1))
 
 
 def _dense_weight(layer: BinaryLayer) -> np.ndarray:
@@ -312,6 +362,8 @@ def _make_importer_class():
                     return self._fused_epilogue(node)
                 if op_name == OP_MAXPOOL:
                     return self._max_pool(node, inputs, attrs, opset)
+                if op_name == OP_POWER_MEAN:
+                    return self._power_mean(node, inputs, attrs, opset)
                 layer = self._plan.binary[node.name]
                 if op_name == OP_BCONV:
                     return self._binary_conv(node, layer, inputs)
@@ -484,6 +536,28 @@ def _make_importer_class():
             macs = int(np.prod(out)) * int(np.prod(w.shape[1:]))
             return self._call(pf, args, out, "float32", layer=node.name, kind="fconv2d", float_macs=macs)
 
+        def _power_mean(self, node, inputs, attrs, opset):
+            from tvm import te
+
+            src, power, keepdims = self._plan.power_means[node.name]
+            x = self._nodes[src]
+            if len(self._shape_of(x)) != 4:
+                return super()._convert_operator("ReduceMean", inputs, attrs, opset)
+
+            def compute(x):
+                n, c, h, w = (int(v) for v in x.shape)
+                rh, rw = te.reduce_axis((0, h), name="rh"), te.reduce_axis((0, w), name="rw")
+
+                def pw(v):  # ONNX's order: (x * x) * x
+                    return v * v if power == 2 else v * v * v
+
+                acc = te.compute((n, c), lambda i, j: te.sum(pw(x[i, j, rh, rw]), axis=[rh, rw]),
+                                 name="power_sum")
+                shape = (n, c, 1, 1) if keepdims else (n, c)
+                return te.compute(shape, lambda i, j, *_: acc[i, j] / float(h * w), name="power_mean")
+
+            return self.bb.emit_te(compute, x, primfunc_name_hint=f"mean_pow{power}")
+
         def _max_pool(self, node, inputs, attrs, opset):
             from .schedules import registry as kernels
 
@@ -602,6 +676,8 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
             node.op_type, node.domain = OP_EPILOGUE, ""
         elif node.name in plan.max_pools:
             node.op_type = OP_MAXPOOL
+        elif node.name in plan.power_means:
+            node.op_type = OP_POWER_MEAN
         else:
             continue
         nodes_by_name[node.name] = original

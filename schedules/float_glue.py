@@ -70,6 +70,18 @@ def _parallel_outer(sch: s_tir.Schedule, loops, min_tasks: int = 2):
     return fused
 
 
+def _row_vector(w: int, lanes: int) -> int:
+    """Vector width for a row of ``w`` contiguous elements: a multiple of the lanes that divides
+    ``w``, else the whole row if short (7, 14, 28), else the largest divisor of ``w`` within
+    [lanes / 2, 2 * lanes] (56 -> 28); 0 if none fits."""
+    for c in (2 * lanes, lanes):
+        if w % c == 0:
+            return c
+    if 2 <= w <= 2 * lanes:
+        return w
+    return max((d for d in range(lanes // 2, 2 * lanes + 1) if w % d == 0), default=0)
+
+
 class Injective(ScheduleRule):
     """Element-wise, broadcast and layout chains."""
 
@@ -94,6 +106,19 @@ class Injective(ScheduleRule):
         extents = [get_extent(sch, lp) for lp in loops]
         if not all(isinstance(e, int) for e in extents):
             return None
+        w_vec = _row_vector(extents[-1], lanes)
+        if w_vec and len(loops) > 1 and extents[-1] % lanes != 0:
+            # Vectorise within the last axis (W of NCHW): fusing H*W first made each lane group
+            # straddle rows, and x[(f*L+l) // W, (f*L+l) % W] compiled to scalar gathers
+            # (DyBNN's dynamic-PReLU pass over 128x56x56 ran at ~5 GB/s).
+            inner = loops[-1]
+            if w_vec < extents[-1]:
+                inner, vec = sch.split(inner, factors=[None, w_vec])
+            else:
+                vec, inner = inner, None
+            sch.vectorize(vec)
+            _parallel_outer(sch, list(loops[:-1]))
+            return sch
         n_tail = 1 if extents[-1] % lanes == 0 or len(loops) == 1 else 2
         tail = loops[-n_tail:]
         inner = sch.fuse(*tail) if len(tail) > 1 else tail[0]

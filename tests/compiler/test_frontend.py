@@ -319,3 +319,26 @@ def test_max_pool_with_ceil_mode_stays_with_tvm(rng):
     (y,), plan = build_and_run(model, {"x": x})
     np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
     assert not plan.max_pools
+
+
+@pytest.mark.parametrize("form", ["cube", "cube_swapped", "square", "square_used_twice"])
+def test_power_mean_is_one_reduction(rng, form):
+    """INSTA's E[x³] / E[x²] over H, W: one pass over x, not x³ written out and read back."""
+    axes = np.array([2, 3], np.int64)
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"], name="sq")]
+    if form == "cube":
+        nodes.append(helper.make_node("Mul", ["sq", "x"], ["p"], name="cube"))
+    elif form == "cube_swapped":
+        nodes.append(helper.make_node("Mul", ["x", "sq"], ["p"], name="cube"))
+    nodes.append(helper.make_node("ReduceMean", ["sq" if form.startswith("square") else "p", "axes"],
+                                  ["m"], name="mean", keepdims=1))
+    outputs = {"m": None}
+    if form == "square_used_twice":  # x*x is also an output: it must stay, no rewrite
+        outputs["sq"] = None
+    model = make_model(nodes, {"x": [2, 5, 6, 7]}, outputs, {"axes": axes})
+    x = rng.standard_normal((2, 5, 6, 7)).astype(np.float32)
+    outs, plan = build_and_run(model, {"x": x}, batch=2)
+    for got, ref in zip(outs, ort_run(model, {"x": x})):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    expect = {} if form == "square_used_twice" else {"mean": ("x", 2 if form == "square" else 3, True)}
+    assert plan.power_means == expect

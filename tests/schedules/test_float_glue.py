@@ -148,13 +148,24 @@ def test_row_reduction_builds_for_avx2(mcpu):
     tvm.compile(scheduled, target=tgt)
 
 
+def _assert_lanes_within_rows(text: str, w: int) -> None:
+    """Some loop is vectorised and no vector lane var is divided / taken modulo by W."""
+    import re
+
+    lanes = re.findall(r"for (\w+) in T\.vectorized", text)
+    assert lanes, text
+    for line in text.splitlines():
+        if f"// T.int64({w})" in line or f"% T.int64({w})" in line:
+            assert not any(re.search(rf"\b{v}\b", line) for v in lanes), line
+
+
 @pytest.mark.parametrize("shape", [(1, 6, 56, 56), (1, 4, 112, 112), (1, 40, 7, 7)])
 def test_mean_reads_whole_rows(shape):
     """No lane group straddles two rows: the read index has no ``// W`` (scalarised gathers)."""
     mod = _legalized(lambda x: R.mean(x, axis=[2, 3], keepdims=True), [shape])
     with TGT:
         text = "\n".join(f.script() for f in _prim_funcs(float_glue.schedule_pass()(mod)).values())
-    assert "T.vectorized(" in text and f"// T.int64({shape[-1]})" not in text, text
+    _assert_lanes_within_rows(text, shape[-1])
 
 
 def test_gemv_streams_weight_rows():
@@ -164,3 +175,13 @@ def test_gemv_streams_weight_rows():
         (text,) = [f.script() for f in _prim_funcs(float_glue.schedule_pass()(mod)).values()]
     assert "T.parallel(T.int64(2))" in text, text  # two 512-column tasks
     assert "T.grid(T.int64(64), T.int64(" in text, text  # k, then the column vectors
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 56, 56), (1, 4, 28, 28), (1, 4, 7, 7)])
+def test_elementwise_vectorises_within_rows(shape):
+    """H*W is not fused before vectorising when W is no multiple of the lanes: each vector stays
+    inside one row (no ``// W`` in the indices, which compiled to scalar gathers)."""
+    mod = _legalized(_bn_prelu_relax, [shape] + [(shape[1],)] * 5)
+    with TGT:
+        (text,) = [f.script() for f in _prim_funcs(float_glue.schedule_pass()(mod)).values()]
+    _assert_lanes_within_rows(text, shape[-1])
