@@ -35,6 +35,9 @@ class Epilogue:
     #: ("relu", None)
     post: list[tuple[str, object]] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)  # the ONNX nodes the kernel replaces
+    #: (DynamicSign output, threshold float32 [K]) for a constant-threshold sign of ``output``:
+    #: the kernel also writes the packed bits its binary consumers read (no bit-packing pass)
+    pack: tuple[str, np.ndarray] | None = None
 
     @property
     def post_kinds(self) -> tuple[str, ...]:

@@ -12,8 +12,14 @@ importer to convert those:
   ``call_tir``. A following per-output-channel constant ``Mul`` (the mean|W| scale) is folded
   into the kernel's output transform, so the popcount result never exists as a float tensor.
 
-Everything else (stem, BN, PReLU, pooling, LayerNorm, softmax, threshold generators) goes through
-TVM's own converters.
+* the float chain after a binary conv (BN, residual add, RPReLU's shifts and slope, ...) →
+  the conv kernel's epilogue (:mod:`bnncompile.epilogue`); its tail node emits the fused kernel.
+  When the chain's output feeds a DynamicSign with a constant threshold, the same kernel also
+  writes the packed bits that sign's binary consumers read (no separate bit-packing pass).
+* on CPUs: float Conv with constant weights → blocked float conv kernel; 2-D MaxPool → separable
+  max-pool kernel; ``ReduceMean`` over H, W of ``x*x`` / ``x*x*x`` (INSTA) → one reduction of x.
+
+Everything else (LayerNorm, softmax, threshold MLPs, ...) goes through TVM's own converters.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import onnx
 from .custom_ops import registry as custom_registry
 from .custom_ops.dynamic_sign import DOMAIN as DS_DOMAIN
 from .custom_ops.dynamic_sign import OP_TYPE as DS_OP
+from .custom_ops.dynamic_sign import is_dynamic_sign
 from .custom_ops.dynamic_sign import relax_convert as dynamic_sign_to_relax
 from .custom_ops.dynamic_sign import verify_node as verify_dynamic_sign
 from .epilogue import Epilogue, match_chain, value_shapes
@@ -245,6 +252,29 @@ def _plan_epilogues(plan: LoweringPlan, index: GraphIndex, shapes: dict, keep: s
         if epi is not None:
             plan.epilogues[epi.tail] = epi
             plan.fused_convs[name] = epi.tail
+            epi.pack = _packable_sign(plan, index, epi)
+
+
+def _packable_sign(plan: LoweringPlan, index: GraphIndex, epi: Epilogue):
+    """A DynamicSign of the chain's output whose bits only binary convs read, with a constant
+    per-channel threshold (ReActNet, Bi-Real) → (sign output, threshold [K]); DyBNN / INSTA
+    thresholds are pooled from the output itself, so the conv cannot know them yet."""
+    k = len(epi.scale)
+    for sign in index.consumers.get(epi.output, []):
+        if (not is_dynamic_sign(sign) or sign.input[0] != epi.output
+                or plan.sign_layout.get(sign.output[0]) != "nchw"):
+            continue
+        t = sign.input[1] if len(sign.input) > 1 and sign.input[1] else None
+        if t is None:
+            return sign.output[0], np.zeros(k, np.float32)
+        c = index.constant(t)
+        if c is None or c.dtype.kind != "f":
+            continue
+        if c.size == 1:
+            return sign.output[0], np.full(k, float(c.reshape(-1)[0]), np.float32)
+        if c.size == k and c.ndim in (3, 4) and c.shape[-3] == k:
+            return sign.output[0], c.reshape(-1).astype(np.float32)
+    return None
 
 
 def _hw_mean(index: GraphIndex, node: onnx.NodeProto) -> bool | None:
@@ -383,7 +413,9 @@ def _make_importer_class():
             return [int(s) for s in expr.ty.shape]
 
         def _call(self, prim_func, args, out_shape, out_dtype, *, layer=None, kind="bitpack",
-                  binary_macs=0, float_macs=0):
+                  binary_macs=0, float_macs=0, extra_outputs=()):
+            """Emit ``call_tir``; with ``extra_outputs`` [(shape, dtype)] the kernel writes those
+            after the main output and the result is [main, *extras]."""
             name = prim_func.attrs["global_symbol"]
             info = self._plan.kernels.setdefault(
                 name, {"layers": [], "kind": kind, "binary_macs": int(binary_macs),
@@ -398,7 +430,12 @@ def _make_importer_class():
                 prim_func = prim_func.with_attr("op_pattern", 8)
                 gv = self.bb.add_func(prim_func, name)
                 self._kernel_gvs[name] = gv
-            return self.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(out_shape, out_dtype)))
+            out_ty = relax.TensorType(out_shape, out_dtype)
+            if not extra_outputs:
+                return self.bb.emit(relax.call_tir(gv, args, out_ty=out_ty))
+            tys = [out_ty] + [relax.TensorType(shp, dt) for shp, dt in extra_outputs]
+            res = self.bb.emit(relax.call_tir(gv, args, out_ty=tys))
+            return [self.bb.emit(relax.TupleGetItem(res, i)) for i in range(len(tys))]
 
         def _sign_operand(self, sign_node):
             try:
@@ -472,8 +509,12 @@ def _make_importer_class():
                     post_args.append(self._nodes[payload])
                 elif payload is not None:
                     post_args.append(relax.const(payload))
+            pack = None
+            if epi.pack is not None:
+                sign_out, thr = epi.pack
+                pack = (sign_out, relax.const(thr.reshape(1, -1, 1, 1)))
             return self._emit_bconv(node, layer, epi.scale, epi.bias, epi.post_kinds, post_args,
-                                    fused=epi.nodes)
+                                    fused=epi.nodes, pack=pack)
 
         def _conv_out_shape(self, node, layer, xs):
             kernel, stride, pads, dil, _ = _conv_geometry(node, layer)
@@ -481,7 +522,9 @@ def _make_importer_class():
                     *(_conv_out(xs[2 + i], kernel[i], stride[i], pads[i], pads[i + 2], dil[i])
                       for i in range(2))]
 
-        def _emit_bconv(self, node, layer, scale, bias, post=(), post_args=(), fused=()):
+        def _emit_bconv(self, node, layer, scale, bias, post=(), post_args=(), fused=(), pack=None):
+            """``pack`` = (DynamicSign output, threshold [1, K, 1, 1]): the kernel also writes the
+            packed bits of its output for that sign's binary consumers."""
             from .schedules import packing
             from .schedules import registry as kernels
 
@@ -498,16 +541,24 @@ def _make_importer_class():
                         f"expected {out_shape} (graph value_info disagrees with the import)")
             pf = kernels.make_bconv2d(xs, layer.weight.shape, stride=stride, padding=pads,
                                       dilation=dil, pad_value=pad_value, with_scale=scale is not None,
-                                      with_bias=bias is not None, post=post, target=self._target)
+                                      with_bias=bias is not None, post=post,
+                                      pack_output=pack is not None, target=self._target)
             packed = self._pack(x, t, last_axis=False, key=layer.signs[0].output[0])
             args = [packed, relax.const(packing.pack_conv_weight(layer.weight))]
             if packing.needs_tap_popcount(pads, pad_value):
                 args.append(relax.const(packing.conv_tap_popcount(layer.weight)))
             args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
             args += list(post_args)
+            if pack is not None:
+                args.append(pack[1])
             dtype = "float32" if scale is not None else "int32"
             macs = int(np.prod(out_shape)) * int(np.prod(layer.weight.shape[1:]))
-            y = self._call(pf, args, out_shape, dtype, layer=node.name, kind="bconv2d", binary_macs=macs)
+            packed_shape = [out_shape[0], *out_shape[2:], (out_shape[1] + 63) // 64]
+            extra = [(packed_shape, "uint64")] if pack is not None else []
+            y = self._call(pf, args, out_shape, dtype, layer=node.name, kind="bconv2d", binary_macs=macs,
+                           extra_outputs=extra)
+            if pack is not None:
+                y, self._packs[(pack[0], False)] = y  # the sign's binary consumers read these
             if fused:
                 self._plan.kernels[pf.attrs["global_symbol"]].setdefault("fused", []).extend(fused)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))

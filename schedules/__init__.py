@@ -14,6 +14,7 @@ from .packing import (
 )
 from .registry import (
     SCHEDULES,
+    fconv2d_block,
     get_schedule,
     make_bbatch_matmul,
     make_bconv2d,
@@ -36,6 +37,7 @@ __all__ = [
     "make_bitpack_last",
     "make_fconv2d",
     "make_maxpool2d",
+    "fconv2d_block",
     "num_words",
     "pack_bits",
     "pack_conv_weight",

@@ -36,6 +36,8 @@ def schedule_bconv2d(sch: s_tir.Schedule) -> None:
     if has_block(sch, "bpad"):
         sch.compute_inline(sch.get_sblock("bpad"))  # the guarded load replaces the padded copy
     _reduction(sch, "bconv", "bconv_out", 3)
+    if has_block(sch, "bconv_pack"):
+        _bitpack(sch, "bconv_pack")
 
 
 def schedule_bdense(sch: s_tir.Schedule) -> None:

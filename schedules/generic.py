@@ -107,6 +107,41 @@ def schedule_bconv2d(sch: s_tir.Schedule) -> None:
         injective(sch, "bpad")
     injective(sch, "bconv_out")
     sch.decompose_reduction(conv, rh)
+    schedule_output_pack(sch)
+
+
+def schedule_output_pack(sch: s_tir.Schedule, row=None) -> None:
+    """``bconv_pack`` (make_bconv2d(pack_output=True)), if present: under ``row`` (the conv's
+    parallel (n, oh) loop) it packs the output row the task has just written, still in cache,
+    vectorised along w as make_bitpack is; without ``row`` it is a parallel pass of its own."""
+    if not has_block(sch, "bconv_pack"):
+        return
+    if row is None:
+        schedule_bitpack(sch, "bconv_pack")
+        return
+    blk = sch.get_sblock("bconv_pack")
+    out = next(r.source for r in sch.get(blk).reads if r.source.name == "bconv_out")
+    k = int(out.shape[1])  # the conv output [N, K, OH, OW]
+    if k > 64 and k % 64:
+        # the clamped channel index of a partial last word defeats reverse_compute_at's region
+        # analysis: pack in a pass of its own
+        schedule_bitpack(sch, "bconv_pack")
+        return
+    sch.reverse_compute_at(blk, row)
+    loops = sch.get_loops(blk)
+    inner = loops[[sch.get(lp).same_as(sch.get(row)) for lp in loops].index(True) + 1:]
+    w, *cw, b = inner  # (w, [cw], b): a unit cw loop (K <= 64) is dropped
+    wf = pick_factor(extent(sch, w), (16, 8))
+    if wf >= 8:
+        wo, wi = sch.split(w, factors=[None, wf]) if wf < extent(sch, w) else (None, w)
+        sch.reorder(*([wo] if wo is not None else []), *cw, b, wi)
+        wb = sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(wb, cw[0] if cw else (wo if wo is not None else row))
+        sch.vectorize(wi)
+        wl = sch.get_loops(wb)[-1]
+        if extent(sch, wl) in (2, 4, 8, 16):
+            sch.vectorize(wl)
+    sch.decompose_reduction(blk, b)
 
 
 def _schedule_mm(sch: s_tir.Schedule, red_name: str, out_name: str, nvec: int = 8) -> None:
@@ -146,7 +181,11 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8) -> None:
     sch.reverse_compute_at(wb, wo)
     row = sch.fuse(n, kb, oh)
     sch.parallel(row)
-    sch.compute_at(sch.get_sblock("fpad"), row)
+    pad = sch.get_sblock("fpad")
+    if list(sch.get(pad).writes[0].source.shape) == list(sch.get(pad).reads[0].source.shape):
+        sch.compute_inline(pad)  # no padding (1x1 shortcuts): read the input, no per-task copy
+    else:
+        sch.compute_at(pad, row)
     sch.vectorize(ob)
     sch.unroll(wi)
     sch.vectorize(sch.get_loops(wb)[-1])

@@ -127,3 +127,13 @@ def maxpool2d_ref(x: np.ndarray, *, kernel, stride, padding) -> np.ndarray:
     pt, pl, pb, pr = padding
     xt = F.pad(torch.from_numpy(np.asarray(x, np.float32)), (pl, pr, pt, pb), value=float("-inf"))
     return F.max_pool2d(xt, kernel, stride).numpy()
+
+
+def fconv2d_ref(x: np.ndarray, w: np.ndarray, *, stride=1, padding=(0, 0, 0, 0), dilation=1,
+                bias: np.ndarray | None = None) -> np.ndarray:
+    """``F.conv2d`` in float64 (zero padding (top, left, bottom, right)), returned as float32."""
+    pt, pl, pb, pr = padding
+    xt = F.pad(torch.from_numpy(np.asarray(x, np.float64)), (pl, pr, pt, pb))
+    b = None if bias is None else torch.from_numpy(np.asarray(bias, np.float64))
+    out = F.conv2d(xt, torch.from_numpy(np.asarray(w, np.float64)), b, stride=stride, dilation=dilation)
+    return out.numpy().astype(np.float32)

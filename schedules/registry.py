@@ -142,7 +142,8 @@ _POST_TAG = {"residual": "r", "shift": "h", "mul": "m", "prelu": "p", "relu": "u
 def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int], *, stride=1,
                  padding=0, dilation=1, pad_value: str = "zero", with_scale: bool = False,
                  with_bias: bool = False, out_layout: str = "NCHW", post: Sequence[str] = (),
-                 target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                 pack_output: bool = False, target: TargetLike = None,
+                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binary conv2d on packed operands.
 
     ``data_shape_nchw`` = ``(N, C, H, W)`` of the float activation, ``weight_pm1_shape`` =
@@ -157,7 +158,10 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
       ``bias   float32[K]``            (only if with_bias)
       one parameter per ``post`` op (compute.POST_OPS): ``residual float32[<out shape>]``,
       ``shift`` / ``mul`` / ``prelu`` ``float32[K]``; ``relu`` takes none
+      ``threshold float32[1, K, 1, 1]`` (only if pack_output)
       ``out    int32[N, K, OH, OW]``  (float32 if with_scale or with_bias; NHWC if out_layout="NHWC")
+      ``packed uint64[N, OH, OW, ceil(K/64)]`` (only if pack_output: ``out >= threshold`` bits,
+                                      as make_bitpack packs them, for the next binary conv)
     """
     N, C, H, W = (int(v) for v in data_shape_nchw)
     K, C2, KH, KW = (int(v) for v in weight_pm1_shape)
@@ -185,12 +189,21 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
                           out_layout=out_layout, acc_dtype=_acc(target, schedule), tap_popcount=tpc,
                           post=post_ops)
     args = ([data, weight] + [a for a in (tpc, scale, bias) if a is not None]
-            + [p for _, p in post_ops if p is not None] + [out])
+            + [p for _, p in post_ops if p is not None])
+    if pack_output:
+        if out_layout != "NCHW" or not (with_scale or with_bias):
+            raise ValueError("pack_output needs a float NCHW output")
+        thr = te.placeholder((1, K, 1, 1), "float32", name="threshold")
+        # the same compute as make_bitpack, reading the conv's output: bit-identical words
+        args += [thr, out, compute.bitpack(out, thr, name="bconv_pack")]
+    else:
+        args.append(out)
     epi = ("s" if with_scale else "") + ("b" if with_bias else "")
     if post:
         epi += "_e" + "".join(_POST_TAG[k] for k in post)
     name = (f"bnn_bconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
-            f"_d{dl[0]}x{dl[1]}_{pad_value}{'_' + epi if epi else ''}_{out_layout.lower()}")
+            f"_d{dl[0]}x{dl[1]}_{pad_value}{'_' + epi if epi else ''}_{out_layout.lower()}"
+            f"{'_pk' if pack_output else ''}")
     return _finish(args, "bconv2d", name, target, schedule)
 
 

@@ -92,6 +92,7 @@ def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -
         sch.reorder(loops[-1], loops[-2])
     sch.vectorize(sch.get_loops(wb)[-1])
     sch.decompose_reduction(conv, rh)
+    generic.schedule_output_pack(sch, row)
 
 
 def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX_X86) -> None:
@@ -125,6 +126,7 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
     sch.unroll(rc)
     _copy_out(sch, wb, ko, nchw, border, wf, kf)
     sch.decompose_reduction(conv, rh)
+    generic.schedule_output_pack(sch, row)
 
 
 def _has_border(sch: s_tir.Schedule, out_block) -> bool:

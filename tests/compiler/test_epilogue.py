@@ -98,3 +98,40 @@ def test_broadcast_add_is_not_a_residual(rng):
     plan = _run(model, int_inputs(rng, (2, C, *HW)))
     (epi,) = plan.epilogues.values()
     assert "residual" not in epi.post_kinds and epi.output == "bn"
+
+
+def _two_convs(rng, threshold: str):
+    """sign → conv1 → BN → Add(x) → sign(t2) → conv2: conv1 can also write the bits conv2 reads.
+    ``threshold``: "const" (ReActNet), "pooled" (DyBNN-like: from the output's own mean)."""
+    inits = {"t": rng.integers(-1, 2, size=(1, C, 1, 1)).astype(np.float32),
+             "w1": pm1(rng, (C, C, 3, 3)), "w2": pm1(rng, (C, C, 3, 3)),
+             "g": rng.standard_normal(C).astype(np.float32), "b": rng.standard_normal(C).astype(np.float32),
+             "m": rng.standard_normal(C).astype(np.float32), "v": (rng.random(C) + 0.5).astype(np.float32),
+             "t2": rng.standard_normal((1, C, 1, 1)).astype(np.float32),
+             "axes": np.array([2, 3], np.int64)}
+    nodes = [ds("x", "t", "s", name="sign"),
+             helper.make_node("Conv", ["s", "w1"], ["y"], name="conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["bn"], name="bn"),
+             helper.make_node("Add", ["bn", "x"], ["h"], name="res")]
+    t2 = "t2"
+    if threshold == "pooled":
+        nodes.append(helper.make_node("ReduceMean", ["h", "axes"], ["t2p"], name="pool", keepdims=1))
+        t2 = "t2p"
+    nodes += [ds("h", t2, "s2", name="sign2"),
+              helper.make_node("Conv", ["s2", "w2"], ["out"], name="conv2", pads=[1, 1, 1, 1],
+                               kernel_shape=[3, 3])]
+    return make_model(nodes, {"x": [2, C, *HW]}, {"out": None}, inits)
+
+
+@pytest.mark.parametrize("threshold", ["const", "pooled"])
+def test_conv_writes_the_bits_of_the_next_sign(rng, threshold):
+    model = _two_convs(rng, threshold)
+    plan = _run(model, int_inputs(rng, (2, C, *HW)))
+    (epi,) = plan.epilogues.values()
+    packs = [k for k, v in plan.kernels.items() if v["kind"] == "bitpack"]
+    if threshold == "const":
+        assert epi.pack is not None and epi.pack[0] == "s2"
+        assert len(packs) == 1  # only the input's sign; conv2 reads conv1's packed output
+        assert any(k.endswith("_pk_x86") or "_pk" in k for k in plan.kernels)
+    else:  # the threshold needs the whole output first: packed in a pass of its own
+        assert epi.pack is None and len(packs) == 2

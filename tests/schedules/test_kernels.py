@@ -196,6 +196,40 @@ def test_bconv2d_post_ops(case, post, layout, sched, rng):
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
 
 
+PACK_CASES = [CONV_CASES[10], CONV_CASES[11], CONV_CASES[5], CONV_CASES[16], CONV_CASES[1],
+              (1, 16, 4, 56, 130, (3, 3), 1, (1, 1, 1, 1), 1)]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("case", PACK_CASES, ids=[_conv_id(c) for c in PACK_CASES])
+def test_bconv2d_packed_output(case, sched, rng):
+    """The conv also writes its output binarised and packed for the next binary conv: the words
+    must equal bitpack_ref of the float output it wrote (ties included)."""
+    import tvm
+
+    N, C, H, W, K, (KH, KW), s, p, d = case
+    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
+    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+    scale = np.round(rng.standard_normal(K) * 4).astype("float32") / 4
+    bias = np.round(rng.standard_normal(K) * 4).astype("float32") / 4
+    expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias,
+                             post=[("shift", bias), ("prelu", np.full(K, 0.25, np.float32))])
+    thr = rng.choice(expect.reshape(-1), K).astype("float32")  # thresholds hit output values
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
+                        with_bias=True, post=("shift", "prelu"), pack_output=True, target=HOST,
+                        schedule=sched)
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    if pk.needs_tap_popcount(p, "zero"):
+        args.append(pk.conv_tap_popcount(w))
+    args += [scale, bias, bias, np.full(K, 0.25, np.float32), thr.reshape(1, K, 1, 1)]
+    lib = tvm.compile(pf, target=tvm.target.Target(HOST)).jit()
+    out = tvm.runtime.empty(expect.shape, "float32")
+    words = tvm.runtime.empty((N, *expect.shape[2:], (K + 63) // 64), "uint64")
+    lib[str(pf.attrs["global_symbol"])](*[tvm.runtime.tensor(a) for a in args], out, words)
+    np.testing.assert_allclose(out.numpy(), expect, **FLOAT_TOL)
+    np.testing.assert_array_equal(words.numpy(), ref.bitpack_ref(out.numpy(), thr.reshape(1, K, 1, 1)))
+
+
 def test_bconv2d_post_ops_need_float_epilogue():
     with pytest.raises(ValueError, match="float epilogue"):
         S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), post=("relu",), target=HOST)
@@ -311,3 +345,27 @@ def test_maxpool2d(shape, k, s, p, sched, rng):
     pf = S.make_maxpool2d(shape, kernel=k, stride=s, padding=p, target=HOST, schedule=sched)
     got = run_primfunc(pf, [x], expect.shape, "float32")
     np.testing.assert_array_equal(got, expect)  # max is exact
+
+
+# ---------------------------------------------------------------- fconv2d (float stem / shortcuts)
+FCONV_CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3)),   # ResNet stem geometry
+               ((1, 3, 17, 16), 32, (3, 3), 2, (1, 1, 1, 1)),   # ReActNet-A stem geometry
+               ((2, 24, 7, 9), 40, (1, 1), 1, (0, 0, 0, 0)),    # shortcut 1x1, no pad (inlined)
+               ((1, 5, 8, 8), 3, (3, 2), 1, (0, 1, 2, 0))]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("shape,k,kernel,s,p", FCONV_CASES,
+                         ids=[f"{'x'.join(map(str, c[0]))}-k{c[1]}-{c[2][0]}x{c[2][1]}-s{c[3]}" for c in FCONV_CASES])
+def test_fconv2d(shape, k, kernel, s, p, with_bias, sched, rng):
+    x = rng.standard_normal(shape).astype("float32")
+    w = rng.standard_normal((k, shape[1], *kernel)).astype("float32")
+    bias = rng.standard_normal(k).astype("float32") if with_bias else None
+    expect = ref.fconv2d_ref(x, w, stride=s, padding=p, bias=bias)
+    pf = S.make_fconv2d(shape, w.shape, stride=s, padding=p, with_bias=with_bias, target=HOST,
+                        schedule=sched)
+    args = [x, pk.block_conv_weight(w, S.fconv2d_block(HOST))] + ([bias] if with_bias else [])
+    got = run_primfunc(pf, args, expect.shape, "float32")
+    # float32 accumulation in another order than the float64 reference
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
