@@ -1,0 +1,46 @@
+"""The measurement scripts in examples/ that rewrite graphs: their rewrites do what they say."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from bnncompile.exporter import export_zoo_model
+
+_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, _EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_dynamic_overhead_ablations(tmp_path):
+    abl = _load("dynamic_overhead")
+    export_zoo_model("dybnn_reactnet_18", tmp_path / "m.onnx", input_size=32)
+    full = onnx.load(tmp_path / "m.onnx")
+    ops = [n.op_type for n in full.graph.node]
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+
+    pools = abl.no_pools(onnx.load(tmp_path / "m.onnx"))
+    assert "ReduceMean" in ops and "ReduceMean" not in [n.op_type for n in pools.graph.node]
+    onnx.checker.check_model(pools)
+    assert np.isfinite(_run(pools, x)).all()
+
+    bypass = abl.no_dprelu(onnx.load(tmp_path / "m.onnx"))
+    subs = [n.name for n in bypass.graph.node if n.name.endswith("/Sub") and ".act" in n.name]
+    assert subs == [] and len(bypass.graph.node) < len(full.graph.node)
+    assert sum(n.op_type == "DynamicSign" for n in bypass.graph.node) == ops.count("DynamicSign")
+    onnx.checker.check_model(bypass)
+    assert np.isfinite(_run(bypass, x)).all()
