@@ -197,8 +197,8 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8) -> None:
 
 def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     """Rows of (n, c, oh) in parallel; per row, the KH-row max into a local row buffer
-    (vectorised along w), then the strided KW-column max, left to LLVM's loop vectoriser (it
-    turns the stride-2 reads into shuffles; TVM's vectorize would scalarise them)."""
+    (vectorised along w, contiguous), then the strided KW-column max as a plain loop for LLVM
+    (64@112, 3x3 s2: 0.54 ms as TVM's fused pool with inlined padding -> ~0.2 ms)."""
     pool = sch.get_sblock("pool")
     n, c, oh, ow = sch.get_loops(pool)
     row = sch.fuse(n, c, oh)
