@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .graph import GraphIndex
+from .graph import GraphIndex, per_channel
 
 
 @dataclass
@@ -65,14 +65,8 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
 def _channel_vec(index: GraphIndex, name: str, k: int) -> np.ndarray | None:
     """A constant broadcasting along NCHW's channel axis only (``[1,K,1,1]``, ``[K,1,1]``,
     a scalar) → float64 ``[K]``; None otherwise (a 1-D ``[K]`` broadcasts along W, not C)."""
-    c = index.constant(name)
-    if c is None or c.dtype.kind != "f":
-        return None
-    if c.size == 1 and c.ndim <= 4:
-        return np.full(k, float(c.reshape(-1)[0]), np.float64)
-    if c.size == k and c.ndim in (3, 4) and c.shape[-3] == k:
-        return c.reshape(-1).astype(np.float64)
-    return None
+    vec = per_channel(index.constant(name), k, 3, max_ndim=4)
+    return None if vec is None else vec.astype(np.float64)
 
 
 def _other(node: onnx.NodeProto, cur: str) -> str | None:

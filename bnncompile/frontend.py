@@ -37,7 +37,7 @@ from .custom_ops.dynamic_sign import relax_convert as dynamic_sign_to_relax
 from .custom_ops.dynamic_sign import verify_node as verify_dynamic_sign
 from .epilogue import Epilogue, match_chain, value_shapes
 from .errors import UnsupportedModelError, node_label
-from .graph import BinaryLayer, GraphIndex, find_binary_layers
+from .graph import BinaryLayer, GraphIndex, find_binary_layers, per_channel
 
 MANGLE = "bnncompile::"
 OP_SIGN = MANGLE + "DynamicSign"
@@ -115,17 +115,6 @@ def _unique_names(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def _per_channel(vec: np.ndarray | None, channels: int, axis_from_end: int) -> np.ndarray | None:
-    """A constant that only varies along one channel axis → the [channels] vector, else None."""
-    if vec is None or vec.dtype.kind != "f":
-        return None
-    if vec.size == 1:
-        return np.full(channels, float(vec.reshape(-1)[0]), np.float32)
-    if vec.size != channels or vec.ndim < axis_from_end or vec.shape[-axis_from_end] != channels:
-        return None
-    return vec.reshape(-1).astype(np.float32)
-
-
 def _is_plain_float_conv(index: GraphIndex, node: onnx.NodeProto) -> bool:
     """2-D, groups=1, explicit pads, constant weight (and bias): our blocked kernel handles it."""
     if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
@@ -170,10 +159,10 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
         const = index.constant(other)
         if layer.kind == "conv":
             k = layer.weight.shape[0]
-            vec = _per_channel(const, k, 3) if const is not None and const.ndim in (0, 1, 3, 4) else None
+            vec = per_channel(const, k, 3, max_ndim=4)
         elif layer.kind == "dense":
             k = _dense_weight(layer).shape[0]
-            vec = _per_channel(const, k, 1)
+            vec = per_channel(const, k, 1)
         else:
             vec = const.reshape(-1)[:1].astype(np.float32) if const is not None and const.size == 1 else None
         if vec is not None:
@@ -244,9 +233,10 @@ def _plan_epilogues(plan: LoweringPlan, index: GraphIndex, shapes: dict, keep: s
         if layer.kind != "conv":
             continue
         k = layer.weight.shape[0]
-        folded = plan.folded_scale.get(name)
-        start = next(n for n in index.model.graph.node if n.name == folded[1]).output[0] \
-            if folded is not None else layer.node.output[0]
+        # a folded scale Mul is the conv output's only consumer: the chain starts after it
+        start = layer.node.output[0]
+        if name in plan.folded_scale:
+            start = index.consumers[start][0].output[0]
         scale, bias = _conv_scale_bias(plan, index, layer.node, k)
         epi = match_chain(index, layer.node, start, k, scale, bias, shapes=shapes, keep=keep)
         if epi is not None:
@@ -267,13 +257,9 @@ def _packable_sign(plan: LoweringPlan, index: GraphIndex, epi: Epilogue):
         t = sign.input[1] if len(sign.input) > 1 and sign.input[1] else None
         if t is None:
             return sign.output[0], np.zeros(k, np.float32)
-        c = index.constant(t)
-        if c is None or c.dtype.kind != "f":
-            continue
-        if c.size == 1:
-            return sign.output[0], np.full(k, float(c.reshape(-1)[0]), np.float32)
-        if c.size == k and c.ndim in (3, 4) and c.shape[-3] == k:
-            return sign.output[0], c.reshape(-1).astype(np.float32)
+        thr = per_channel(index.constant(t), k, 3, max_ndim=4)
+        if thr is not None:
+            return sign.output[0], thr
     return None
 
 
@@ -639,7 +625,7 @@ def _make_importer_class():
                     raise UnsupportedModelError(f"node {node_label(node)}: Gemm alpha/beta != 1")
                 if len(node.input) > 2 and node.input[2]:
                     c = self._index.constant(node.input[2])
-                    bias = _per_channel(c, w.shape[0], 1)
+                    bias = per_channel(c, w.shape[0], 1)
                     if bias is None:
                         raise UnsupportedModelError(f"node {node_label(node)}: Gemm C must be a per-output constant")
             scale, bias = _scale_bias(self._plan, node.name, w.shape[0], bias)

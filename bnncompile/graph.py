@@ -57,6 +57,20 @@ class GraphIndex:
         return node if node is not None and is_dynamic_sign(node) else None
 
 
+def per_channel(vec: np.ndarray | None, channels: int, axis_from_end: int,
+                max_ndim: int | None = None) -> np.ndarray | None:
+    """A float constant that varies only along one channel axis (``axis_from_end`` counted from
+    the last; 3 = C of NCHW) or is a scalar → that ``[channels]`` vector (float32), else None.
+    ``max_ndim``: reject constants of higher rank (they would broadcast the result up a rank)."""
+    if vec is None or vec.dtype.kind != "f" or (max_ndim is not None and vec.ndim > max_ndim):
+        return None
+    if vec.size == 1:
+        return np.full(channels, float(vec.reshape(-1)[0]), np.float32)
+    if vec.size != channels or vec.ndim < axis_from_end or vec.shape[-axis_from_end] != channels:
+        return None
+    return vec.reshape(-1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class BinaryLayer:
     """A Conv / Gemm / MatMul proven binary from the graph."""

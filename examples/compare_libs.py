@@ -19,6 +19,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import numpy as np
 
+from bnncompile.errors import BnncompileError
 from bnncompile.runtime import load
 
 
@@ -28,7 +29,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--number", type=int, default=10)
     args = ap.parse_args()
-    runners = [load(p) for p in args.libs]
+    try:
+        runners = [load(p) for p in args.libs]
+    except BnncompileError as exc:  # missing / truncated library or sidecar: say which
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     shapes = {tuple(r.inputs[0]["shape"]) for r in runners}
     if len(shapes) != 1:
         print(f"the libraries take different inputs: {sorted(shapes)}", file=sys.stderr)

@@ -31,6 +31,7 @@ from onnx import helper, numpy_helper
 
 from bnncompile import zoo
 from bnncompile.compiler import compile_model
+from bnncompile.errors import BnncompileError
 from bnncompile.exporter import export_zoo_model
 from bnncompile.runtime import load
 
@@ -84,7 +85,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--number", type=int, default=10)
     args = ap.parse_args()
-    spec = zoo.get_spec(args.model)
+    try:
+        spec = zoo.get_spec(args.model)
+    except BnncompileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not spec.is_dynamic:
         print(f"{args.model} has static thresholds; pick a dynamic model", file=sys.stderr)
         return 2
