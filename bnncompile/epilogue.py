@@ -38,6 +38,12 @@ class Epilogue:
     #: (DynamicSign output, threshold float32 [K]) for a constant-threshold sign of ``output``:
     #: the kernel also writes the packed bits its binary consumers read (no bit-packing pass)
     pack: tuple[str, np.ndarray] | None = None
+    #: sibling convs merged into this kernel (:func:`merge_concat`): their names after ``conv``,
+    #: the concatenated ±1 weight ``[sum K, C, KH, KW]``, and the shortcut's channel count when
+    #: every part adds the same residual (output channel k then reads its channel k % R)
+    siblings: tuple[str, ...] = ()
+    weight: np.ndarray | None = None
+    residual_channels: int | None = None
 
     @property
     def post_kinds(self) -> tuple[str, ...]:
@@ -142,20 +148,14 @@ def _prelu_pattern(index: GraphIndex, cur: str, cons, k: int):
     return "prelu", slope, [ge.name, mul.name, where.name], where.output[0]
 
 
-def match_chain(index: GraphIndex, conv: onnx.NodeProto, start: str, k: int,
-                scale: np.ndarray | None, bias: np.ndarray | None, *, shapes: dict,
-                keep: set[str]) -> Epilogue | None:
-    """The fusable chain after ``start`` (the conv's output, or its folded scale Mul's), given
-    the kernel's own ``acc * scale + bias``; None if nothing after ``start`` fuses.  Tensors in
-    ``keep`` (graph outputs, debug outputs) end the chain: they must stay materialised."""
-    s = np.ones(k, np.float64) if scale is None else scale.astype(np.float64)
-    b = np.zeros(k, np.float64) if bias is None else bias.astype(np.float64)
-    post: list[tuple[str, object]] = []
-    nodes: list[str] = []
-    cur, tail = start, None
+def _walk(index: GraphIndex, cur: str, k: int, s: np.ndarray, b: np.ndarray, post: list,
+          shapes: dict, keep: set[str], *, residuals: bool = True):
+    """Extend a chain from ``cur``: per-channel affine steps fold into ``s``/``b`` while ``post``
+    is empty, the rest append to ``post``.  → (s, b, post, nodes, last tensor, tail node)."""
+    post, nodes, tail = list(post), [], None
     while cur not in keep:
         step = _step(index, cur, k, shapes)
-        if step is None:
+        if step is None or (step[0] == "residual" and not residuals):
             break
         kind, payload, step_nodes, cur = step
         if not post and kind in ("affine", "shift", "mul"):
@@ -169,8 +169,73 @@ def match_chain(index: GraphIndex, conv: onnx.NodeProto, start: str, k: int,
             post.append((kind, payload.astype(np.float32) if isinstance(payload, np.ndarray) else payload))
         nodes += step_nodes
         tail = step_nodes[-1]
+    return s, b, post, nodes, cur, tail
+
+
+def _finish(conv: str, s, b, had_bias: bool, **fields) -> Epilogue:
+    no_bias = not had_bias and not np.any(b)
+    return Epilogue(conv=conv, scale=s.astype(np.float32),
+                    bias=None if no_bias else b.astype(np.float32), **fields)
+
+
+def match_chain(index: GraphIndex, conv: onnx.NodeProto, start: str, k: int,
+                scale: np.ndarray | None, bias: np.ndarray | None, *, shapes: dict,
+                keep: set[str]) -> Epilogue | None:
+    """The fusable chain after ``start`` (the conv's output, or its folded scale Mul's), given
+    the kernel's own ``acc * scale + bias``; None if nothing after ``start`` fuses.  Tensors in
+    ``keep`` (graph outputs, debug outputs) end the chain: they must stay materialised."""
+    s = np.ones(k, np.float64) if scale is None else scale.astype(np.float64)
+    b = np.zeros(k, np.float64) if bias is None else bias.astype(np.float64)
+    s, b, post, nodes, out, tail = _walk(index, start, k, s, b, [], shapes, keep)
     if tail is None:
         return None
-    no_bias = bias is None and not np.any(b)
-    return Epilogue(conv=conv.name, tail=tail, output=cur, scale=s.astype(np.float32),
-                    bias=None if no_bias else b.astype(np.float32), post=post, nodes=nodes)
+    return _finish(conv.name, s, b, bias is not None, tail=tail, output=out, post=post, nodes=nodes)
+
+
+def _conv_signature(layer) -> tuple:
+    """What two binary convs must share to run as one kernel with stacked output channels."""
+    attrs = tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in layer.node.attribute))
+    pad = None if layer.pad_node is None else layer.pad_node.name
+    return layer.signs[0].output[0], pad, layer.pad_value, layer.pads, attrs, layer.weight.shape[1:]
+
+
+def merge_concat(index: GraphIndex, concat: onnx.NodeProto, parts: list[Epilogue], layers: list,
+                 *, shapes: dict, keep: set[str]) -> Epilogue | None:
+    """``Concat(axis=1)`` of fused binary-conv chains that read the same packed input with the
+    same geometry and end alike — ReActNet-A's downsampling ``cat[BN(conv_a(x)) + s,
+    BN(conv_b(x)) + s]`` — as one conv with the output channels stacked: one pass over the input
+    bits instead of one per part, no concatenation copy, and the chain after the Concat (the
+    block's RPReLU, the next sign's packing) continues in the same epilogue.  None if the parts
+    differ in anything but their per-channel constants."""
+    axis = _attr(concat, "axis", None)
+    if (concat.domain not in ("", "ai.onnx") or axis not in (1, -3) or concat.output[0] in keep
+            or len(parts) < 2 or list(concat.input) != [p.output for p in parts]
+            or len(set(concat.input)) != len(parts)):
+        return None
+    if len({_conv_signature(layer) for layer in layers}) != 1:
+        return None
+    if any(p.pack is not None or p.output in keep
+           or [c.name for c in index.consumers.get(p.output, [])] != [concat.name] for p in parts):
+        return None
+    if len({tuple((kind, v if isinstance(v, str) else None) for kind, v in p.post) for p in parts}) != 1:
+        return None  # same post-op kinds, and the same residual tensor in every part
+    ks = [len(p.scale) for p in parts]
+    residual = next((v for kind, v in parts[0].post if kind == "residual"), None)
+    if residual is not None and (len(set(ks)) != 1 or shapes.get(residual, (None, None))[1] != ks[0]):
+        return None
+    post = []
+    for i, (kind, v) in enumerate(parts[0].post):
+        post.append((kind, v if v is None or isinstance(v, str)
+                     else np.concatenate([p.post[i][1] for p in parts]).astype(np.float32)))
+    s = np.concatenate([p.scale for p in parts]).astype(np.float64)
+    b = np.concatenate([np.zeros(len(p.scale)) if p.bias is None else p.bias for p in parts]).astype(np.float64)
+    k = int(sum(ks))
+    # a residual after the Concat would need the full K channels: the chain stops before it
+    s, b, post, nodes, out, tail = _walk(index, concat.output[0], k, s, b, post, shapes, keep,
+                                         residuals=residual is None)
+    return _finish(parts[0].conv, s, b, any(p.bias is not None for p in parts),
+                   tail=tail or concat.name, output=out, post=post,
+                   nodes=[n for p in parts for n in p.nodes] + [concat.name] + nodes,
+                   siblings=tuple(p.conv for p in parts[1:]),
+                   weight=np.concatenate([layer.weight for layer in layers]),
+                   residual_channels=None if residual is None else ks[0])

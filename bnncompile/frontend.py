@@ -24,6 +24,7 @@ Everything else (LayerNorm, softmax, threshold MLPs, ...) goes through TVM's own
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +36,7 @@ from .custom_ops.dynamic_sign import OP_TYPE as DS_OP
 from .custom_ops.dynamic_sign import is_dynamic_sign
 from .custom_ops.dynamic_sign import relax_convert as dynamic_sign_to_relax
 from .custom_ops.dynamic_sign import verify_node as verify_dynamic_sign
-from .epilogue import Epilogue, match_chain, value_shapes
+from .epilogue import Epilogue, match_chain, merge_concat, value_shapes
 from .errors import UnsupportedModelError, node_label
 from .graph import BinaryLayer, GraphIndex, find_binary_layers, per_channel
 
@@ -243,6 +244,22 @@ def _plan_epilogues(plan: LoweringPlan, index: GraphIndex, shapes: dict, keep: s
             plan.epilogues[epi.tail] = epi
             plan.fused_convs[name] = epi.tail
             epi.pack = _packable_sign(plan, index, epi)
+    by_output = {epi.output: epi for epi in plan.epilogues.values()}
+    for node in index.model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        parts = [by_output.get(name) for name in node.input]
+        if len(parts) < 2 or any(p is None for p in parts):
+            continue
+        merged = merge_concat(index, node, parts, [plan.binary[p.conv] for p in parts],
+                              shapes=shapes, keep=keep)
+        if merged is None:
+            continue
+        for part in parts:
+            del plan.epilogues[part.tail]
+            plan.fused_convs[part.conv] = merged.tail
+        plan.epilogues[merged.tail] = merged
+        merged.pack = _packable_sign(plan, index, merged)
 
 
 def _packable_sign(plan: LoweringPlan, index: GraphIndex, epi: Epilogue):
@@ -489,6 +506,8 @@ def _make_importer_class():
             epi = self._plan.epilogues[tail.name]
             node = self._bnn_nodes[epi.conv]
             layer = self._plan.binary[epi.conv]
+            if epi.weight is not None:  # sibling convs under a Concat, output channels stacked
+                layer = dataclasses.replace(layer, weight=epi.weight)
             post_args = []
             for kind, payload in epi.post:
                 if kind == "residual":
@@ -500,7 +519,8 @@ def _make_importer_class():
                 sign_out, thr = epi.pack
                 pack = (sign_out, relax.const(thr.reshape(1, -1, 1, 1)))
             return self._emit_bconv(node, layer, epi.scale, epi.bias, epi.post_kinds, post_args,
-                                    fused=epi.nodes, pack=pack)
+                                    fused=epi.nodes, pack=pack, residual_channels=epi.residual_channels,
+                                    siblings=epi.siblings)
 
         def _conv_out_shape(self, node, layer, xs):
             kernel, stride, pads, dil, _ = _conv_geometry(node, layer)
@@ -508,9 +528,12 @@ def _make_importer_class():
                     *(_conv_out(xs[2 + i], kernel[i], stride[i], pads[i], pads[i + 2], dil[i])
                       for i in range(2))]
 
-        def _emit_bconv(self, node, layer, scale, bias, post=(), post_args=(), fused=(), pack=None):
+        def _emit_bconv(self, node, layer, scale, bias, post=(), post_args=(), fused=(), pack=None,
+                        residual_channels=None, siblings=()):
             """``pack`` = (DynamicSign output, threshold [1, K, 1, 1]): the kernel also writes the
-            packed bits of its output for that sign's binary consumers."""
+            packed bits of its output for that sign's binary consumers.  ``residual_channels``,
+            ``siblings``: the shared shortcut's channel count and the other conv nodes when sibling
+            convs under a Concat run as this one kernel (epilogue.merge_concat)."""
             from .schedules import packing
             from .schedules import registry as kernels
 
@@ -520,15 +543,19 @@ def _make_importer_class():
                 raise UnsupportedModelError(f"node {node_label(node)}: binary conv needs NCHW input, got {xs}")
             _, stride, pads, dil, pad_value = _conv_geometry(node, layer)
             out_shape = self._conv_out_shape(node, layer, xs)
+            res_shape = list(out_shape)
+            if residual_channels is not None:
+                res_shape[1] = residual_channels
             for kind, arg in zip([k for k in post if k != "relu"], post_args):
-                if kind == "residual" and self._shape_of(arg) != out_shape:
+                if kind == "residual" and self._shape_of(arg) != res_shape:
                     raise UnsupportedModelError(
                         f"node {node_label(node)}: fused residual has shape {self._shape_of(arg)}, "
-                        f"expected {out_shape} (graph value_info disagrees with the import)")
+                        f"expected {res_shape} (graph value_info disagrees with the import)")
             pf = kernels.make_bconv2d(xs, layer.weight.shape, stride=stride, padding=pads,
                                       dilation=dil, pad_value=pad_value, with_scale=scale is not None,
                                       with_bias=bias is not None, post=post,
-                                      pack_output=pack is not None, target=self._target)
+                                      pack_output=pack is not None,
+                                      residual_channels=residual_channels, target=self._target)
             packed = self._pack(x, t, last_axis=False, key=layer.signs[0].output[0])
             args = [packed, relax.const(packing.pack_conv_weight(layer.weight))]
             if packing.needs_tap_popcount(pads, pad_value):
@@ -545,8 +572,10 @@ def _make_importer_class():
                            extra_outputs=extra)
             if pack is not None:
                 y, self._packs[(pack[0], False)] = y  # the sign's binary consumers read these
+            info = self._plan.kernels[str(pf.attrs["global_symbol"])]
+            info["layers"].extend(siblings)
             if fused:
-                self._plan.kernels[pf.attrs["global_symbol"]].setdefault("fused", []).extend(fused)
+                info.setdefault("fused", []).extend(fused)
             return y if dtype == "float32" else self.bb.emit(relax.op.astype(y, "float32"))
 
         def _float_conv(self, node, inputs):

@@ -200,14 +200,22 @@ def _epilogue(acc_int, k, scale, bias):
 POST_OPS = ("residual", "shift", "mul", "prelu", "relu")
 
 
-def _post_epilogue(v, post, out_index, k):
+def _post_epilogue(v, post, out_index, k, channel_axis: int, channels: int):
     """Apply ``post`` = [(kind, tensor or None)] to the float ``v`` of output element ``out_index``
-    (channel ``k``).  "residual" reads a tensor of the output's shape and layout, "shift" / "mul" /
-    "prelu" a float32 ``[K]`` vector; "prelu" is ONNX's ``Where(v >= 0, v, slope * v)``."""
+    (channel ``k`` at ``out_index[channel_axis]``).  "residual" reads a tensor of the output's
+    layout whose channel count R divides K, at channel ``k % R`` (R = K: the output's own shape;
+    R < K: the shortcut every part of a channel Concat of sibling convs adds); "shift" / "mul" /
+    "prelu" read a float32 ``[K]`` vector; "prelu" is ONNX's ``Where(v >= 0, v, slope * v)``."""
     zero = tirx.const(0.0, "float32")
     for kind, p in post:
         if kind == "residual":
-            v = v + p[out_index]
+            r = int(p.shape[channel_axis])
+            if r <= 0 or channels % r:
+                raise ValueError(f"residual with {r} channels does not tile {channels} output channels")
+            idx = list(out_index)
+            if r != channels:
+                idx[channel_axis] = tirx.floormod(k, r)  # a power of two in ReActNet-A: an AND
+            v = v + p[tuple(idx)]
         elif kind == "shift":
             v = v + p[k]
         elif kind == "mul":
@@ -281,7 +289,8 @@ def bconv2d(
     post : [(kind, tensor)], optional
         Float ops after scale/bias (needs scale or bias), see :data:`POST_OPS`: the BN / residual /
         RPReLU tail of a block runs in the copy-out of the register tile instead of as a separate
-        pass over the activation.  A "residual" tensor has the output's shape and layout.
+        pass over the activation.  A "residual" tensor has the output's layout and shape, except
+        that its channel count may be any divisor R of K: channel k then adds its channel k % R.
 
     Returns
     -------
@@ -385,7 +394,7 @@ def bconv2d(
         # (it is scalarised), int32 -> float32 is one vcvtdq2ps.  |v| <= KH*KW*C fits easily.
         v = _epilogue(v.astype("int32") if acc_dtype != "int32" else v, k, scale, bias)
         idx = (n, k, oh, ow) if out_layout == "NCHW" else (n, oh, ow, k)
-        return _post_epilogue(v, post, idx, k)
+        return _post_epilogue(v, post, idx, k, 1 if out_layout == "NCHW" else 3, K)
 
     def value(n, oh, ow, k):
         full = tirx.const(KH * KW * C, acc_dtype) - 2 * acc[n, oh, ow, k]

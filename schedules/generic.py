@@ -168,18 +168,24 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:
     _schedule_mm(sch, "bbmm", "bbmm_out")
 
 
-def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8) -> None:
-    """Float blocked conv: a tile of ``WI`` output pixels x ``OB`` (SIMD lanes) output channels
-    accumulated in registers; reductions outside the tile; rows in parallel, each task padding
-    only the input rows it reads; the NCHW un-blocking runs as a parallel loop afterwards."""
+def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> None:
+    """Float blocked conv: a register tile of ``WI`` output pixels x ``KBI`` blocks of ``OB``
+    (SIMD lanes) output channels; per tap, ``KBI`` weight vectors and ``WI`` broadcast inputs
+    feed ``WI*KBI`` FMAs (one block per tile loaded the input once per FMA).  Reductions
+    outside the tile; rows in parallel, each task padding only the input rows it reads; the
+    finished tile is stored straight to NCHW, vectorised along ow (a separate un-blocking pass
+    re-read the whole output).  Measured 1 thread, AVX-512, 7x7 s2 3->64 @224: 1.98 ms as
+    8 px x 1 block + un-blocking pass, 1.54 ms as 8 px x 2 blocks stored in the tile."""
     conv = sch.get_sblock("fconv")
     n, kb, oh, ow, ob, rc, rh, rw = sch.get_loops(conv)
+    kbf = largest_divisor(extent(sch, kb), kb_max)
     wf = largest_divisor(extent(sch, ow), wi_max)
+    kbo, kbi = sch.split(kb, factors=[None, kbf])
     wo, wi = sch.split(ow, factors=[None, wf])
-    sch.reorder(n, kb, oh, wo, rc, rh, rw, wi, ob)
+    sch.reorder(n, oh, kbo, wo, rc, rh, rw, wi, kbi, ob)
     wb = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(wb, wo)
-    row = sch.fuse(n, kb, oh)
+    row = sch.fuse(n, oh)
     sch.parallel(row)
     pad = sch.get_sblock("fpad")
     if list(sch.get(pad).writes[0].source.shape) == list(sch.get(pad).reads[0].source.shape):
@@ -187,11 +193,13 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8) -> None:
     else:
         sch.compute_at(pad, row)
     sch.vectorize(ob)
+    sch.unroll(kbi)
     sch.unroll(wi)
-    sch.vectorize(sch.get_loops(wb)[-1])
+    # the NCHW output (+ bias) reads the register tile directly
+    sch.compute_inline(wb)
     out = sch.get_sblock("fconv_out")
-    on, ok, ooh, oow = sch.get_loops(out)
-    sch.parallel(sch.fuse(on, ok))
+    sch.reverse_compute_at(out, wo)
+    sch.vectorize(sch.get_loops(out)[-1])
     sch.decompose_reduction(conv, rc)
 
 

@@ -67,7 +67,8 @@ def bconv2d_ref(
 ) -> np.ndarray:
     """``F.conv2d`` of +-1 NCHW ``x`` and OIHW ``w``; padding (top, left, bottom, right) filled
     with 0 ("zero") or +1 ("one") via ``F.pad``.  int32, or float32 with scale/bias, then the
-    ``post`` ops [(kind, array)] in float32 (a "residual" array is given in ``out_layout``)."""
+    ``post`` ops [(kind, array)] in float32 (a "residual" array is given in ``out_layout``; with
+    fewer channels than the output it repeats along C, as a Concat of sibling convs adds it)."""
     if isinstance(padding, int):
         padding = (padding,) * 4
     if len(padding) == 2:
@@ -90,8 +91,9 @@ def _post_ref(v: np.ndarray, post, axis: int) -> np.ndarray:
     shape[axis] = -1
     for kind, p in post:
         vec = None if kind in ("residual", "relu") else np.asarray(p, np.float32).reshape(shape)
-        if kind == "residual":
-            v = v + np.asarray(p, np.float32)
+        if kind == "residual":  # a shortcut of R | K channels repeats along the channel axis
+            p = np.asarray(p, np.float32)
+            v = v + np.concatenate([p] * (v.shape[axis] // p.shape[axis]), axis=axis)
         elif kind == "shift":
             v = v + vec
         elif kind == "mul":

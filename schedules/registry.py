@@ -142,8 +142,8 @@ _POST_TAG = {"residual": "r", "shift": "h", "mul": "m", "prelu": "p", "relu": "u
 def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int], *, stride=1,
                  padding=0, dilation=1, pad_value: str = "zero", with_scale: bool = False,
                  with_bias: bool = False, out_layout: str = "NCHW", post: Sequence[str] = (),
-                 pack_output: bool = False, target: TargetLike = None,
-                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                 pack_output: bool = False, residual_channels: int | None = None,
+                 target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
     """Binary conv2d on packed operands.
 
     ``data_shape_nchw`` = ``(N, C, H, W)`` of the float activation, ``weight_pm1_shape`` =
@@ -156,7 +156,9 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
                                       packing.needs_tap_popcount(padding, pad_value))
       ``scale  float32[K]``            (only if with_scale)
       ``bias   float32[K]``            (only if with_bias)
-      one parameter per ``post`` op (compute.POST_OPS): ``residual float32[<out shape>]``,
+      one parameter per ``post`` op (compute.POST_OPS): ``residual float32[<out shape>]`` (with
+                                      ``residual_channels`` R < K channels instead of K: output
+                                      channel k adds channel k % R, see compute.bconv2d),
       ``shift`` / ``mul`` / ``prelu`` ``float32[K]``; ``relu`` takes none
       ``threshold float32[1, K, 1, 1]`` (only if pack_output)
       ``out    int32[N, K, OH, OW]``  (float32 if with_scale or with_bias; NHWC if out_layout="NHWC")
@@ -177,12 +179,15 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
     OH = compute.conv_out_size(H, KH, st[0], pd[0], pd[2], dl[0])
     OW = compute.conv_out_size(W, KW, st[1], pd[1], pd[3], dl[1])
-    out_shape = (N, K, OH, OW) if out_layout == "NCHW" else (N, OH, OW, K)
+    rc = K if residual_channels is None else int(residual_channels)
+    if rc <= 0 or K % rc:
+        raise ValueError(f"residual_channels {residual_channels} must divide the {K} output channels")
+    res_shape = (N, rc, OH, OW) if out_layout == "NCHW" else (N, OH, OW, rc)
     post_ops = []
     for i, kind in enumerate(post):
         if kind not in compute.POST_OPS:
             raise ValueError(f"unknown post-op {kind!r}; expected one of {compute.POST_OPS}")
-        shape = out_shape if kind == "residual" else (K,)
+        shape = res_shape if kind == "residual" else (K,)
         post_ops.append((kind, None if kind == "relu" else te.placeholder(shape, "float32", name=f"{kind}{i}")))
     out = compute.bconv2d(data, weight, in_channels=C, kernel=(KH, KW), stride=st, padding=pd,
                           dilation=dl, pad_value=pad_value, scale=scale, bias=bias,
@@ -201,6 +206,8 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
     epi = ("s" if with_scale else "") + ("b" if with_bias else "")
     if post:
         epi += "_e" + "".join(_POST_TAG[k] for k in post)
+        if rc != K and "residual" in post:
+            epi += f"x{K // rc}"  # the residual tiles the channels K // rc times
     name = (f"bnn_bconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
             f"_d{dl[0]}x{dl[1]}_{pad_value}{'_' + epi if epi else ''}_{out_layout.lower()}"
             f"{'_pk' if pack_output else ''}")

@@ -135,3 +135,60 @@ def test_conv_writes_the_bits_of_the_next_sign(rng, threshold):
         assert any(k.endswith("_pk_x86") or "_pk" in k for k in plan.kernels)
     else:  # the threshold needs the whole output first: packed in a pass of its own
         assert epi.pack is None and len(packs) == 2
+
+
+def _downsample(rng, *, same_geometry: bool = True, extra_use: bool = False):
+    """ReActNet-A's downsampling tail: ``cat[BN1(conv_a(s)) + x, BN2(conv_b(s)) + x] → RPReLU →
+    sign``; each conv has C outputs, the Concat 2C."""
+    inits = {"t": rng.integers(-1, 2, size=(1, C, 1, 1)).astype(np.float32),
+             "wa": pm1(rng, (C, C, 1, 1)), "wb": pm1(rng, (C, C, 1, 1)),
+             "sh1": rng.standard_normal((1, 2 * C, 1, 1)).astype(np.float32),
+             "sl": (rng.random((1, 2 * C, 1, 1)) * 0.5).astype(np.float32),
+             "t2": rng.standard_normal((1, 2 * C, 1, 1)).astype(np.float32),
+             "w2": pm1(rng, (C, 2 * C, 3, 3))}
+    for p in ("a", "b"):
+        inits.update({f"g{p}": rng.standard_normal(C).astype(np.float32),
+                      f"b{p}": rng.standard_normal(C).astype(np.float32),
+                      f"m{p}": rng.standard_normal(C).astype(np.float32),
+                      f"v{p}": (rng.random(C) + 0.5).astype(np.float32)})
+    kb = {"kernel_shape": [1, 1]} if same_geometry else {"kernel_shape": [1, 1], "strides": [1, 1],
+                                                          "dilations": [1, 1], "pads": [0, 0, 0, 0]}
+    nodes = [ds("x", "t", "s", name="sign"),
+             helper.make_node("Conv", ["s", "wa"], ["ya"], name="conv_a", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["s", "wb"], ["yb"], name="conv_b", **kb)]
+    for p in ("a", "b"):
+        nodes += [helper.make_node("BatchNormalization", [f"y{p}", f"g{p}", f"b{p}", f"m{p}", f"v{p}"],
+                                   [f"bn{p}"], name=f"bn_{p}"),
+                  helper.make_node("Add", [f"bn{p}", "x"], [f"r{p}"], name=f"res_{p}")]
+    nodes += [helper.make_node("Concat", ["ra", "rb"], ["cat"], name="cat", axis=1),
+              helper.make_node("Add", ["cat", "sh1"], ["p0"], name="shift1"),
+              helper.make_node("PRelu", ["p0", "sl"], ["h"], name="prelu"),
+              ds("h", "t2", "s2", name="sign2"),
+              helper.make_node("Conv", ["s2", "w2"], ["out"], name="conv2", pads=[1, 1, 1, 1],
+                               kernel_shape=[3, 3])]
+    outputs = {"out": None}
+    if extra_use:
+        outputs["ra"] = None
+    return make_model(nodes, {"x": [2, C, *HW]}, outputs, inits)
+
+
+def test_sibling_convs_under_a_concat_run_as_one(rng):
+    plan = _run(_downsample(rng), int_inputs(rng, (2, C, *HW)))
+    epi = plan.epilogues["prelu"]
+    assert (epi.conv, epi.siblings, epi.residual_channels) == ("conv_a", ("conv_b",), C)
+    assert epi.weight.shape == (2 * C, C, 1, 1) and epi.post_kinds == ("residual", "shift", "prelu")
+    assert epi.pack is not None and epi.pack[0] == "s2"  # and it writes the next conv's bits
+    assert plan.fused_convs == {"conv_a": "prelu", "conv_b": "prelu"}  # conv2's output is the graph's
+    (sym,) = [k for k in plan.kernels if "_k16x1x1_" in k]
+    assert "_erhpx2_" in sym and plan.kernels[sym]["layers"] == ["conv_a", "conv_b"]
+    assert not any(k.startswith("concatenate") for k in plan.kernels)
+
+
+def test_concat_parts_that_differ_are_not_merged(rng):
+    # conv_b's attributes are spelled out: the convs compute the same but their nodes differ,
+    # and merging only ever compares what the graph says
+    plan = _run(_downsample(rng, same_geometry=False), int_inputs(rng, (2, C, *HW)))
+    assert {"res_a", "res_b"} <= set(plan.epilogues) and "prelu" not in plan.epilogues
+    # a part that is also a graph output must stay: its chain and the Concat stay separate
+    plan = _run(_downsample(rng, extra_use=True), int_inputs(rng, (2, C, *HW)))
+    assert "prelu" not in plan.epilogues

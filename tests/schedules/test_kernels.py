@@ -196,6 +196,45 @@ def test_bconv2d_post_ops(case, post, layout, sched, rng):
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
 
 
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", POST_CASES[:3], ids=[_conv_id(c) for c in POST_CASES[:3]])
+def test_bconv2d_tiled_residual(case, layout, sched, rng):
+    """Two sibling convs under a channel Concat run as one conv of 2K channels whose shortcut
+    (K channels) is added to both halves: output channel k reads residual channel k % K."""
+    N, C, H, W, K, (KH, KW), s, p, d = case
+    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
+    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+    scale = rng.standard_normal(K).astype("float32")
+    bias = rng.standard_normal(K).astype("float32")
+    full = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, out_layout=layout).shape
+    axis = 1 if layout == "NCHW" else 3
+    res_shape = list(full)
+    res_shape[axis] = K // 2
+    res = (rng.standard_normal(res_shape) * 8).astype("float32")
+    slope = rng.standard_normal(K).astype("float32")
+    halves = [ref.bconv2d_ref(x, w[h * K // 2:(h + 1) * K // 2], stride=s, padding=p, dilation=d,
+                              scale=scale[h * K // 2:(h + 1) * K // 2],
+                              bias=bias[h * K // 2:(h + 1) * K // 2], out_layout=layout,
+                              post=[("residual", res)]) for h in range(2)]
+    expect = ref._post_ref(np.concatenate(halves, axis=axis), [("prelu", slope)], axis)
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
+                        with_bias=True, out_layout=layout, post=("residual", "prelu"),
+                        residual_channels=K // 2, target=HOST, schedule=sched)
+    assert "_erpx2_" in str(pf.attrs["global_symbol"])
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    if pk.needs_tap_popcount(p, "zero"):
+        args.append(pk.conv_tap_popcount(w))
+    got = run_primfunc(pf, [*args, scale, bias, res, slope], expect.shape, "float32")
+    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+
+
+def test_bconv2d_residual_channels_must_divide():
+    with pytest.raises(ValueError, match="must divide"):
+        S.make_bconv2d((1, 64, 8, 8), (12, 64, 1, 1), with_scale=True, post=("residual",),
+                       residual_channels=5, target=HOST)
+
+
 PACK_CASES = [CONV_CASES[10], CONV_CASES[11], CONV_CASES[5], CONV_CASES[16], CONV_CASES[1],
               (1, 16, 4, 56, 130, (3, 3), 1, (1, 1, 1, 1), 1)]
 
@@ -351,7 +390,8 @@ def test_maxpool2d(shape, k, s, p, sched, rng):
 FCONV_CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3)),   # ResNet stem geometry
                ((1, 3, 17, 16), 32, (3, 3), 2, (1, 1, 1, 1)),   # ReActNet-A stem geometry
                ((2, 24, 7, 9), 40, (1, 1), 1, (0, 0, 0, 0)),    # shortcut 1x1, no pad (inlined)
-               ((1, 5, 8, 8), 3, (3, 2), 1, (0, 1, 2, 0))]
+               ((1, 5, 8, 8), 3, (3, 2), 1, (0, 1, 2, 0)),
+               ((1, 4, 9, 10), 24, (3, 3), 1, (1, 1, 1, 1))]    # 2 blocks per tile, K padded
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
