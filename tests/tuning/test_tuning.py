@@ -230,3 +230,39 @@ def test_tuned_integer_kernels_bit_exact(tmp_path):
             out = tvm.runtime.empty(ref.shape, "int32", dev)
             lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in args], out)
             np.testing.assert_array_equal(out.numpy(), ref, err_msg=w.symbol)
+
+
+def test_fused_prelu_conv_tunes_and_replays(tmp_path):
+    """A conv with ReActNet's fused epilogue (residual, RPReLU; the PReLU binds its input with a
+    Let, which MetaSchedule's flop estimator cannot count) tunes like any other kernel, and the
+    best record replays to the reference output."""
+    import tvm
+    from bnncompile.schedules import packing, reference, registry, tuning
+    from tvm import s_tir
+
+    from bnncompile.tune import tune_workloads
+
+    tgt = _host()
+    post = ("residual", "shift", "prelu", "shift")
+    with tuning.collect_workloads() as seen:
+        registry.make_bconv2d((1, 64, 6, 8), (16, 64, 3, 3), padding=1, with_scale=True,
+                              with_bias=True, post=post, target=tgt)
+    (w,) = seen.values()
+    res = tune_workloads([w], trials=2, db_dir=tmp_path / "db", build_timeout_s=60)
+    assert res.trials_run == 2
+    rng = np.random.default_rng(4)
+    x = np.where(rng.random((1, 64, 6, 8)) < 0.5, -1.0, 1.0).astype(np.float32)
+    wt = np.where(rng.random((16, 64, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+    vec = [rng.standard_normal(16).astype(np.float32) for _ in range(5)]
+    res_in = rng.standard_normal((1, 16, 6, 8)).astype(np.float32)
+    expect = reference.bconv2d_ref(x, wt, padding=1, scale=vec[0], bias=vec[1],
+                                   post=[("residual", res_in), ("shift", vec[2]),
+                                         ("prelu", vec[3]), ("shift", vec[4])])
+    args = [reference.bitpack_ref(x, 0.0), packing.pack_conv_weight(wt),
+            packing.conv_tap_popcount(wt), vec[0], vec[1], res_in, vec[2], vec[3], vec[4]]
+    sch, rec = tuning.lookup_schedule(tuning.open_database(tmp_path / "db"), w.mod, tgt)
+    assert rec is not None
+    lib = tvm.compile(sch.mod, target=tgt).jit()
+    out = tvm.runtime.empty(expect.shape, "float32")
+    lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args], out)
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-5, atol=1e-4)
