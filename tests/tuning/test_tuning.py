@@ -238,7 +238,6 @@ def test_fused_prelu_conv_tunes_and_replays(tmp_path):
     best record replays to the reference output."""
     import tvm
     from bnncompile.schedules import packing, reference, registry, tuning
-    from tvm import s_tir
 
     from bnncompile.tune import tune_workloads
 
