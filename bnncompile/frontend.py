@@ -488,6 +488,15 @@ def _make_importer_class():
             if last_axis:
                 pf = kernels.make_bitpack_last(xs, ts, self._target)
                 out = [*xs[:-1], (xs[-1] + 63) // 64]
+            elif len(xs) == 4 and ([1] * (4 - len(ts)) + ts)[2:] == [1, 1]:
+                # A threshold constant over H, W: pack the [N, C, 1, H*W] view (free reshapes on
+                # both sides).  One row of H*W vectorises where a row of W does not (14, 28):
+                # 512x14x14 45 -> 13 us, 256x28x28 69 -> 13 us (1 thread, AVX-512).
+                n, c, h, w = xs
+                flat = self.bb.emit(relax.op.reshape(x, [n, c, 1, h * w]))
+                pf = kernels.make_bitpack([n, c, 1, h * w], ts, self._target)
+                words = self._call(pf, [flat, t], [n, 1, h * w, (c + 63) // 64], "uint64")
+                return self.bb.emit(relax.op.reshape(words, [n, h, w, (c + 63) // 64]))
             else:
                 pf = kernels.make_bitpack(xs, ts, self._target)
                 out = [xs[0], xs[2], xs[3], (xs[1] + 63) // 64]

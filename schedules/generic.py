@@ -66,18 +66,24 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
         sch.parallel(sch.fuse(n, h))
         sch.decompose_reduction(blk, b)
         return
-    wf = pick_factor(extent(sch, w), (vec, 8))
-    if wf >= 8 and wf < extent(sch, w):
-        wo, wi = sch.split(w, factors=[None, wf])
-        sch.reorder(n, h, wo, cw, b, wi)
-    else:
-        wo, wi = None, w
-        sch.reorder(n, h, cw, b, w)
+    ext = extent(sch, w)
+    wf = pick_factor(ext, (vec, 8, 4))
+    if wf < 4 and ext > 64:
+        # a long row no vector width divides (a 9x9 map packed as one row of 81): pixel by pixel
+        # (a vector of the whole row would spill; unit chunks hit the write-back bug above)
+        sch.parallel(sch.fuse(n, h, w))
+        sch.decompose_reduction(blk, b)
+        return
+    if wf < 4:
+        wf = ext  # one odd-width vector (7x7 = 49 as one row: 16 us vs 20 us as rows of 7)
+    wo, wi = sch.split(w, factors=[None, wf])
+    sch.reorder(n, h, wo, cw, b, wi)
     wb = sch.cache_write(blk, 0, "local")
     sch.reverse_compute_at(wb, cw)
     row = sch.fuse(n, h)
     sch.parallel(row)
-    sch.vectorize(wi)
+    if wf > 1:
+        sch.vectorize(wi)
     wl = sch.get_loops(wb)[-1]
     if extent(sch, wl) in (2, 4, 8, 16):
         sch.vectorize(wl)

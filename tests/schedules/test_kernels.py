@@ -28,6 +28,11 @@ BITPACK_CASES = [  # (x_shape, t_shape)
     ((2, 70, 1, 9), (2, 70, 1, 1)),
     ((1, 200, 3, 17), (1, 200, 1, 1)),
     ((2, 32, 2, 16), (2, 32, 1, 1)),
+    # the frontend packs NCHW maps as one row [N, C, 1, H*W]: rows of 4-lane chunks (14x14),
+    # one odd vector (7x7), pixel by pixel past 64 odd lanes (9x9), several words per pixel
+    ((1, 130, 1, 196), (1, 130, 1, 1)),
+    ((2, 64, 1, 49), (2, 64, 1, 1)),
+    ((1, 65, 1, 81), (1, 65, 1, 1)),
 ]
 
 
