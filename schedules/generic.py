@@ -82,8 +82,7 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
     sch.reverse_compute_at(wb, cw)
     row = sch.fuse(n, h)
     sch.parallel(row)
-    if wf > 1:
-        sch.vectorize(wi)
+    sch.vectorize(wi)
     wl = sch.get_loops(wb)[-1]
     if extent(sch, wl) in (2, 4, 8, 16):
         sch.vectorize(wl)
