@@ -44,3 +44,9 @@ def test_dynamic_overhead_ablations(tmp_path):
     assert sum(n.op_type == "DynamicSign" for n in bypass.graph.node) == ops.count("DynamicSign")
     onnx.checker.check_model(bypass)
     assert np.isfinite(_run(bypass, x)).all()
+
+
+def test_tune_zoo_rejects_unknown_models(tmp_path, capsys):
+    # a typo must not start a half-hour tuning run over the rest of the list
+    assert _load("tune_zoo").main(["--db", str(tmp_path / "db"), "--models", "reactnet_a,nope"]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "db").exists()
