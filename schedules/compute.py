@@ -347,7 +347,7 @@ def bconv2d(
 
     # The epilogue's integer arithmetic (tap counts, border corrections) is int32 whatever the
     # accumulator: |KH*KW*C - 2*acc| fits, and 16 int32 lanes per vector instead of 8 int64 ones
-    # (with int64 the border corrections cost 38 % of a 64->64 @56 3x3 conv on AVX-512).
+    # (3x3 128->128 @28 with the fused tail: 0.217 -> 0.205 ms on AVX-512).
     zero = tirx.const(0, "int32")
     if zero_pad and tap_popcount is None:
         raise ValueError("pad_value='zero' with padding needs tap_popcount "
