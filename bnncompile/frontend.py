@@ -491,7 +491,7 @@ def _make_importer_class():
             elif len(xs) == 4 and ([1] * (4 - len(ts)) + ts)[2:] == [1, 1]:
                 # A threshold constant over H, W: pack the [N, C, 1, H*W] view (free reshapes on
                 # both sides).  One row of H*W vectorises where a row of W does not (14, 28):
-                # 512x14x14 45 -> 13 us, 256x28x28 69 -> 13 us (1 thread, AVX-512).
+                # 512x14x14 44 -> 13 us, 256x28x28 32 -> 13 us (examples/bench_micro.py bitpack).
                 n, c, h, w = xs
                 flat = self.bb.emit(relax.op.reshape(x, [n, c, 1, h * w]))
                 pf = kernels.make_bitpack([n, c, 1, h * w], ts, self._target)

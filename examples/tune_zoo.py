@@ -3,7 +3,7 @@
     python examples/tune_zoo.py --db /tmp/zoo_db --trials 4            # tune (resumable)
     python examples/tune_zoo.py --db /tmp/zoo_db --trials 4 --install  # ... and ship the records
 
-Every zoo model is exported at its default input size and imported exactly as ``compile`` does,
+Every zoo model is exported as ``bnncompile export`` writes it and imported as ``compile`` does,
 so the workloads are the kernels ``compile`` builds today (fused epilogues included); each distinct
 kernel is tuned once, with the hand schedule measured first as the baseline (``bnncompile tune``).
 ``--install`` packs the best records per workload into ``schedules/databases/<target tag>/``
@@ -19,12 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-import bnncompile
 from bnncompile import targets, zoo
-from bnncompile.data import real_images
+from bnncompile.exporter import export_zoo_model
 from bnncompile.tune import tune_model
 
 
@@ -44,10 +42,8 @@ def main(argv=None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         for name in tqdm(names, desc="zoo", unit="model", file=sys.stderr):
-            spec = zoo.get_spec(name)
-            x = torch.from_numpy(real_images(1, spec.input_size, channels=spec.in_channels, seed=0))
             path = Path(tmp) / f"{name}.onnx"
-            bnncompile.export(zoo.build(name), x, path, write_golden=False)
+            export_zoo_model(name, path)  # as `bnncompile export NAME` writes it
             res = tune_model(path, target="host", trials=args.trials, db_dir=args.db)
             tqdm.write(f"{name}: {len(res.workloads)} kernels, {res.trials_run} new trials, "
                        f"{res.seconds:.0f} s", file=sys.stderr)

@@ -50,3 +50,8 @@ def test_tune_zoo_rejects_unknown_models(tmp_path, capsys):
     # a typo must not start a half-hour tuning run over the rest of the list
     assert _load("tune_zoo").main(["--db", str(tmp_path / "db"), "--models", "reactnet_a,nope"]) == 2
     assert "nope" in capsys.readouterr().err and not (tmp_path / "db").exists()
+
+
+def test_bench_micro_rejects_unknown_sections(capsys):
+    assert _load("bench_micro").main(["peak", "fconvs"]) == 2
+    assert "fconvs" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""Micro-benchmarks behind the kernel-level figures of docs/benchmarks.md (1 thread).
+
+    TVM_NUM_THREADS=1 python examples/bench_micro.py            # all four sections
+    TVM_NUM_THREADS=1 python examples/bench_micro.py peak fconv # some of them
+
+* ``peak``: the core's clock (``bench``'s dependent-imul chain) and its FP32 FMA peak (32
+  independent zmm/ymm FMA chains) -- the rooflines the docs compare against;
+* ``fconv``: the float stem / shortcut convs (bnncompile's kernel vs ``F.conv2d``);
+* ``bitpack``: packing a sign with a per-channel threshold, on the NCHW map and on the
+  ``[N, C, 1, H*W]`` view the frontend uses;
+* ``epilogue``: a binary 3x3 conv bare (zero padding), with one-padding (no border correction),
+  and with ReActNet's fused tail (residual, RPReLU) and the packed second output.
+
+Every kernel is checked against ``schedules/reference.py`` before it is timed (medians of
+``time_evaluator`` repeats); machine noise applies as for every figure in the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import numpy as np
+import torch
+import tvm
+
+import schedules as S
+from bnncompile import bench, targets
+from schedules import packing as pk
+from schedules import reference as ref
+
+SECTIONS = ("peak", "fconv", "bitpack", "epilogue")
+
+
+def _median_ms(lib, sym, args) -> float:
+    return float(np.median(lib.time_evaluator(sym, tvm.cpu(), number=20, repeat=9)(*args).results)) * 1e3
+
+
+def _build(pf, tgt):
+    return tvm.compile(pf, target=tgt).jit(), str(pf.attrs["global_symbol"])
+
+
+def peak(tgt) -> None:
+    from tvm.script import tirx as T
+
+    ghz, how = bench.cpu_ghz()
+    lanes = 16 if "avx512f" in targets.cpu_flags() else 8
+    width = 32 * lanes  # 32 independent vector chains: enough to cover the FMA latency
+
+    @T.prim_func
+    def fma(a: T.Buffer((width,), "float32"), n: T.int32):
+        T.func_attr({"global_symbol": "fma", "tirx.noalias": True})
+        acc = T.alloc_buffer((width,), "float32", scope="local")
+        for j in T.vectorized(width):
+            acc[j] = a[j]
+        for i in range(n):  # noqa: B007 (a TVMScript loop)
+            for j in T.vectorized(width):
+                acc[j] = acc[j] * T.float32(0.999) + T.float32(0.001)
+        for j in T.vectorized(width):
+            a[j] = acc[j]
+
+    f = tvm.compile(fma, target=tgt).jit()["fma"]
+    buf = tvm.runtime.tensor(np.ones(width, np.float32))
+    n = 1_000_000
+    f(buf, n // 10)
+    best = min(_timed(f, buf, n) for _ in range(5))
+    print(f"clock {ghz:.2f} GHz {how}; FP32 FMA peak {width * n / best / 1e9:.1f} G MAC/s "
+          f"({lanes}-lane vectors, 32 chains)")
+
+
+def _timed(f, *args) -> float:
+    t0 = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t0
+
+
+def fconv(tgt) -> None:
+    print("float conv                     bnncompile ms  G MAC/s   torch ms")
+    cases = [("ResNet stem 7x7 s2 3->64 @224", (1, 3, 224, 224), (64, 3, 7, 7), 2, 3),
+             ("ReActNet-A stem 3x3 s2 3->32", (1, 3, 224, 224), (32, 3, 3, 3), 2, 1),
+             ("shortcut 1x1 64->128 @28", (1, 64, 28, 28), (128, 64, 1, 1), 1, 0),
+             ("shortcut 1x1 256->512 @7", (1, 256, 7, 7), (512, 256, 1, 1), 1, 0)]
+    rng = np.random.default_rng(0)
+    for name, xs, ws, s, p in cases:
+        x, w = rng.standard_normal(xs).astype("float32"), rng.standard_normal(ws).astype("float32")
+        b = rng.standard_normal(ws[0]).astype("float32")
+        expect = ref.fconv2d_ref(x, w, stride=s, padding=(p,) * 4, bias=b)
+        lib, sym = _build(S.make_fconv2d(xs, ws, stride=s, padding=p, with_bias=True, target=tgt), tgt)
+        args = [tvm.runtime.tensor(a) for a in (x, pk.block_conv_weight(w, S.fconv2d_block(tgt)), b)]
+        out = tvm.runtime.empty(expect.shape, "float32")
+        lib[sym](*args, out)
+        np.testing.assert_allclose(out.numpy(), expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+        ms = _median_ms(lib, sym, [*args, out])
+        tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+        torch_ms = 1e3 * min(_timed(torch.nn.functional.conv2d, tx, tw, tb, s, p) for _ in range(9))
+        print(f"{name:30s} {ms:13.3f} {expect.size * np.prod(ws[1:]) / ms / 1e6:8.1f} {torch_ms:10.3f}")
+
+
+def bitpack(tgt) -> None:
+    print("bitpack (per-channel threshold)   NCHW map us   [N,C,1,H*W] view us")
+    rng = np.random.default_rng(0)
+    for c, hw in ((512, 14), (256, 28), (128, 56), (64, 112), (1024, 7)):
+        x = rng.standard_normal((1, c, hw, hw)).astype("float32")
+        t = rng.standard_normal((1, c, 1, 1)).astype("float32")
+        expect = ref.bitpack_ref(x, t)
+        times = []
+        for shape in ((1, c, hw, hw), (1, c, 1, hw * hw)):
+            lib, sym = _build(S.make_bitpack(shape, t.shape, tgt), tgt)
+            out = tvm.runtime.empty((1, shape[2], shape[3], (c + 63) // 64), "uint64")
+            args = [tvm.runtime.tensor(x.reshape(shape)), tvm.runtime.tensor(t), out]
+            lib[sym](*args)
+            np.testing.assert_array_equal(out.numpy().reshape(expect.shape), expect)
+            times.append(_median_ms(lib, sym, args) * 1e3)
+        print(f"{c}x{hw}x{hw}{'':22s} {times[0]:10.1f} {times[1]:18.1f}")
+
+
+def epilogue(tgt) -> None:
+    print("binary 3x3 conv                      bare (zero pad)   one-padding   fused tail + pack   ms")
+    rng = np.random.default_rng(0)
+    post = ("residual", "shift", "prelu", "shift")
+    for c, hw in ((64, 56), (128, 28), (256, 14)):
+        x = np.sign(rng.standard_normal((1, c, hw, hw))).astype("float32")
+        w = np.sign(rng.standard_normal((c, c, 3, 3))).astype("float32")
+        vec = [rng.standard_normal(c).astype("float32") for _ in range(5)]
+        res = rng.standard_normal((1, c, hw, hw)).astype("float32")
+        row = []
+        for pad_value, ops in (("zero", ()), ("one", ()), ("zero", post)):
+            pack = bool(ops)
+            pf = S.make_bconv2d(x.shape, w.shape, padding=1, pad_value=pad_value, with_scale=True,
+                                with_bias=True, post=ops, pack_output=pack, target=tgt)
+            lib, sym = _build(pf, tgt)
+            post_ref = list(zip(ops, [res, vec[2], vec[3], vec[4]]))
+            expect = ref.bconv2d_ref(x, w, padding=1, pad_value=pad_value, scale=vec[0], bias=vec[1],
+                                     post=post_ref)
+            args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+            if pk.needs_tap_popcount((1,) * 4, pad_value):
+                args.append(pk.conv_tap_popcount(w))
+            args += [vec[0], vec[1]] + ([res, vec[2], vec[3], vec[4], np.zeros((1, c, 1, 1), "float32")]
+                                        if pack else [])
+            args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+            outs = [tvm.runtime.empty(expect.shape, "float32")]
+            if pack:
+                outs.append(tvm.runtime.empty((1, hw, hw, (c + 63) // 64), "uint64"))
+            lib[sym](*args, *outs)
+            np.testing.assert_allclose(outs[0].numpy(), expect, rtol=1e-5, atol=1e-3)
+            row.append(_median_ms(lib, sym, [*args, *outs]))
+        print(f"{c}->{c} @{hw}{'':26s} {row[0]:12.3f} {row[1]:13.3f} {row[2]:19.3f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    args = ap.parse_args(argv)
+    bad = [s for s in args.sections if s not in SECTIONS]
+    if bad:
+        print(f"bench_micro: unknown section(s) {', '.join(bad)}; expected {', '.join(SECTIONS)}",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    tgt = targets.tvm_target(targets.resolve("host"))
+    print(f"target {tgt}; TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}")
+    for name in args.sections or SECTIONS:
+        globals()[name](tgt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
