@@ -567,8 +567,9 @@ def _make_importer_class():
                                       residual_channels=residual_channels, target=self._target)
             packed = self._pack(x, t, last_axis=False, key=layer.signs[0].output[0])
             args = [packed, relax.const(packing.pack_conv_weight(layer.weight))]
-            if packing.needs_tap_popcount(pads, pad_value):
-                args.append(relax.const(packing.conv_tap_popcount(layer.weight)))
+            if packing.needs_border_table(pads, pad_value):
+                args.append(relax.const(packing.conv_border_table(
+                    layer.weight, xs[2:], stride=stride, padding=pads, dilation=dil)))
             args += [relax.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
             args += list(post_args)
             if pack is not None:

@@ -1,7 +1,7 @@
 """Micro-benchmark of the binary conv kernels (bconv2d) on the ReActNet-A / ReActNet-18 layer shapes.
 
 One thread for both TVM and torch.  For every shape: the bconv2d PrimFunc exactly as the frontend
-builds it (zero padding with tap_popcount, fused float scale + bias, NCHW float32 output), checked
+builds it (zero padding with its border table, fused float scale + bias, NCHW float32 output), checked
 once against the numpy reference, then timed in interleaved rounds together with fp32
 ``torch.nn.functional.conv2d`` of the same layer.  Prints the median of the rounds, G binary-MAC/s
 (bMAC = one 1-bit multiply-accumulate, = the MACs of the float conv) and the torch/bconv ratio.
@@ -96,8 +96,8 @@ class Case:
         self.sym = str(pf.attrs["global_symbol"])
         self.lib = tvm.compile(pf, target=tvm.target.Target(target)).jit()
         args = [pk.pack_bits(self.x, axis=1), pk.pack_conv_weight(self.w)]
-        if pk.needs_tap_popcount(pads, "zero"):
-            args.append(pk.conv_tap_popcount(self.w))
+        if pk.needs_border_table(pads, "zero"):
+            args.append(pk.conv_border_table(self.w, (H, H), stride=s, padding=pads))
         args += [scale, bias]
         OH = (H + 2 * self.pad - k) // s + 1
         self.out_shape = (1, K, OH, OH)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from tvm import te, tirx
 
+from .packing import border_row_classes
+
 WORD = 64
 _U64 = "uint64"
 
@@ -231,15 +233,6 @@ def _post_epilogue(v, post, out_index, k, channel_axis: int, channels: int):
     return v
 
 
-def _interior_range(size: int, out: int, k: int, stride: int, pad_lo: int, dil: int) -> tuple:
-    """``[lo, hi)``: output positions whose ``k`` taps ``o*stride - pad_lo + r*dil`` all lie in
-    ``[0, size)`` (empty, lo >= hi, if there are none)."""
-    lo = max(0, -(-pad_lo // stride))  # o*stride >= pad_lo
-    last = size - 1 + pad_lo - (k - 1) * dil  # o*stride <= last
-    hi = min(out, last // stride + 1) if last >= 0 else 0
-    return lo, hi
-
-
 def bconv2d(
     data: te.Tensor,
     weight: te.Tensor,
@@ -254,7 +247,7 @@ def bconv2d(
     bias: te.Tensor | None = None,
     out_layout: str = "NCHW",
     acc_dtype: str = "int64",
-    tap_popcount: te.Tensor | None = None,
+    border_table: te.Tensor | None = None,
     post: Sequence[tuple[str, te.Tensor | None]] = (),
 ) -> te.Tensor:
     """Bipolar XNOR-popcount 2-D convolution (groups = 1).
@@ -273,19 +266,21 @@ def bconv2d(
     padding : int, (ph, pw) or (top, left, bottom, right)
     pad_value : "zero" | "one"
         "zero" reproduces ``F.conv2d`` of the +-1 tensors with zero padding exactly: padded
-        words are 0, the epilogue subtracts the weight popcounts of the out-of-image taps
-        (``tap_popcount``) and uses the per-position number of valid taps.  "one": padded pixels are +1 on every channel
-        (LCE ``pad_values=1``), realised as padded words holding the valid-channel mask.
+        words are 0 and the epilogue reads the per-position correction from ``border_table``.
+        "one": padded pixels are +1 on every channel (LCE ``pad_values=1``), realised as padded
+        words holding the valid-channel mask.
     scale, bias : te.Tensor, optional
         float32 ``[K]``.  If either is given the output is float32
         ``float32(acc) * scale[k] + bias[k]`` (fused, no float accumulator tensor).
     out_layout : "NCHW" | "NHWC"
     acc_dtype : str
         Accumulator dtype of the popcount reduction.
-    tap_popcount : te.Tensor, optional
-        int32 ``[KH, KW, K]``: number of +1 weights per tap and output channel
-        (:func:`schedules.packing.conv_tap_popcount`).  Required iff pad_value="zero" and the
-        padding is non-zero.
+    border_table : te.Tensor, optional
+        int32 ``[classes, K, OW]`` for NCHW output, ``[classes, OW, K]`` for NHWC (the output's
+        axis order, so the table is read along the output's contiguous axis):
+        :func:`schedules.packing.conv_border_table` of the weights, ``KH*KW*C`` minus the
+        correction for the out-of-image taps of each row class and column.  Required iff
+        pad_value="zero" and the padding is non-zero.
     post : [(kind, tensor)], optional
         Float ops after scale/bias (needs scale or bias), see :data:`POST_OPS`: the BN / residual /
         RPReLU tail of a block runs in the copy-out of the register tile instead of as a separate
@@ -337,21 +332,12 @@ def bconv2d(
     rw = te.reduce_axis((0, KW), name="rw")
     rc = te.reduce_axis((0, CW), name="rc")
 
-    def valid_h(oh, r):
-        y = oh * sh + r * dh
-        return tirx.all(y >= pt, y < pt + H)
-
-    def valid_w(ow, r):
-        x = ow * sw + r * dw
-        return tirx.all(x >= pl, x < pl + W)
-
-    # The epilogue's integer arithmetic (tap counts, border corrections) is int32 whatever the
-    # accumulator: |KH*KW*C - 2*acc| fits, and 16 int32 lanes per vector instead of 8 int64 ones
-    # (3x3 128->128 @28 with the fused tail: 0.217 -> 0.205 ms on AVX-512).
-    zero = tirx.const(0, "int32")
-    if zero_pad and tap_popcount is None:
-        raise ValueError("pad_value='zero' with padding needs tap_popcount "
-                         "(packing.conv_tap_popcount of the weights)")
+    # The epilogue's integer arithmetic is int32 whatever the accumulator: |KH*KW*C - 2*acc|
+    # fits, and 16 int32 lanes per vector instead of 8 int64 ones (3x3 128->128 @28 with the
+    # fused tail: 0.217 -> 0.205 ms on AVX-512).
+    if zero_pad and border_table is None:
+        raise ValueError("pad_value='zero' with padding needs border_table "
+                         "(packing.conv_border_table of the weights)")
 
     def conv_body(n, oh, ow, k):
         pc = tirx.popcount(src[n, oh * sh + rh * dh, ow * sw + rw * dw, rc] ^ weight[rh, rw, rc, k])
@@ -361,33 +347,35 @@ def bconv2d(
     acc = te.compute((N, OH, OW, K), conv_body, name="bconv",
                      attrs={"schedule_rule": "bnn_bconv2d", "bnn_cw": CW, "bnn_sw": sw})
 
-    # Zero padding: padded words are 0, so an out-of-image tap (r, s) added popcount(w[r, s, :, k])
-    # = tap_popcount[r, s, k] to acc and C to the tap count although a zero-padded pixel must
-    # contribute nothing; removing it changes KH*KW*C - 2*acc by -D[r, s, k], D = C - 2*tpc.
-    # Done in the epilogue (a select per tap in the hot loop cost ~40% on Zen 3).  tap_popcount is
-    # a parameter, not an intermediate block: reverse_compute_inline/reverse_compute_at of the
-    # epilogue refuse a second intermediate producer.
-    def tap_invalid(size, out, stride, pad_lo, dil, r):
+    # Zero padding: padded words are 0, so an out-of-image tap added popcount(w[r, s, :, k]) to
+    # acc although a zero-padded pixel contributes nothing.  The correction, folded with
+    # KH*KW*C, is one table load per output (packing.conv_border_table): per-tap selects in the
+    # hot loop cost ~40% on Zen 3, and per-tap selects in the epilogue a third of a 64->64 @56
+    # conv.  The table is a parameter, not an intermediate block: reverse_compute_inline /
+    # reverse_compute_at of the epilogue refuse a second intermediate producer.
+    def tap_out(size, out, stride, pad_lo, dil, r):
         return any(not 0 <= o * stride + r * dil - pad_lo < size for o in range(out))
 
-    bad_r = [r for r in range(KH) if tap_invalid(H, OH, sh, pt, dh, r)] if zero_pad else []
-    bad_s = [s_ for s_ in range(KW) if tap_invalid(W, OW, sw, pl, dw, s_)] if zero_pad else []
-    ih_lo, ih_hi = _interior_range(H, OH, KH, sh, pt, dh)
-    border = bool(bad_r or bad_s)
+    border = zero_pad and (any(tap_out(H, OH, sh, pt, dh, r) for r in range(KH))
+                           or any(tap_out(W, OW, sw, pl, dw, s_) for s_ in range(KW)))
+    lo, hi, reps = border_row_classes(H, OH, KH, sh, pt, dh)
+    if border:
+        want = (len(reps), K, OW) if out_layout == "NCHW" else (len(reps), OW, K)
+        if tuple(_ints(border_table.shape)) != want:
+            raise ValueError(f"border_table shape {_ints(border_table.shape)} != {list(want)} "
+                             f"(packing.conv_border_table with out_layout={out_layout!r})")
 
-    def dtap(r, s_, k):
-        return tirx.const(C, "int32") - 2 * tap_popcount[r, s_, k]
+    def row_class(oh):
+        if lo >= hi:
+            return oh
+        return tirx.Select(oh < lo, oh, tirx.Select(oh < hi, tirx.const(lo, "int32"), oh - (hi - lo - 1)))
 
-    def col_part(ow, k):
-        # Rows all valid: only the out-of-image columns count, each with its column sum of D.
-        terms = [tirx.Select(valid_w(ow, s_), zero, sum((dtap(r, s_, k) for r in range(1, KH)), dtap(0, s_, k)))
-                 for s_ in bad_s]
-        return sum(terms[1:], terms[0]) if terms else zero
-
-    def full_part(oh, ow, k):
-        terms = [tirx.Select(tirx.all(valid_h(oh, r), valid_w(ow, s_)), zero, dtap(r, s_, k))
-                 for r in range(KH) for s_ in range(KW) if r in bad_r or s_ in bad_s]
-        return sum(terms[1:], terms[0])
+    def base(oh, ow, k):
+        """KH*KW*C, or its border-corrected value from the table."""
+        if not border:
+            return tirx.const(KH * KW * C, "int32")
+        r = row_class(oh)
+        return border_table[r, k, ow] if out_layout == "NCHW" else border_table[r, ow, k]
 
     if post and scale is None and bias is None:
         raise ValueError("post-ops need a float epilogue (scale and/or bias)")
@@ -401,22 +389,9 @@ def bconv2d(
         # Narrow before anything else: int64 -> float32 has no AVX2 instruction (it is
         # scalarised), int32 -> float32 is one vcvtdq2ps.  |acc| <= KH*KW*C fits easily.
         a = acc[n, oh, ow, k]
-        full = tirx.const(KH * KW * C, "int32") - 2 * (a.astype("int32") if acc_dtype != "int32" else a)
-        if not border:
-            return _out(full, n, oh, ow, k)
-        if not bad_r:
-            return _out(full - col_part(ow, k), n, oh, ow, k)
-        if ih_lo >= ih_hi:  # no row has all its taps inside
-            return _out(full - full_part(oh, ow, k), n, oh, ow, k)
-        # The row condition is a scalar under both vectorisations the schedules use (along k or
-        # along ow): if_then_else is then a real branch and interior rows only pay for the
-        # out-of-image columns (2 selects for 3x3 p1), border rows for every tap that can miss.
-        row_ok = tirx.all(oh >= ih_lo, oh < ih_hi)
-        return _out(full - tirx.if_then_else(row_ok, col_part(ow, k), full_part(oh, ow, k)),
-                    n, oh, ow, k)
+        return _out(base(oh, ow, k) - 2 * (a.astype("int32") if acc_dtype != "int32" else a), n, oh, ow, k)
 
-    # bnn_border: the epilogue branches on border pixels (zero padding that the taps reach); a
-    # schedule should then vectorise it along k, where that condition is a scalar.
+    # bnn_border: the epilogue reads the border table (zero padding that the taps reach).
     border_attr = int(border)
     if out_layout == "NCHW":
         return te.compute((N, K, OH, OW), lambda n, k, oh, ow: value(n, oh, ow, k), name="bconv_out",

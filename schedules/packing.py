@@ -14,8 +14,11 @@ WORD_BITS = 64
 __all__ = [
     "WORD_BITS",
     "check_pm1",
+    "border_row_classes",
+    "conv_border_table",
     "conv_tap_popcount",
-    "needs_tap_popcount",
+    "interior_range",
+    "needs_border_table",
     "num_words",
     "pack_bits",
     "pack_conv_weight",
@@ -108,23 +111,81 @@ def pack_dense_weight(w_pm1: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pack_bits(w > 0, axis=1).T)
 
 
-def needs_tap_popcount(padding, pad_value: str) -> bool:
-    """True iff a bconv2d PrimFunc takes the ``tap_popcount`` table (zero padding, non-zero pad)."""
+def needs_border_table(padding, pad_value: str) -> bool:
+    """True iff a bconv2d PrimFunc takes the ``border_table`` (zero padding, non-zero pad)."""
     if isinstance(padding, int):
         padding = (padding,)
     return pad_value == "zero" and any(int(p) for p in padding)
 
 
+def interior_range(size: int, out: int, k: int, stride: int, pad_lo: int, dil: int) -> tuple:
+    """``[lo, hi)``: output positions whose ``k`` taps ``o*stride - pad_lo + r*dil`` all lie in
+    ``[0, size)`` (empty, lo >= hi, if there are none)."""
+    lo = max(0, -(-pad_lo // stride))  # o*stride >= pad_lo
+    last = size - 1 + pad_lo - (k - 1) * dil  # o*stride <= last
+    hi = min(out, last // stride + 1) if last >= 0 else 0
+    return lo, hi
+
+
+def border_row_classes(size: int, out: int, k: int, stride: int, pad_lo: int, dil: int) -> tuple:
+    """``(lo, hi, reps)``: output rows ``[lo, hi)`` have all their taps inside the image and share
+    one row class; every other row is a class of its own.  ``reps`` lists a representative row per
+    class in class order, so row ``oh`` is class ``oh`` below ``lo``, ``lo`` inside, and
+    ``oh - hi + lo + 1`` from ``hi`` on (``lo = hi = 0``: no interior, class ``oh``)."""
+    lo, hi = interior_range(size, out, k, stride, pad_lo, dil)
+    if lo >= hi:
+        return 0, 0, list(range(out))
+    return lo, hi, list(range(lo)) + [lo] + list(range(hi, out))
+
+
 def conv_tap_popcount(w_pm1: np.ndarray) -> np.ndarray:
     """int32 ``[KH, KW, K]``: number of +1 entries of ``w[k, :, kh, kw]`` (OIHW +-1 weights).
 
-    Zero-padded bconv2d computes padded pixels as all-(-1) words and subtracts, per output
-    position, these counts for the taps that fall outside the image.
+    Zero-padded bconv2d computes padded pixels as all-(-1) words and corrects, per output
+    position, for the taps that fall outside the image (:func:`conv_border_table`).
     """
     w = check_pm1(w_pm1, "conv weight")
     if w.ndim != 4:
         raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
     return np.ascontiguousarray((w > 0).sum(axis=1, dtype=np.int32).transpose(1, 2, 0))
+
+
+def conv_border_table(w_pm1: np.ndarray, in_hw, *, stride=1, padding=0, dilation=1,
+                      out_layout: str = "NCHW") -> np.ndarray:
+    """int32 table of a zero-padded bconv2d's ``KH*KW*C`` minus its border correction.
+
+    Padded words are 0, so an out-of-image tap (r, s) adds ``popcount(w[r, s, :, k])`` to the
+    accumulator although a zero-padded pixel contributes nothing: the output is
+    ``table[row class, ow, k] - 2 * acc`` with ``table = KH*KW*C - sum over the out-of-image taps
+    of (C - 2 * tap_popcount[r, s, k])``.  Rows with every tap inside share a class
+    (:func:`border_row_classes`), so the table is ``[classes, K, OW]`` for an NCHW output and
+    ``[classes, OW, K]`` for NHWC: read along the output's contiguous axis, one vector load per
+    output vector.  ``padding``: int, (ph, pw) or (top, left, bottom, right).
+    """
+    if out_layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"out_layout must be 'NCHW' or 'NHWC', got {out_layout!r}")
+    w = check_pm1(w_pm1, "conv weight")
+    if w.ndim != 4:
+        raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
+    K, C, KH, KW = w.shape
+    H, W = (int(v) for v in in_hw)
+    sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    pad = (padding,) * 4 if isinstance(padding, int) else tuple(int(p) for p in padding)
+    pt, pl, pb, pr = pad if len(pad) == 4 else (pad[0], pad[1], pad[0], pad[1])
+    OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+    OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+    _, _, reps = border_row_classes(H, OH, KH, sh, pt, dh)
+    rows = np.asarray(reps)[:, None] * sh - pt + np.arange(KH)[None, :] * dh
+    cols = np.arange(OW)[:, None] * sw - pl + np.arange(KW)[None, :] * dw
+    row_out = (rows < 0) | (rows >= H)  # [classes, KH]
+    col_out = (cols < 0) | (cols >= W)  # [OW, KW]
+    out_tap = row_out[:, None, :, None] | col_out[None, :, None, :]  # [classes, OW, KH, KW]
+    d = C - 2 * conv_tap_popcount(w).astype(np.int64)  # [KH, KW, K]
+    table = KH * KW * C - np.einsum("abrs,rsk->abk", out_tap.astype(np.int64), d)
+    if out_layout == "NCHW":
+        table = table.transpose(0, 2, 1)
+    return np.ascontiguousarray(table.astype(np.int32))
 
 
 def block_conv_weight(w: np.ndarray, block: int) -> np.ndarray:

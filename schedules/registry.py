@@ -18,7 +18,7 @@ from tvm import s_tir, te
 
 from . import arm, compute, cuda, generic, x86
 from .compute import normalize_2d, normalize_padding
-from .packing import needs_tap_popcount
+from .packing import border_row_classes, needs_border_table
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
@@ -152,8 +152,9 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
     PrimFunc params, in order:
       ``data   uint64[N, H, W, CW]``  (CW = ceil(C/64), from make_bitpack)
       ``weight uint64[KH, KW, CW, K]`` (packing.pack_conv_weight)
-      ``tap_popcount int32[KH, KW, K]`` (packing.conv_tap_popcount; only if
-                                      packing.needs_tap_popcount(padding, pad_value))
+      ``border_table int32[classes, K, OW]`` ([classes, OW, K] for NHWC;
+                                      packing.conv_border_table; only if
+                                      packing.needs_border_table(padding, pad_value))
       ``scale  float32[K]``            (only if with_scale)
       ``bias   float32[K]``            (only if with_bias)
       one parameter per ``post`` op (compute.POST_OPS): ``residual float32[<out shape>]`` (with
@@ -173,12 +174,15 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
     st, dl, pd = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation"), normalize_padding(padding)
     data = te.placeholder((N, H, W, CW), "uint64", name="data")
     weight = te.placeholder((KH, KW, CW, K), "uint64", name="weight")
-    tpc = (te.placeholder((KH, KW, K), "int32", name="tap_popcount")
-           if needs_tap_popcount(pd, pad_value) else None)
     scale = te.placeholder((K,), "float32", name="scale") if with_scale else None
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
     OH = compute.conv_out_size(H, KH, st[0], pd[0], pd[2], dl[0])
     OW = compute.conv_out_size(W, KW, st[1], pd[1], pd[3], dl[1])
+    tpc = None
+    if needs_border_table(pd, pad_value):
+        classes = len(border_row_classes(H, OH, KH, st[0], pd[0], dl[0])[2])
+        tpc = te.placeholder((classes, K, OW) if out_layout == "NCHW" else (classes, OW, K), "int32",
+                             name="border_table")
     rc = K if residual_channels is None else int(residual_channels)
     if rc <= 0 or K % rc:
         raise ValueError(f"residual_channels {residual_channels} must divide the {K} output channels")
@@ -191,7 +195,7 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
         post_ops.append((kind, None if kind == "relu" else te.placeholder(shape, "float32", name=f"{kind}{i}")))
     out = compute.bconv2d(data, weight, in_channels=C, kernel=(KH, KW), stride=st, padding=pd,
                           dilation=dl, pad_value=pad_value, scale=scale, bias=bias,
-                          out_layout=out_layout, acc_dtype=_acc(target, schedule), tap_popcount=tpc,
+                          out_layout=out_layout, acc_dtype=_acc(target, schedule), border_table=tpc,
                           post=post_ops)
     args = ([data, weight] + [a for a in (tpc, scale, bias) if a is not None]
             + [p for _, p in post_ops if p is not None])

@@ -114,6 +114,15 @@ def _conv_id(c):
     return f"n{N}c{C}_{H}x{W}_k{K}_{kh}x{kw}_s{s}_p{''.join(map(str, p))}_d{d}"
 
 
+def _conv_args(x, w, s=1, p=0, d=1, pad_value="zero", layout="NCHW"):
+    """Packed data, packed weights and (zero padding) the border table, as the frontend passes them."""
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    if pk.needs_border_table(p, pad_value):
+        args.append(pk.conv_border_table(w, x.shape[2:], stride=s, padding=p, dilation=d,
+                                         out_layout=layout))
+    return args
+
+
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("pad_value", ["zero", "one"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
@@ -124,9 +133,7 @@ def test_bconv2d_int(case, pad_value, sched, rng):
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, pad_value=pad_value)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value=pad_value,
                         target=HOST, schedule=sched)
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
-    if pk.needs_tap_popcount(p, pad_value):
-        args.append(pk.conv_tap_popcount(w))
+    args = _conv_args(x, w, s, p, d, pad_value, "NCHW")
     assert len(args) + 1 == len(pf.params)
     got = run_primfunc(pf, args, expect.shape, "int32")
     np.testing.assert_array_equal(got, expect)
@@ -153,9 +160,7 @@ def test_bconv2d_fused_epilogue(case, with_scale, with_bias, layout, sched, rng)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value="zero",
                         with_scale=with_scale, with_bias=with_bias, out_layout=layout,
                         target=HOST, schedule=sched)
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
-    if pk.needs_tap_popcount(p, "zero"):
-        args.append(pk.conv_tap_popcount(w))
+    args = _conv_args(x, w, s, p, d, "zero", layout)
     args += [a for a in (scale, bias) if a is not None]
     got = run_primfunc(pf, args, expect.shape, "float32")
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
@@ -192,9 +197,7 @@ def test_bconv2d_post_ops(case, post, layout, sched, rng):
                              out_layout=layout, post=post_ref)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, out_layout=layout, post=post, target=HOST, schedule=sched)
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
-    if pk.needs_tap_popcount(p, "zero"):
-        args.append(pk.conv_tap_popcount(w))
+    args = _conv_args(x, w, s, p, d, "zero", layout)
     args += [scale, bias, *params]
     assert len(args) + 1 == len(pf.params)
     got = run_primfunc(pf, args, expect.shape, "float32")
@@ -227,9 +230,7 @@ def test_bconv2d_tiled_residual(case, layout, sched, rng):
                         with_bias=True, out_layout=layout, post=("residual", "prelu"),
                         residual_channels=K // 2, target=HOST, schedule=sched)
     assert "_erpx2_" in str(pf.attrs["global_symbol"])
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
-    if pk.needs_tap_popcount(p, "zero"):
-        args.append(pk.conv_tap_popcount(w))
+    args = _conv_args(x, w, s, p, d, "zero", layout)
     got = run_primfunc(pf, [*args, scale, bias, res, slope], expect.shape, "float32")
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
 
@@ -262,9 +263,7 @@ def test_bconv2d_packed_output(case, sched, rng):
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, post=("shift", "prelu"), pack_output=True, target=HOST,
                         schedule=sched)
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
-    if pk.needs_tap_popcount(p, "zero"):
-        args.append(pk.conv_tap_popcount(w))
+    args = _conv_args(x, w, s, p, d, "zero", "NCHW")
     args += [scale, bias, bias, np.full(K, 0.25, np.float32), thr.reshape(1, K, 1, 1)]
     lib = tvm.compile(pf, target=tvm.target.Target(HOST)).jit()
     out = tvm.runtime.empty(expect.shape, "float32")
@@ -301,7 +300,7 @@ def test_bconv2d_x86_isas(case, mcpu, rng):
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, target=tgt)
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w), pk.conv_tap_popcount(w), scale, bias]
+    args = [*_conv_args(x, w, s, p, d), scale, bias]
     got = run_primfunc(pf, args, expect.shape, "float32", target=tgt)
     np.testing.assert_allclose(got, expect, **FLOAT_TOL)
 
@@ -318,9 +317,8 @@ def test_bitpack_then_bconv2d_end_to_end(sched, rng):
     packed = run_primfunc(S.make_bitpack(x.shape, t.shape, HOST, schedule=sched), [x, t],
                           (N, H, W, 2), "uint64")
     pf = S.make_bconv2d(x.shape, w.shape, padding=1, target=HOST, schedule=sched)
-    got = run_primfunc(pf, [packed, pk.pack_conv_weight(w), pk.conv_tap_popcount(w)],
-                       (N, K, H, W), "int32")
     x_pm1 = np.where(x >= t, 1.0, -1.0).astype("float32")
+    got = run_primfunc(pf, [packed, *_conv_args(x_pm1, w, p=1)[1:]], (N, K, H, W), "int32")
     np.testing.assert_array_equal(got, ref.bconv2d_ref(x_pm1, w, padding=1))
 
 

@@ -59,7 +59,33 @@ def test_non_pm1_weights_rejected(bad, match):
         pk.pack_conv_weight(bad.reshape(1, 2, 1, 1))
 
 
-def test_needs_tap_popcount():
-    assert pk.needs_tap_popcount((1, 1, 1, 1), "zero")
-    assert not pk.needs_tap_popcount((0, 0, 0, 0), "zero")
-    assert not pk.needs_tap_popcount(1, "one")
+def test_needs_border_table():
+    assert pk.needs_border_table((1, 1, 1, 1), "zero")
+    assert not pk.needs_border_table((0, 0, 0, 0), "zero")
+    assert not pk.needs_border_table(1, "one")
+
+
+@pytest.mark.parametrize("hw,k,stride,pad,dil", [
+    ((7, 9), (3, 3), 1, (1, 1, 1, 1), 1),
+    ((8, 8), (3, 3), 2, (1, 1, 1, 1), 1),
+    ((5, 6), (3, 2), 1, (2, 0, 1, 1), 2),   # asymmetric pads, dilation
+    ((3, 3), (5, 5), 1, (2, 2, 2, 2), 1),   # no row has all its taps inside
+    ((12, 10), (7, 7), 2, (3, 3, 3, 3), 1),
+], ids=["3x3p1", "3x3s2", "asym_dil", "no_interior", "7x7s2"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_conv_border_table_matches_conv_of_all_minus_one(hw, k, stride, pad, dil, layout, rng):
+    """An all -1 input packs to zero words everywhere, padding included, so the kernel's
+    accumulator is the sum of all tap popcounts and its output, table - 2*acc, must equal the
+    zero-padded float conv of that input at every position."""
+    K, C = 5, 70
+    w = rng.choice([-1.0, 1.0], (K, C, *k))
+    x = -np.ones((1, C, *hw))
+    conv = ref.bconv2d_ref(x, w, stride=stride, padding=pad, dilation=dil)[0]  # [K, OH, OW]
+    acc = pk.conv_tap_popcount(w).sum(axis=(0, 1))  # [K]
+    table = pk.conv_border_table(w, hw, stride=stride, padding=pad, dilation=dil, out_layout=layout)
+    lo, hi, reps = pk.border_row_classes(hw[0], conv.shape[1], k[0], stride, pad[0], dil)
+    assert table.dtype == np.int32 and table.shape[0] == len(reps) < conv.shape[1] + 1
+    for oh in range(conv.shape[1]):
+        cls = oh if lo >= hi else (oh if oh < lo else lo if oh < hi else oh - hi + lo + 1)
+        row = table[cls] if layout == "NCHW" else table[cls].T  # [K, OW]
+        np.testing.assert_array_equal(row - 2 * acc[:, None], conv[:, oh])

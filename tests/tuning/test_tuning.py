@@ -67,8 +67,7 @@ def test_every_tuned_record_is_bit_exact_vs_reference(tuned):
     ref = reference.bconv2d_ref(x, w, padding=1, scale=scale, post=[("residual", res)])
     xb = reference.bitpack_ref(x, 0.0)
     args = [xb, packing.pack_conv_weight(w)]
-    if packing.needs_tap_popcount((1, 1, 1, 1), "zero"):
-        args.append(packing.conv_tap_popcount(w))
+    args.append(packing.conv_border_table(w, x.shape[2:], padding=1))
     args += [scale, res]
     for rec in recs:
         sch = s_tir.Schedule(wl.mod)
@@ -258,7 +257,7 @@ def test_fused_prelu_conv_tunes_and_replays(tmp_path):
                                    post=[("residual", res_in), ("shift", vec[2]),
                                          ("prelu", vec[3]), ("shift", vec[4])])
     args = [reference.bitpack_ref(x, 0.0), packing.pack_conv_weight(wt),
-            packing.conv_tap_popcount(wt), vec[0], vec[1], res_in, vec[2], vec[3], vec[4]]
+            packing.conv_border_table(wt, (6, 8), padding=1), vec[0], vec[1], res_in, vec[2], vec[3], vec[4]]
     sch, rec = tuning.lookup_schedule(tuning.open_database(tmp_path / "db"), w.mod, tgt)
     assert rec is not None
     lib = tvm.compile(sch.mod, target=tgt).jit()
