@@ -176,15 +176,19 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
 
 
 def _plan_power_means(model: onnx.ModelProto, index: GraphIndex, keep: set[str]) -> dict:
-    """``ReduceMean(Mul(Mul(x, x), x), axes=[2, 3])`` (INSTA's E[x³]; E[x²] likewise): TVM fuses
+    """Every ``ReduceMean`` over H, W (the thresholds' statistics), as one reduction of x.
+
+    ``ReduceMean(Mul(Mul(x, x), x), axes=[2, 3])`` (INSTA's E[x³]; E[x²] likewise): TVM fuses
     the mean with its consumers but not with the Mul producer, so x³ was written out as a whole
-    tensor and read back.  One reduction over x computes it without the intermediate."""
+    tensor and read back.  Plain means (power 1) go the same way so that the reduction can run
+    over the flattened H*W row (``_power_mean``)."""
     found = {}
     for node in model.graph.node:
         keepdims = _hw_mean(index, node)
-        match = None if keepdims is None else _power_of(index, node.input[0], keep)
-        if match is not None:
-            found[node.name] = (*match, keepdims)
+        if keepdims is None:
+            continue
+        match = _power_of(index, node.input[0], keep) or (node.input[0], 1)
+        found[node.name] = (*match, keepdims)
     return found
 
 
@@ -617,15 +621,24 @@ def _make_importer_class():
 
             src, power, keepdims = self._plan.power_means[node.name]
             x = self._nodes[src]
-            if len(self._shape_of(x)) != 4:
+            xs = self._shape_of(x)
+            if len(xs) != 4:
                 return super()._convert_operator("ReduceMean", inputs, attrs, opset)
+            n, c, h, w = xs
+            # Reduce over the flattened H*W row (a free reshape) where that gives the float
+            # glue's RowReduction wide vector lanes of partial sums and the rows of the map do
+            # not: a row of 56 takes 8-lane partial sums, 56*56 = 3136 takes 64 (a mean over
+            # 128x56x56: 40 -> 14 us).  Rows of 7 or 14 stay rows (7*7 = 49 has no lanes at all).
+            flat = w % 16 != 0 and (h * w) % 16 == 0
+            if flat:
+                x = self.bb.emit(relax.op.reshape(x, [n, c, 1, h * w]))
 
             def compute(x):
                 n, c, h, w = (int(v) for v in x.shape)
                 rh, rw = te.reduce_axis((0, h), name="rh"), te.reduce_axis((0, w), name="rw")
 
                 def pw(v):  # ONNX's order: (x * x) * x
-                    return v * v if power == 2 else v * v * v
+                    return v if power == 1 else v * v if power == 2 else v * v * v
 
                 acc = te.compute((n, c), lambda i, j: te.sum(pw(x[i, j, rh, rw]), axis=[rh, rw]),
                                  name="power_sum")

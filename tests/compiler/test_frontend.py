@@ -340,5 +340,19 @@ def test_power_mean_is_one_reduction(rng, form):
     outs, plan = build_and_run(model, {"x": x}, batch=2)
     for got, ref in zip(outs, ort_run(model, {"x": x})):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    expect = {} if form == "square_used_twice" else {"mean": ("x", 2 if form == "square" else 3, True)}
-    assert plan.power_means == expect
+    # x*x kept as an output: a plain mean of it (power 1), no rewrite of the Mul
+    expect = ("sq", 1, True) if form == "square_used_twice" else ("x", 2 if form == "square" else 3, True)
+    assert plan.power_means == {"mean": expect}
+
+
+@pytest.mark.parametrize("hw,keepdims", [((8, 8), 1), ((8, 8), 0), ((7, 7), 1), ((4, 16), 1)],
+                         ids=["flat_keep", "flat_squeeze", "rows_7x7", "rows_w16"])
+def test_hw_mean_is_one_reduction(rng, hw, keepdims):
+    """A plain ReduceMean over H, W (the thresholds' pools) runs as one reduction kernel, over the
+    flattened H*W row where W is no multiple of 16 but H*W is."""
+    node = helper.make_node("ReduceMean", ["x", "axes"], ["m"], name="pool", keepdims=keepdims)
+    model = make_model([node], {"x": [2, 5, *hw]}, {"m": None}, {"axes": np.array([2, 3], np.int64)})
+    x = rng.standard_normal((2, 5, *hw)).astype(np.float32)
+    (got,), plan = build_and_run(model, {"x": x}, batch=2)
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert plan.power_means == {"pool": ("x", 1, bool(keepdims))}
