@@ -50,6 +50,7 @@ OP_FCONV = MANGLE + "FloatConv"  # a float Conv with constant weights -> blocked
 OP_MAXPOOL = MANGLE + "MaxPool"  # 2-D MaxPool -> separable CPU kernel
 OP_EPILOGUE = MANGLE + "FusedEpilogue"  # last node of a chain fused into a binary conv's epilogue
 OP_POWER_MEAN = MANGLE + "PowerMean"  # ReduceMean over H, W of x*x or x*x*x (INSTA statistics)
+OP_PRELU_STATS = MANGLE + "PreluStats"  # a dynamic PReLU whose output's H, W means it also computes
 
 
 @dataclass
@@ -61,6 +62,20 @@ class FrontendOptions:
     extra_outputs: tuple[str, ...] = ()
     #: run BN / residual / RPReLU chains after binary convs in the conv's epilogue
     fuse_epilogues: bool = True
+
+
+@dataclass
+class PreluStats:
+    """``y = Where(d >= 0, d, slope * d) + shift_out``, ``d = x - shift_in`` (DyBNN's DPReLU,
+    INSTA's PReLU: shifts and slope per sample and channel) and the ReduceMean nodes over H, W
+    of ``y**p`` it computes alongside, as (node name, p)."""
+
+    x: str
+    shift_in: str
+    slope: str
+    shift_out: str
+    means: list[tuple[str, int]]
+    nodes: list[str]  # Sub, GreaterOrEqual, Mul, Where, Add
 
 
 @dataclass
@@ -76,6 +91,9 @@ class LoweringPlan:
     fused_convs: dict[str, str] = field(default_factory=dict)
     #: ReduceMean node name -> (x, power, keepdims): E[x^p] over H, W in one pass over x
     power_means: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
+    #: a dynamic PReLU's last Add -> :class:`PreluStats`: the PReLU runs as one kernel that also
+    #: computes the power means of its output (the next threshold's statistics)
+    prelu_stats: dict[str, PreluStats] = field(default_factory=dict)
     #: float Conv nodes lowered to bnncompile's blocked float conv (CPU targets)
     float_convs: set[str] = field(default_factory=set)
     #: MaxPool nodes lowered to bnncompile's separable max-pool kernel (CPU targets)
@@ -172,7 +190,55 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
     if fuse_epilogues:
         _plan_epilogues(plan, index, value_shapes(model), outputs)
     plan.power_means = _plan_power_means(model, index, outputs)
+    if fuse_epilogues:
+        plan.prelu_stats = _plan_prelu_stats(index, plan.power_means, outputs)
     return plan
+
+
+def _plan_prelu_stats(index: GraphIndex, power_means: dict, keep: set[str]) -> dict:
+    """Dynamic PReLUs (ONNX: Sub → GreaterOrEqual(·, 0) → Mul(slope, ·) → Where → Add) whose
+    output is pooled over H, W: DyBNN's DPReLU feeding the next DySign's pool, INSTA's PReLU
+    feeding E[y] / E[y³].  The PReLU pass and those pools read the same activation; one kernel
+    (schedules.compute.prelu_stats) writes y and sums its powers while they are in registers.
+    Shapes are checked at import; a PReLU that does not fit there is imported as it is."""
+    by_src: dict[str, list] = {}
+    for name, (src, power, _) in power_means.items():
+        by_src.setdefault(src, []).append((name, power))
+    found = {}
+    for y, means in by_src.items():
+        add = index.producer.get(y)
+        if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            continue
+        match = _match_dynamic_prelu(index, add, keep)
+        if match is not None:
+            found[add.name] = PreluStats(*match[:4], means=sorted(means), nodes=match[4])
+    return found
+
+
+def _match_dynamic_prelu(index: GraphIndex, add: onnx.NodeProto, keep: set[str]):
+    """(x, shift_in, slope, shift_out, nodes) if ``add`` ends a PReLU with tensor shifts."""
+    def only(t, n_uses=1):
+        node = index.producer.get(t)
+        ok = (node is not None and node.domain in ("", "ai.onnx") and t not in keep
+              and len(index.consumers.get(t, [])) == n_uses)
+        return node if ok else None
+
+    for w_in, out_in in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
+        where = only(w_in)
+        if where is None or where.op_type != "Where":
+            continue
+        ge, mul = only(where.input[0]), only(where.input[2])
+        d = where.input[1]
+        sub = only(d, n_uses=3)
+        if (ge is None or mul is None or sub is None or ge.op_type != "GreaterOrEqual"
+                or mul.op_type != "Mul" or sub.op_type != "Sub" or ge.input[0] != d or d not in mul.input):
+            continue
+        zero = index.constant(ge.input[1])
+        if zero is None or zero.size != 1 or float(zero.reshape(-1)[0]) != 0.0:
+            continue
+        slope = mul.input[1] if mul.input[0] == d else mul.input[0]
+        return sub.input[0], sub.input[1], slope, out_in, [sub.name, ge.name, mul.name, where.name, add.name]
+    return None
 
 
 def _plan_power_means(model: onnx.ModelProto, index: GraphIndex, keep: set[str]) -> dict:
@@ -355,6 +421,8 @@ def _make_importer_class():
             self._sign_inputs: dict[str, tuple] = {}
             self._kernel_gvs: dict[tuple, object] = {}
             self._packs: dict[tuple[str, bool], object] = {}
+            #: (PReLU output, p) -> its mean of y**p over H, W [N, C], from the fused kernel
+            self._prelu_means: dict[tuple[str, int], object] = {}
             self._debug_outputs = set(debug_outputs)
 
         def _check_for_unsupported_ops(self, graph):
@@ -401,6 +469,8 @@ def _make_importer_class():
                     return self._max_pool(node, inputs, attrs, opset)
                 if op_name == OP_POWER_MEAN:
                     return self._power_mean(node, inputs, attrs, opset)
+                if op_name == OP_PRELU_STATS:
+                    return self._prelu_stats(node, inputs, attrs, opset)
                 layer = self._plan.binary[node.name]
                 if op_name == OP_BCONV:
                     return self._binary_conv(node, layer, inputs)
@@ -620,6 +690,10 @@ def _make_importer_class():
             from tvm import te
 
             src, power, keepdims = self._plan.power_means[node.name]
+            if (src, power) in self._prelu_means:  # computed with the PReLU that made src
+                m = self._prelu_means[(src, power)]
+                n, c = self._shape_of(m)
+                return self.bb.emit(relax.op.reshape(m, [n, c, 1, 1])) if keepdims else m
             x = self._nodes[src]
             xs = self._shape_of(x)
             if len(xs) != 4:
@@ -646,6 +720,30 @@ def _make_importer_class():
                 return te.compute(shape, lambda i, j, *_: acc[i, j] / float(h * w), name="power_mean")
 
             return self.bb.emit_te(compute, x, primfunc_name_hint=f"mean_pow{power}")
+
+        def _prelu_stats(self, node, inputs, attrs, opset):
+            from .schedules import registry as kernels
+
+            fused = self._plan.prelu_stats[node.name]
+            x = self._nodes[fused.x]
+            xs = self._shape_of(x)
+            ops = [self._nodes[t] for t in (fused.shift_in, fused.slope, fused.shift_out)]
+            shapes = [self._shape_of(t) for t in ops]
+            per_nc = all(len(s) == 4 and s[2:] == [1, 1] and s[1] == xs[1] and s[0] in (1, xs[0])
+                         for s in shapes) if len(xs) == 4 else False
+            if not per_nc:  # e.g. a token PReLU, or a shift that varies over H, W
+                return super()._convert_operator("Add", inputs, attrs, opset)
+            n, c, h, w = xs
+            powers = sorted({p for _, p in fused.means})
+            # the kernel reads the map as [N, C, 1, H*W] (free reshapes) and the graph's own
+            # [N|1, C, 1, 1] views of the shifts and slope
+            flat = self.bb.emit(relax.op.reshape(x, [n, c, 1, h * w]))
+            pf = kernels.make_prelu_stats([n, c, 1, h * w], *shapes, powers, target=self._target)
+            y, *means = self._call(pf, [flat, *ops], [n, c, 1, h * w], "float32", layer=node.name,
+                                   kind="prelu_stats", extra_outputs=[([n, c], "float32")] * len(powers))
+            for p, m in zip(powers, means):
+                self._prelu_means[(node.output[0], p)] = m
+            return self.bb.emit(relax.op.reshape(y, [n, c, h, w]))
 
         def _max_pool(self, node, inputs, attrs, opset):
             from .schedules import registry as kernels
@@ -767,6 +865,8 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
             node.op_type = OP_MAXPOOL
         elif node.name in plan.power_means:
             node.op_type = OP_POWER_MEAN
+        elif node.name in plan.prelu_stats:
+            node.op_type = OP_PRELU_STATS
         else:
             continue
         nodes_by_name[node.name] = original

@@ -1,7 +1,8 @@
 """Binary (XNOR-popcount) TVM kernels: TE computes, per-target schedules, packing helpers.
 
 Public entry points (see :mod:`.registry` for PrimFunc parameter orders): ``make_bitpack``,
-``make_bitpack_last``, ``make_bconv2d``, ``make_bdense``, ``make_bbatch_matmul``; numpy packing
+``make_bitpack_last``, ``make_bconv2d``, ``make_bdense``, ``make_bbatch_matmul``, ``make_fconv2d``,
+``make_maxpool2d``, ``make_prelu_stats``; numpy packing
 helpers in :mod:`.packing`; independent references in :mod:`.reference`.
 """
 from .packing import (
@@ -23,6 +24,7 @@ from .registry import (
     make_bitpack_last,
     make_fconv2d,
     make_maxpool2d,
+    make_prelu_stats,
     target_key,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "make_bitpack_last",
     "make_fconv2d",
     "make_maxpool2d",
+    "make_prelu_stats",
     "fconv2d_block",
     "num_words",
     "pack_bits",

@@ -30,6 +30,7 @@ __all__ = [
     "maxpool2d",
     "normalize_2d",
     "normalize_padding",
+    "prelu_stats",
 ]
 
 
@@ -551,6 +552,70 @@ def fconv2d_blocked(
         return v + bias[k] if bias is not None else v
 
     return te.compute((N, out_channels, OH, OW), out, name="fconv_out")
+
+
+def _power(v, p: int):
+    """``v**p`` in ONNX's order for INSTA's statistics: ``(v * v) * v``."""
+    if p == 1:
+        return v
+    if p == 2:
+        return v * v
+    if p == 3:
+        return v * v * v
+    raise ValueError(f"power {p}: expected 1, 2 or 3")
+
+
+def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: te.Tensor,
+                powers: Sequence[int]) -> tuple[te.Tensor, list[te.Tensor]]:
+    """A dynamic PReLU and the pooled statistics of its output, in one pass.
+
+    DyBNN's DPReLU / INSTA's PReLU ``y = Where(d >= 0, d, slope * d) + shift_out`` with
+    ``d = x - shift_in`` (ONNX's op order, so ``y`` is bit-identical to the unfused graph), and
+    for every ``p`` in ``powers`` the mean of ``y**p`` over each ``[n, c]`` row: the statistics
+    the next DySign / INSTA threshold pools from ``y``, which a separate reduction would read
+    back from memory.
+
+    Parameters
+    ----------
+    x : float32 ``[N, C, 1, L]`` (an NCHW map viewed with H*W flattened).
+    shift_in, slope, shift_out : float32, broadcastable to ``[N, C, 1, 1]`` (per sample and
+        channel, or per channel: the graph's own views).
+    powers : 1, 2 or 3 each.
+
+    Returns
+    -------
+    ``(y [N, C, 1, L], [mean_p [N, C] for p in powers])``, ``mean_p = sum_i y**p / L``.  Each sum
+    runs as ``F`` lane partial sums (``prelu_stats_part<j>`` ``[N, C, F]``, ``F`` the largest
+    divisor of L up to 16; lane ``l`` adds ``l, F + l, ...``), then across the lanes
+    (``prelu_stats_sum<j>``).
+    """
+    N, C, one, L = _ints(x.shape)
+    if one != 1:
+        raise ValueError(f"prelu_stats: x must be [N, C, 1, L], got {_ints(x.shape)}")
+    if not powers:
+        raise ValueError("prelu_stats: no statistics requested")
+    def per_nc(t):
+        read = _broadcast_reader(t, 4, (N, C, 1, 1))
+        return lambda n, c: read(n, c, 0, 0)
+
+    rin, rsl, rout = (per_nc(t) for t in (shift_in, slope, shift_out))
+
+    def act(n, c, z, i):
+        d = x[n, c, z, i] - rin(n, c)
+        return tirx.Select(d >= tirx.const(0.0, "float32"), d, rsl(n, c) * d) + rout(n, c)
+
+    y = te.compute((N, C, 1, L), act, name="prelu")
+    f = max(d for d in range(1, min(L, 16) + 1) if L % d == 0)
+    so = te.reduce_axis((0, L // f), name="so")
+
+    def mean_of_power(j: int, p: int) -> te.Tensor:
+        part = te.compute((N, C, f), lambda n, c, lane: te.sum(_power(y[n, c, 0, so * f + lane], p), axis=so),
+                          name=f"prelu_stats_part{j}")
+        sl = te.reduce_axis((0, f), name="sl")
+        total = te.compute((N, C), lambda n, c: te.sum(part[n, c, sl], axis=sl), name=f"prelu_stats_sum{j}")
+        return te.compute((N, C), lambda n, c: total[n, c] / float(L), name=f"prelu_stats{j}")
+
+    return y, [mean_of_power(j, int(p)) for j, p in enumerate(powers)]
 
 
 def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:

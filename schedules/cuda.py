@@ -79,3 +79,18 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
 def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     sch.compute_inline(sch.get_sblock("pool_rows"))
     _bind_flat(sch, sch.get_loops(sch.get_sblock("pool")))
+
+
+
+def schedule_prelu_stats(sch: s_tir.Schedule) -> None:
+    # flat element-wise pass for y, then one thread per partial sum / row statistic (the rows
+    # are short: L / F terms, then F)
+    from .generic import _prelu_stats_blocks
+
+    _bind_flat(sch, sch.get_loops(sch.get_sblock("prelu")))
+    for part, total, mean in _prelu_stats_blocks(sch):
+        for blk in (part, total):
+            *spatial, red = sch.get_loops(blk)
+            _bind_flat(sch, spatial)
+            sch.decompose_reduction(blk, red)
+        _bind_flat(sch, sch.get_loops(mean))

@@ -68,6 +68,11 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
         return
     ext = extent(sch, w)
     wf = pick_factor(ext, (vec, 8, 4))
+    if wf < 4 and largest_divisor(ext, vec) >= 5:
+        # an odd row with a divisor (a flattened 7x7 map, 49 = 7 x 7): chunks of it, not one
+        # vector of the whole row (1024x49: 16.3 -> 7.6 us).  Not the widest divisor in general:
+        # 196 runs best as chunks of 4 (13.5 us; 7: 15.6, 14: 26.4)
+        wf = largest_divisor(ext, vec)
     if wf < 4 and ext > 64:
         # a long row no vector width divides (a 9x9 map packed as one row of 81): pixel by pixel
         # (a vector of the whole row would spill; unit chunks hit the write-back bug above)
@@ -75,7 +80,7 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
         sch.decompose_reduction(blk, b)
         return
     if wf < 4:
-        wf = ext  # one odd-width vector (7x7 = 49 as one row: 16 us vs 20 us as rows of 7)
+        wf = ext  # one odd-width vector (a prime row; 7x7 = 49 as one row: 16 us vs 20 us as rows of 7)
     wo, wi = sch.split(w, factors=[None, wf])
     sch.reorder(n, h, wo, cw, b, wi)
     wb = sch.cache_write(blk, 0, "local")
@@ -224,3 +229,37 @@ def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     if f > 1:
         _, wi = sch.split(w, factors=[None, f])
         sch.vectorize(wi)
+
+
+def _prelu_stats_blocks(sch: s_tir.Schedule) -> list[tuple]:
+    """(partial sums, sum, mean) blocks of each statistic of a prelu_stats PrimFunc."""
+    out = []
+    while has_block(sch, f"prelu_stats{len(out)}"):
+        j = len(out)
+        out.append(tuple(sch.get_sblock(f"prelu_stats_{k}{j}") for k in ("part", "sum")) +
+                   (sch.get_sblock(f"prelu_stats{j}"),))
+    return out
+
+
+def schedule_prelu_stats(sch: s_tir.Schedule) -> None:
+    """One task per (n, c) row, walking it a vector of F lanes at a time: the PReLU writes the
+    lanes to ``y`` and the statistics' partial sums (every requested power) accumulate them in the
+    same iteration, while they are still in registers: one pass over the row."""
+    y, stats = sch.get_sblock("prelu"), _prelu_stats_blocks(sch)
+    f = extent(sch, sch.get_loops(stats[0][0])[-2])  # (n, c, lane, so)
+    n, c, z, i = sch.get_loops(y)
+    row = sch.fuse(n, c, z)
+    so, lane = sch.split(i, factors=[None, f])
+    sch.parallel(row)
+    for part, _, _ in stats:
+        sch.reverse_compute_at(part, so, preserve_unit_loops=True)
+    for _, total, mean in stats:
+        sch.reverse_compute_at(total, row, preserve_unit_loops=True)
+        sch.reverse_compute_at(mean, row, preserve_unit_loops=True)
+    if f > 1:
+        sch.vectorize(lane)
+        for part, _, _ in stats:
+            sch.vectorize(sch.get_loops(part)[-2])  # (lane, unit so)
+    for part, total, _ in stats:
+        sch.decompose_reduction(part, so)
+        sch.decompose_reduction(total, sch.get_loops(total)[-1])

@@ -139,3 +139,15 @@ def fconv2d_ref(x: np.ndarray, w: np.ndarray, *, stride=1, padding=(0, 0, 0, 0),
     b = None if bias is None else torch.from_numpy(np.asarray(bias, np.float64))
     out = F.conv2d(xt, torch.from_numpy(np.asarray(w, np.float64)), b, stride=stride, dilation=dilation)
     return out.numpy().astype(np.float32)
+
+
+def prelu_stats_ref(x: np.ndarray, shift_in, slope, shift_out, powers) -> tuple[np.ndarray, np.ndarray]:
+    """``y = where(d >= 0, d, slope * d) + shift_out``, ``d = x - shift_in`` in float32 (numpy
+    broadcasting), and ``mean(y**p)`` over the last axis for each p (float64 sums)."""
+    x = np.asarray(x, np.float32)
+    d = x - np.asarray(shift_in, np.float32)
+    y = (np.where(d >= 0, d, np.asarray(slope, np.float32) * d) + np.asarray(shift_out, np.float32))
+    y = y.astype(np.float32)
+    y64 = y.astype(np.float64)
+    stats = np.stack([(y64 ** p).mean(axis=-1) for p in powers], axis=-1)
+    return y, stats

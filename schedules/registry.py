@@ -22,7 +22,8 @@ from .packing import border_row_classes, needs_border_table
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
-OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d")
+OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
+       "prelu_stats")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
@@ -43,6 +44,7 @@ __all__ = [
     "make_bitpack_last",
     "make_fconv2d",
     "make_maxpool2d",
+    "make_prelu_stats",
     "target_key",
 ]
 
@@ -265,6 +267,26 @@ def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha:
     tag = "" if alpha is None else "_alpha" + repr(float(alpha)).replace(".", "p").replace("-", "m")
     name = f"bnn_bbmm_{_shape_tag(ash)}_n{bsh[-2]}{tag}"
     return _finish([a, b, out], "bbatch_matmul", name, target, schedule)
+
+
+def make_prelu_stats(x_shape: Sequence[int], shift_in_shape: Sequence[int], slope_shape: Sequence[int],
+                     shift_out_shape: Sequence[int], powers: Sequence[int], *, target: TargetLike = None,
+                     schedule: str | None = None) -> tvm.tirx.PrimFunc:
+    """Dynamic PReLU plus the means of its output's powers over each row (compute.prelu_stats).
+
+    PrimFunc params: ``(x float32[N, C, 1, L], shift_in, slope, shift_out float32 (broadcastable
+    to [N, C, 1, 1]), y float32[N, C, 1, L], then mean_p float32[N, C] for each p in powers)``.
+    """
+    x = te.placeholder(tuple(int(v) for v in x_shape), "float32", name="x")
+    if len(x.shape) != 4:
+        raise ValueError(f"prelu_stats: x must be [N, C, 1, L], got {list(x_shape)}")
+    ops = [te.placeholder(tuple(int(v) for v in shp), "float32", name=nm) for shp, nm in
+           ((shift_in_shape, "shift_in"), (slope_shape, "slope"), (shift_out_shape, "shift_out"))]
+    y, means = compute.prelu_stats(x, *ops, powers=tuple(int(p) for p in powers))
+    name = (f"bnn_prelu_stats_{_shape_tag(x_shape)}_i{_shape_tag(shift_in_shape)}"
+            f"_s{_shape_tag(slope_shape)}_o{_shape_tag(shift_out_shape)}"
+            f"_p{''.join(str(int(p)) for p in powers)}")
+    return _finish([x, *ops, y, *means], "prelu_stats", name, target, schedule)
 
 
 def fconv2d_block(target: TargetLike = None) -> int:

@@ -161,6 +161,7 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int 
 schedule_bitpack = generic.schedule_bitpack
 schedule_bitpack_last = generic.schedule_bitpack_last
 schedule_maxpool2d = generic.schedule_maxpool2d
+schedule_prelu_stats = generic.schedule_prelu_stats
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:

@@ -356,3 +356,67 @@ def test_hw_mean_is_one_reduction(rng, hw, keepdims):
     (got,), plan = build_and_run(model, {"x": x}, batch=2)
     np.testing.assert_allclose(got, ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
     assert plan.power_means == {"pool": ("x", 1, bool(keepdims))}
+
+
+def _dynamic_prelu(shift_shape, *, extra_use: bool = False, cube: bool = False):
+    """y = Where(d >= 0, d, slope * d) + s_out, d = x - s_in (DyBNN's DPReLU as exported), its
+    H, W mean (and INSTA's E[y^3] with ``cube``), and y itself as outputs."""
+    nodes = [helper.make_node("Sub", ["x", "s_in"], ["d"], name="sub"),
+             helper.make_node("GreaterOrEqual", ["d", "zero"], ["ge"], name="ge"),
+             helper.make_node("Mul", ["slope", "d"], ["m"], name="mul"),
+             helper.make_node("Where", ["ge", "d", "m"], ["w"], name="where"),
+             helper.make_node("Add", ["w", "s_out"], ["y"], name="prelu_out"),
+             helper.make_node("ReduceMean", ["y", "axes"], ["mean"], name="pool", keepdims=1)]
+    outputs = {"y": None, "mean": None}
+    if cube:
+        nodes += [helper.make_node("Mul", ["y", "y"], ["y2"], name="sq"),
+                  helper.make_node("Mul", ["y2", "y"], ["y3"], name="cube"),
+                  helper.make_node("ReduceMean", ["y3", "axes"], ["m3"], name="pool3", keepdims=0)]
+        outputs["m3"] = None
+    if extra_use:  # d is also read elsewhere: it must stay, no fusion
+        nodes.append(helper.make_node("Neg", ["d"], ["nd"], name="neg"))
+        outputs["nd"] = None
+    inits = {"zero": np.array(0.0, np.float32), "axes": np.array([2, 3], np.int64),
+             "slope": np.array([0.25, -0.5, 1.0, 0.1], np.float32).reshape(1, 4, 1, 1)}
+    return make_model(nodes, {"x": [2, 4, 7, 8], "s_in": shift_shape, "s_out": shift_shape}, outputs, inits)
+
+
+@pytest.mark.parametrize("shift_shape,cube,fused", [
+    ([2, 4, 1, 1], False, True),   # per sample and channel (DyBNN)
+    ([1, 4, 1, 1], True, True),    # per channel, E[y] and E[y^3] from one kernel (INSTA)
+    ([2, 4, 7, 1], False, False),  # varies over H: imported as it is
+], ids=["dybnn", "insta_cube", "h_varying_shift"])
+def test_dynamic_prelu_computes_its_pools(rng, shift_shape, cube, fused):
+    model = _dynamic_prelu(shift_shape, cube=cube)
+    x = rng.standard_normal((2, 4, 7, 8)).astype(np.float32)
+    feeds = {"x": x, "s_in": rng.standard_normal(shift_shape).astype(np.float32),
+             "s_out": rng.standard_normal(shift_shape).astype(np.float32)}
+    x[0, 0, 0, :3] = feeds["s_in"].reshape(-1)[0]  # d == 0 exactly: the tie of the >= test
+    outs, plan = build_and_run(model, feeds, batch=2)
+    ref = ort_run(model, feeds)
+    np.testing.assert_array_equal(outs[0], ref[0])  # y bit-identical
+    for got, want in zip(outs[1:], ref[1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert list(plan.prelu_stats) == ["prelu_out"]  # planned structurally, shapes checked at import
+    kinds = [v["kind"] for v in plan.kernels.values()]
+    assert kinds.count("prelu_stats") == (1 if fused else 0)
+
+
+def test_dynamic_prelu_with_shared_intermediate_is_not_fused(rng):
+    model = _dynamic_prelu([2, 4, 1, 1], extra_use=True)
+    feeds = {"x": rng.standard_normal((2, 4, 7, 8)).astype(np.float32),
+             "s_in": rng.standard_normal((2, 4, 1, 1)).astype(np.float32),
+             "s_out": rng.standard_normal((2, 4, 1, 1)).astype(np.float32)}
+    outs, plan = build_and_run(model, feeds, batch=2)
+    for got, want in zip(outs, ort_run(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert plan.prelu_stats == {}
+
+
+def test_dynamic_prelu_fusion_follows_the_epilogue_switch(rng):
+    model = _dynamic_prelu([2, 4, 1, 1])
+    feeds = {"x": rng.standard_normal((2, 4, 7, 8)).astype(np.float32),
+             "s_in": rng.standard_normal((2, 4, 1, 1)).astype(np.float32),
+             "s_out": rng.standard_normal((2, 4, 1, 1)).astype(np.float32)}
+    _, plan = build_and_run(model, feeds, batch=2, fuse_epilogues=False)
+    assert plan.prelu_stats == {}

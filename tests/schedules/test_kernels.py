@@ -4,6 +4,7 @@ epilogue float32(acc)*scale+bias: rtol=1e-6, atol=1e-5 (LLVM may contract mul+ad
 which differs from numpy's two roundings by at most one ulp of the result)."""
 import numpy as np
 import pytest
+import tvm
 from conftest import HOST, run_primfunc
 
 import schedules as S
@@ -250,7 +251,6 @@ PACK_CASES = [CONV_CASES[10], CONV_CASES[11], CONV_CASES[5], CONV_CASES[16], CON
 def test_bconv2d_packed_output(case, sched, rng):
     """The conv also writes its output binarised and packed for the next binary conv: the words
     must equal bitpack_ref of the float output it wrote (ties included)."""
-    import tvm
 
     N, C, H, W, K, (KH, KW), s, p, d = case
     x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
@@ -387,6 +387,46 @@ def test_maxpool2d(shape, k, s, p, sched, rng):
     pf = S.make_maxpool2d(shape, kernel=k, stride=s, padding=p, target=HOST, schedule=sched)
     got = run_primfunc(pf, [x], expect.shape, "float32")
     np.testing.assert_array_equal(got, expect)  # max is exact
+
+
+# ---------------------------------------------------------------- prelu_stats (dynamic PReLU + pools)
+# rows of 14x14 / 7x7 / 56x56 maps, an L with no divisor up to 16 but 1 (13), per-channel or
+# per-sample shifts and slopes, INSTA's E[y] and E[y^3] together
+PRELU_CASES = [((1, 8, 1, 196), (1, 8, 1, 1), (1, 8, 1, 1), (1,)),
+               ((2, 5, 1, 49), (2, 5, 1, 1), (1, 5, 1, 1), (1, 3)),
+               ((1, 3, 1, 3136), (1, 3, 1, 1), (3, 1, 1), (3,)),
+               ((2, 4, 1, 13), (2, 4, 1, 1), (2, 4, 1, 1), (1, 2, 3))]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("shape,shift_shape,slope_shape,powers", PRELU_CASES,
+                         ids=[f"{'x'.join(map(str, c[0]))}-p{''.join(map(str, c[3]))}" for c in PRELU_CASES])
+def test_prelu_stats(shape, shift_shape, slope_shape, powers, sched, rng):
+    """y is bit-identical to the graph's op order; the means match float64 sums."""
+    x = rng.standard_normal(shape).astype("float32")
+    sin, sout = (rng.standard_normal(shift_shape).astype("float32") for _ in range(2))
+    x[..., :2] = sin  # d == 0 exactly: ties of the d >= 0 test
+    slope = (rng.random(slope_shape) - 0.3).astype("float32")  # some negative slopes too
+    ey, es = ref.prelu_stats_ref(x, sin, slope, sout, powers)
+    pf = S.make_prelu_stats(shape, shift_shape, slope_shape, shift_shape, powers, target=HOST, schedule=sched)
+    sym = str(pf.attrs["global_symbol"])
+    lib = tvm.compile(pf, target=tvm.target.Target(HOST)).jit()
+    y = tvm.runtime.empty(shape, "float32")
+    means = [tvm.runtime.empty(shape[:2], "float32") for _ in powers]
+    lib[sym](*[tvm.runtime.tensor(a) for a in (x, sin, slope, sout)], y, *means)
+    np.testing.assert_array_equal(y.numpy(), ey)
+    np.testing.assert_allclose(np.stack([m.numpy() for m in means], -1), es[:, :, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_prelu_stats_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[N, C, 1, L\]"):
+        S.make_prelu_stats((1, 8, 16), (1, 8, 1), (1, 8, 1), (1, 8, 1), (1,), target=HOST)
+    with pytest.raises(ValueError, match=r"\[N, C, 1, L\]"):
+        S.make_prelu_stats((1, 8, 4, 4), (1, 8, 1, 1), (1, 8, 1, 1), (1, 8, 1, 1), (1,), target=HOST)
+    with pytest.raises(ValueError, match="power 4"):
+        S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (4,), target=HOST)
+    with pytest.raises(ValueError, match="no statistics"):
+        S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (), target=HOST)
 
 
 # ---------------------------------------------------------------- fconv2d (float stem / shortcuts)
