@@ -505,6 +505,7 @@ def fconv2d_blocked(
     padding: Sequence[int] = (0, 0, 0, 0),
     dilation: Sequence[int] = (1, 1),
     bias: te.Tensor | None = None,
+    out_layout: str = "NCHW",
 ) -> te.Tensor:
     """Float conv2d (the FP stem / shortcut / tokenizer convs) with output-channel-blocked weights.
 
@@ -515,10 +516,14 @@ def fconv2d_blocked(
         zero-padded to ``KB*OB`` (``packing.block_conv_weight``); ``OB`` = SIMD lanes, so one
         weight vector load feeds ``OB`` output channels.
     bias : float32 ``[K]`` or None.
+    out_layout : "NCHW" | "NCHWc"
+        "NCHWc": the output stays blocked like the weights, ``[N, KB, OH, OW, OB]`` (needs
+        ``K = KB * OB``), for a consumer that reads channel blocks (:func:`maxpool2d`); the
+        kernel then stores whole vectors instead of transposing its register tile.
 
     Returns
     -------
-    float32 ``[N, K, OH, OW]`` (NCHW, zero padding).
+    float32 ``[N, K, OH, OW]`` (NCHW) or ``[N, KB, OH, OW, OB]`` (NCHWc); zero padding.
     """
     N, C, H, W = _ints(data.shape)
     KB, C2, KH, KW, OB = _ints(weight_blocked.shape)
@@ -546,6 +551,16 @@ def fconv2d_blocked(
         name="fconv",
         attrs={"schedule_rule": "bnn_fconv2d"},
     )
+
+    if out_layout == "NCHWc":
+        if KB * OB != out_channels:
+            raise ValueError(f"fconv2d: NCHWc output needs the {out_channels} channels to fill "
+                             f"{KB} blocks of {OB}")
+        return te.compute((N, KB, OH, OW, OB), lambda n, kb, oh, ow, ob: (
+            conv[n, kb, oh, ow, ob] + bias[kb * OB + ob] if bias is not None else conv[n, kb, oh, ow, ob]),
+            name="fconv_out")
+    if out_layout != "NCHW":
+        raise ValueError(f"fconv2d: out_layout must be 'NCHW' or 'NCHWc', got {out_layout!r}")
 
     def out(n, k, oh, ow):
         v = conv[n, k // OB, oh, ow, k % OB]
@@ -594,6 +609,7 @@ def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: 
         raise ValueError(f"prelu_stats: x must be [N, C, 1, L], got {_ints(x.shape)}")
     if not powers:
         raise ValueError("prelu_stats: no statistics requested")
+
     def per_nc(t):
         read = _broadcast_reader(t, 4, (N, C, 1, 1))
         return lambda n, c: read(n, c, 0, 0)
@@ -619,6 +635,8 @@ def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: 
 
 
 def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
+    if len(x.shape) == 5:
+        return _maxpool2d_blocked(x, kernel=kernel, stride=stride, padding=padding)
     """2-D max pooling of NCHW float32 (padding never wins: ONNX / PyTorch semantics), separable.
 
     ``pool_rows`` takes the max over the ``KH`` input rows of each output row for every input
@@ -626,6 +644,9 @@ def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
     columns of that row with the pooling stride.  max is exact, so the split changes nothing
     but the memory traffic: the fused form read each input ``KH*KW`` times through strided,
     bounds-checked gathers.
+
+    ``x``: NCHW, or NCHWc ``[N, CB, H, W, CI]`` (a blocked float conv's output): then the
+    windows run over whole channel blocks and only the pooled map is transposed to NCHW.
 
     Returns float32 ``[N, C, OH, OW]``; intermediate ``pool_rows`` ``[N, C, OH, W + pl + pr]``
     (``-inf`` in the padded columns).
@@ -659,3 +680,30 @@ def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
         return acc
 
     return te.compute((N, C, OH, OW), col_max, name="pool")
+
+
+def _maxpool2d_blocked(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
+    """:func:`maxpool2d` of an NCHWc map: ``pool_rows`` / ``pool`` keep the channel blocks
+    innermost (one vector of CI channels per pixel), ``pool_out`` writes NCHW."""
+    N, CB, H, W, CI = _ints(x.shape)
+    KH, KW = normalize_2d(kernel, "kernel")
+    sh, sw = normalize_2d(stride, "stride")
+    pt, pl, pb, pr = normalize_padding(padding)
+    OH = conv_out_size(H, KH, sh, pt, pb, 1)
+    OW = conv_out_size(W, KW, sw, pl, pr, 1)
+    neg = tirx.const(float("-inf"), "float32")
+
+    def window_max(size, read, start, taps):
+        acc = None
+        for r in range(taps):
+            i = start + r
+            v = tirx.if_then_else(tirx.all(i >= 0, i < size), read(tirx.max(tirx.min(i, size - 1), 0)), neg)
+            acc = v if acc is None else tirx.max(acc, v)
+        return acc
+
+    rows = te.compute((N, CB, OH, W, CI), lambda n, cb, oh, w, ci: window_max(
+        H, lambda h: x[n, cb, h, w, ci], oh * sh - pt, KH), name="pool_rows")
+    pool = te.compute((N, CB, OH, OW, CI), lambda n, cb, oh, ow, ci: window_max(
+        W, lambda w: rows[n, cb, oh, w, ci], ow * sw - pl, KW), name="pool")
+    return te.compute((N, CB * CI, OH, OW), lambda n, c, oh, ow: pool[n, c // CI, oh, ow, c % CI],
+                      name="pool_out")

@@ -78,6 +78,10 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
 
 def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     sch.compute_inline(sch.get_sblock("pool_rows"))
+    if has_block(sch, "pool_out"):  # NCHWc input: one thread per NCHW output element
+        sch.compute_inline(sch.get_sblock("pool"))
+        _bind_flat(sch, sch.get_loops(sch.get_sblock("pool_out")))
+        return
     _bind_flat(sch, sch.get_loops(sch.get_sblock("pool")))
 
 

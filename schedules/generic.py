@@ -217,6 +217,9 @@ def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     """Rows of (n, c, oh) in parallel; per row, the KH-row max into a local row buffer
     (vectorised along w, contiguous), then the strided KW-column max as a plain loop for LLVM
     (64@112, 3x3 s2: 0.54 ms as TVM's fused pool with inlined padding -> ~0.2 ms)."""
+    if has_block(sch, "pool_out"):
+        _schedule_maxpool2d_blocked(sch)
+        return
     pool = sch.get_sblock("pool")
     n, c, oh, ow = sch.get_loops(pool)
     row = sch.fuse(n, c, oh)
@@ -263,3 +266,24 @@ def schedule_prelu_stats(sch: s_tir.Schedule) -> None:
     for part, total, _ in stats:
         sch.decompose_reduction(part, so)
         sch.decompose_reduction(total, sch.get_loops(total)[-1])
+
+
+def _schedule_maxpool2d_blocked(sch: s_tir.Schedule) -> None:
+    """NCHWc input: rows of (n, channel block, oh) in parallel; the window maxima are whole
+    vectors of the block's channels, kept in local buffers; the pooled row is then transposed to
+    NCHW, a vector along ow per channel."""
+    out = sch.get_sblock("pool_out")
+    pool, rows = sch.get_sblock("pool"), sch.get_sblock("pool_rows")
+    n, cb, oh, ow, ci = sch.get_loops(pool)
+    row = sch.fuse(n, cb, oh)
+    sch.parallel(row)
+    sch.compute_at(rows, row)
+    for blk in (pool, rows):
+        sch.set_scope(blk, 0, "local")
+        sch.vectorize(sch.get_loops(blk)[-1])
+    sch.reverse_compute_at(out, row)
+    w = sch.get_loops(out)[-1]  # (ci, ow) under the row
+    f = pick_factor(extent(sch, w), (16, 8, 4))
+    if f > 1:
+        _, wi = sch.split(w, factors=[None, f])
+        sch.vectorize(wi)

@@ -301,13 +301,14 @@ def fconv2d_block(target: TargetLike = None) -> int:
 
 
 def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *, stride=1, padding=0,
-                 dilation=1, with_bias: bool = False, target: TargetLike = None,
+                 dilation=1, with_bias: bool = False, out_layout: str = "NCHW", target: TargetLike = None,
                  schedule: str | None = None) -> tvm.tirx.PrimFunc:
-    """Float conv2d (NCHW, zero padding, groups=1) on output-channel-blocked weights.
+    """Float conv2d (NCHW input, zero padding, groups=1) on output-channel-blocked weights.
 
     PrimFunc params: ``(data float32[N,C,H,W], weight float32[KB,C,KH,KW,OB]
     (packing.block_conv_weight(w, fconv2d_block(target))), [bias float32[K]],
-    out float32[N,K,OH,OW])``.
+    out float32[N,K,OH,OW])``; with ``out_layout="NCHWc"`` out is ``float32[N,KB,OH,OW,OB]``
+    (K must fill the blocks), for make_maxpool2d.
     """
     N, C, H, W = (int(v) for v in data_shape_nchw)
     K, C2, KH, KW = (int(v) for v in weight_shape)
@@ -320,23 +321,27 @@ def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *,
     weight = te.placeholder((kb, C, KH, KW, ob), "float32", name="weight")
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
     out = compute.fconv2d_blocked(data, weight, out_channels=K, kernel=(KH, KW), stride=st,
-                                  padding=pd, dilation=dl, bias=bias)
+                                  padding=pd, dilation=dl, bias=bias, out_layout=out_layout)
     args = [data, weight] + ([bias] if bias is not None else []) + [out]
     name = (f"bnn_fconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
-            f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}")
+            f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}"
+            f"{'_c' if out_layout == 'NCHWc' else ''}")
     return _finish(args, "fconv2d", name, target, schedule)
 
 
-def make_maxpool2d(data_shape_nchw: Sequence[int], *, kernel, stride=1, padding=0,
+def make_maxpool2d(data_shape: Sequence[int], *, kernel, stride=1, padding=0,
                    target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
-    """Float max pooling (NCHW, no dilation, floor rounding).
+    """Float max pooling (no dilation, floor rounding) of an NCHW map, or of an NCHWc one
+    ``[N, CB, H, W, CI]`` (make_fconv2d(out_layout="NCHWc")).
 
-    PrimFunc params: ``(data float32[N,C,H,W], out float32[N,C,OH,OW])``.
+    PrimFunc params: ``(data float32[data_shape], out float32[N,C,OH,OW])``.
     """
-    N, C, H, W = (int(v) for v in data_shape_nchw)
+    shape = tuple(int(v) for v in data_shape)
+    if len(shape) not in (4, 5):
+        raise ValueError(f"maxpool2d: expected NCHW or NCHWc data, got shape {list(shape)}")
     k, st, pd = normalize_2d(kernel, "kernel"), normalize_2d(stride, "stride"), normalize_padding(padding)
-    data = te.placeholder((N, C, H, W), "float32", name="data")
+    data = te.placeholder(shape, "float32", name="data")
     out = compute.maxpool2d(data, kernel=k, stride=st, padding=pd)
-    name = (f"bnn_maxpool2d_{N}x{C}x{H}x{W}_k{k[0]}x{k[1]}_s{st[0]}x{st[1]}"
+    name = (f"bnn_maxpool2d_{_shape_tag(shape)}_k{k[0]}x{k[1]}_s{st[0]}x{st[1]}"
             f"_p{'x'.join(map(str, pd))}")
     return _finish([data, out], "maxpool2d", name, target, schedule)

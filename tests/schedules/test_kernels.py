@@ -452,3 +452,36 @@ def test_fconv2d(shape, k, kernel, s, p, with_bias, sched, rng):
     got = run_primfunc(pf, args, expect.shape, "float32")
     # float32 accumulation in another order than the float64 reference
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("pool", [((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 3), (1, 2), (0, 1, 1, 0))],
+                         ids=["stem_pool", "asym"])
+def test_fconv2d_blocked_then_maxpool(pool, sched, rng):
+    """A ResNet stem: the conv writes NCHWc (whole channel blocks), the max-pool reads the blocks
+    and writes NCHW; same values as the NCHW conv and pool (max is exact)."""
+    ob = S.fconv2d_block(HOST)
+    x = rng.standard_normal((1, 3, 23, 21)).astype("float32")
+    w = rng.standard_normal((2 * ob, 3, 7, 7)).astype("float32")
+    bias = rng.standard_normal(2 * ob).astype("float32")
+    conv = ref.fconv2d_ref(x, w, stride=2, padding=(3,) * 4, bias=bias)
+    pf = S.make_fconv2d(x.shape, w.shape, stride=2, padding=3, with_bias=True, out_layout="NCHWc",
+                        target=HOST, schedule=sched)
+    blocked_shape = (1, 2, *conv.shape[2:], ob)
+    got = run_primfunc(pf, [x, pk.block_conv_weight(w, ob), bias], blocked_shape, "float32")
+    as_nchw = got.transpose(0, 1, 4, 2, 3).reshape(conv.shape)
+    np.testing.assert_allclose(as_nchw, conv, rtol=1e-4, atol=1e-4 * np.abs(conv).max())
+    k, st, p = pool
+    pp = S.make_maxpool2d(blocked_shape, kernel=k, stride=st, padding=p, target=HOST, schedule=sched)
+    expect = ref.maxpool2d_ref(as_nchw, kernel=k, stride=st, padding=p)
+    np.testing.assert_array_equal(run_primfunc(pp, [got], expect.shape, "float32"), expect)
+
+
+def test_fconv2d_blocked_output_needs_whole_blocks():
+    ob = S.fconv2d_block(HOST)
+    with pytest.raises(ValueError, match="fill"):
+        S.make_fconv2d((1, 3, 8, 8), (ob + 1, 3, 3, 3), out_layout="NCHWc", target=HOST)
+    with pytest.raises(ValueError, match="out_layout"):
+        S.make_fconv2d((1, 3, 8, 8), (ob, 3, 3, 3), out_layout="NHWC", target=HOST)
+    with pytest.raises(ValueError, match="NCHWc data"):
+        S.make_maxpool2d((1, 3, 8), kernel=2, stride=2, target=HOST)
