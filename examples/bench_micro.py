@@ -5,7 +5,8 @@
 
 * ``peak``: the core's clock (``bench``'s dependent-imul chain) and its FP32 FMA peak (32
   independent zmm/ymm FMA chains) -- the rooflines the docs compare against;
-* ``fconv``: the float stem / shortcut convs (bnncompile's kernel vs ``F.conv2d``);
+* ``fconv``: the float stem / shortcut convs (bnncompile's kernel vs ``F.conv2d``), and the
+  ResNet stem + max-pool with the conv's output NCHW or channel-blocked (NCHWc);
 * ``bitpack``: packing a sign with a per-channel threshold, on the NCHW map and on the
   ``[N, C, 1, H*W]`` view the frontend uses;
 * ``epilogue``: a binary 3x3 conv bare (zero padding), with one-padding (no border correction),
@@ -101,6 +102,31 @@ def fconv(tgt) -> None:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
         torch_ms = 1e3 * min(_timed(torch.nn.functional.conv2d, tx, tw, tb, s, p) for _ in range(9))
         print(f"{name:30s} {ms:13.3f} {expect.size * np.prod(ws[1:]) / ms / 1e6:8.1f} {torch_ms:10.3f}")
+    stem_pool(tgt, rng)
+
+
+def stem_pool(tgt, rng) -> None:
+    """ResNet stem + 3x3 s2 max-pool: the conv's output NCHW (the pool reads rows) vs NCHWc (the
+    conv stores whole channel blocks, the pool reads them and transposes its smaller output)."""
+    x = rng.standard_normal((1, 3, 224, 224)).astype("float32")
+    w = rng.standard_normal((64, 3, 7, 7)).astype("float32")
+    b = rng.standard_normal(64).astype("float32")
+    conv = ref.fconv2d_ref(x, w, stride=2, padding=(3,) * 4, bias=b)
+    expect = ref.maxpool2d_ref(conv, kernel=3, stride=2, padding=(1,) * 4)
+    ob = S.fconv2d_block(tgt)
+    print("ResNet stem + max-pool          conv ms   pool ms   total ms")
+    for layout in ("NCHW", "NCHWc"):
+        mid_shape = conv.shape if layout == "NCHW" else (1, 64 // ob, *conv.shape[2:], ob)
+        lc, sc = _build(S.make_fconv2d(x.shape, w.shape, stride=2, padding=3, with_bias=True,
+                                       out_layout=layout, target=tgt), tgt)
+        lp, sp = _build(S.make_maxpool2d(mid_shape, kernel=3, stride=2, padding=1, target=tgt), tgt)
+        args = [tvm.runtime.tensor(a) for a in (x, pk.block_conv_weight(w, ob), b)]
+        mid, out = tvm.runtime.empty(mid_shape, "float32"), tvm.runtime.empty(expect.shape, "float32")
+        lc[sc](*args, mid)
+        lp[sp](mid, out)
+        np.testing.assert_allclose(out.numpy(), expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+        tc, tp = _median_ms(lc, sc, [*args, mid]), _median_ms(lp, sp, [mid, out])
+        print(f"  conv output {layout:6s} {tc:17.3f} {tp:9.3f} {tc + tp:10.3f}")
 
 
 def bitpack(tgt) -> None:

@@ -23,6 +23,9 @@ def _all_ops(target):
         "bconv2d_one": S.make_bconv2d(**CONV, pad_value="one", target=target),
         "bdense": S.make_bdense((2, 5, 130), (16, 130), with_scale=True, target=target),
         "bbatch_matmul": S.make_bbatch_matmul((2, 8, 64), (2, 16, 64), target=target),
+        "prelu_stats": S.make_prelu_stats((2, 8, 1, 49), (2, 8, 1, 1), (1, 8, 1, 1), (2, 8, 1, 1), (1, 3),
+                                          target=target),
+        "maxpool2d_nchwc": S.make_maxpool2d((1, 2, 9, 9, 8), kernel=3, stride=2, padding=1, target=target),
     }
 
 
@@ -61,14 +64,18 @@ def test_x86_avx512_vpopcntq():
     assert "vpopcntq" in asm
 
 
-@pytest.mark.parametrize("op", ["bitpack", "bitpack_last", "bconv2d", "bconv2d_one", "bdense", "bbatch_matmul"])
+ALL_OPS = ["bitpack", "bitpack_last", "bconv2d", "bconv2d_one", "bdense", "bbatch_matmul", "prelu_stats",
+           "maxpool2d_nchwc"]
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
 def test_aarch64_neon_builds(op):
     asm = _asm(_all_ops(ARM)[op], ARM)
     if op.startswith(("bconv", "bdense", "bbatch")):
         assert re.search(r"^\s*cnt\s+v\d+\.(16b|8b)", asm, re.M), "NEON cnt missing"
 
 
-@pytest.mark.parametrize("op", ["bitpack", "bitpack_last", "bconv2d", "bconv2d_one", "bdense", "bbatch_matmul"])
+@pytest.mark.parametrize("op", ALL_OPS)
 def test_cuda_builds(op):
     ex = tvm.compile(_all_ops(CUDA)[op], target=CUDA)
     assert len(ex.mod.imports) == 1, "no device module: loops were not bound"
