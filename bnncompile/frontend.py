@@ -16,8 +16,11 @@ importer to convert those:
   the conv kernel's epilogue (:mod:`bnncompile.epilogue`); its tail node emits the fused kernel.
   When the chain's output feeds a DynamicSign with a constant threshold, the same kernel also
   writes the packed bits that sign's binary consumers read (no separate bit-packing pass).
-* on CPUs: float Conv with constant weights → blocked float conv kernel; 2-D MaxPool → separable
-  max-pool kernel; ``ReduceMean`` over H, W of ``x*x`` / ``x*x*x`` (INSTA) → one reduction of x.
+* on CPUs: float Conv with constant weights → blocked float conv kernel (channel-blocked output
+  when only a MaxPool reads it); 2-D MaxPool → separable max-pool kernel; AveragePool with
+  stride = kernel → average-pool kernel.
+* ``ReduceMean`` over H, W (of x, ``x*x`` or ``x*x*x``) → one reduction of x; a dynamic PReLU
+  (DyBNN, INSTA) whose output is pooled that way → one kernel computing the PReLU and the pools.
 
 Everything else (LayerNorm, softmax, threshold MLPs, ...) goes through TVM's own converters.
 """
@@ -48,6 +51,7 @@ OP_BBMM = MANGLE + "BinaryBatchMatMul"
 OP_FOLDED = MANGLE + "FoldedScale"  # a Mul whose scale went into the binary kernel
 OP_FCONV = MANGLE + "FloatConv"  # a float Conv with constant weights -> blocked CPU kernel
 OP_MAXPOOL = MANGLE + "MaxPool"  # 2-D MaxPool -> separable CPU kernel
+OP_AVGPOOL = MANGLE + "AveragePool"  # 2-D AveragePool, stride = kernel, no pads -> CPU kernel
 OP_EPILOGUE = MANGLE + "FusedEpilogue"  # last node of a chain fused into a binary conv's epilogue
 OP_POWER_MEAN = MANGLE + "PowerMean"  # ReduceMean over H, W of x*x or x*x*x (INSTA statistics)
 OP_PRELU_STATS = MANGLE + "PreluStats"  # a dynamic PReLU whose output's H, W means it also computes
@@ -98,6 +102,8 @@ class LoweringPlan:
     float_convs: set[str] = field(default_factory=set)
     #: MaxPool nodes lowered to bnncompile's separable max-pool kernel (CPU targets)
     max_pools: set[str] = field(default_factory=set)
+    #: AveragePool nodes (stride = kernel, no padding) lowered to bnncompile's kernel (CPU targets)
+    avg_pools: set[str] = field(default_factory=set)
     #: float convs whose output only such a MaxPool reads: written channel-blocked (NCHWc)
     pooled_float_convs: set[str] = field(default_factory=set)
     #: DynamicSign output -> "nchw" | "last": how its binary consumers pack it (one pack kernel
@@ -158,12 +164,25 @@ def _is_plain_max_pool(node: onnx.NodeProto) -> bool:
             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
+def _is_plain_avg_pool(node: onnx.NodeProto) -> bool:
+    """2-D AveragePool whose windows tile the map: stride = kernel, no padding, no ceil mode
+    (the downsampling shortcuts of ResNet / ReActNet)."""
+    if node.op_type != "AveragePool" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    k = list(attrs.get("kernel_shape", []))
+    return (len(k) == 2 and list(attrs.get("strides", [1, 1])) == k and not any(attrs.get("pads", [0] * 4))
+            and not attrs.get("ceil_mode", 0) and all(d == 1 for d in attrs.get("dilations", [1, 1]))
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
 def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: bool = True,
                   fuse_epilogues: bool = True) -> LoweringPlan:
     plan = LoweringPlan()
     if float_convs:  # CPU-only kernels
         plan.float_convs = {n.name for n in model.graph.node if _is_plain_float_conv(index, n)}
         plan.max_pools = {n.name for n in model.graph.node if _is_plain_max_pool(n)}
+        plan.avg_pools = {n.name for n in model.graph.node if _is_plain_avg_pool(n)}
     outputs = {o.name for o in model.graph.output}
     layouts: dict[str, set[str]] = {}
     for out_name, layer in find_binary_layers(model, index).items():
@@ -191,14 +210,18 @@ def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, float_convs: boo
     plan.sign_layout = {k: next(iter(v)) for k, v in layouts.items() if len(v) == 1}
     if fuse_epilogues:
         _plan_epilogues(plan, index, value_shapes(model), outputs)
-        plan.pooled_float_convs = {
-            node.name for node in model.graph.node
-            if node.name in plan.float_convs and node.output[0] not in outputs
-            and [c.name for c in index.consumers.get(node.output[0], [])] in [[p] for p in plan.max_pools]}
+        plan.pooled_float_convs = {node.name for node in model.graph.node if node.name in plan.float_convs
+                                   and _only_read_by(index, node.output[0], plan.max_pools, outputs)}
     plan.power_means = _plan_power_means(model, index, outputs)
     if fuse_epilogues:
         plan.prelu_stats = _plan_prelu_stats(index, plan.power_means, outputs)
     return plan
+
+
+def _only_read_by(index: GraphIndex, tensor: str, readers: set[str], keep: set[str]) -> bool:
+    """``tensor`` has one consumer, one of ``readers``, and is not a graph output."""
+    consumers = index.consumers.get(tensor, [])
+    return tensor not in keep and len(consumers) == 1 and consumers[0].name in readers
 
 
 def _plan_prelu_stats(index: GraphIndex, power_means: dict, keep: set[str]) -> dict:
@@ -473,6 +496,8 @@ def _make_importer_class():
                     return self._fused_epilogue(node)
                 if op_name == OP_MAXPOOL:
                     return self._max_pool(node, inputs, attrs, opset)
+                if op_name == OP_AVGPOOL:
+                    return self._avg_pool(node, inputs, attrs, opset)
                 if op_name == OP_POWER_MEAN:
                     return self._power_mean(node, inputs, attrs, opset)
                 if op_name == OP_PRELU_STATS:
@@ -713,9 +738,9 @@ def _make_importer_class():
                 return super()._convert_operator("ReduceMean", inputs, attrs, opset)
             n, c, h, w = xs
             # Reduce over the flattened H*W row (a free reshape) where that gives the float
-            # glue's RowReduction wide vector lanes of partial sums and the rows of the map do
-            # not: a row of 56 takes 8-lane partial sums, 56*56 = 3136 takes 64 (a mean over
-            # 128x56x56: 40 -> 14 us).  Rows of 7 or 14 stay rows (7*7 = 49 has no lanes at all).
+            # glue's RowReduction wider vector lanes of partial sums than the map's rows: a row
+            # of 28 takes 4 lanes, 28*28 = 784 takes 16 (a mean over 256x28x28: 23 -> 9 us).
+            # Rows of 7 or 14 stay rows (7*7 = 49 has no lanes at all).
             flat = w % 16 != 0 and (h * w) % 16 == 0
             if flat:
                 x = self.bb.emit(relax.op.reshape(x, [n, c, 1, h * w]))
@@ -754,6 +779,8 @@ def _make_importer_class():
             pf = kernels.make_prelu_stats([n, c, 1, h * w], *shapes, powers, target=self._target)
             y, *means = self._call(pf, [flat, *ops], [n, c, 1, h * w], "float32", layer=node.name,
                                    kind="prelu_stats", extra_outputs=[([n, c], "float32")] * len(powers))
+            info = self._plan.kernels[str(pf.attrs["global_symbol"])]
+            info.setdefault("fused", []).extend(fused.nodes[:-1] + [m for m, _ in fused.means])
             for p, m in zip(powers, means):
                 self._prelu_means[(node.output[0], p)] = m
             return self.bb.emit(relax.op.reshape(y, [n, c, h, w]))
@@ -775,6 +802,19 @@ def _make_importer_class():
             out = [xs[0], channels, *(_conv_out(xs[2 + i], k[i], stride[i], pads[i], pads[i + 2], 1)
                                       for i in range(2))]
             return self._call(pf, [x], out, "float32", layer=node.name, kind="maxpool2d")
+
+        def _avg_pool(self, node, inputs, attrs, opset):
+            from .schedules import registry as kernels
+
+            x = inputs[0]
+            xs = self._shape_of(x)
+            if len(xs) != 4:
+                return super()._convert_operator("AveragePool", inputs, attrs, opset)
+            k = tuple(onnx.helper.get_attribute_value(
+                next(a for a in node.attribute if a.name == "kernel_shape")))
+            pf = kernels.make_avgpool2d(xs, kernel=k, target=self._target)
+            out = [xs[0], xs[1], xs[2] // k[0], xs[3] // k[1]]
+            return self._call(pf, [x], out, "float32", layer=node.name, kind="avgpool2d")
 
         def _binary_dense(self, node, layer, inputs):
             from .schedules import packing
@@ -878,6 +918,8 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
             node.op_type, node.domain = OP_EPILOGUE, ""
         elif node.name in plan.max_pools:
             node.op_type = OP_MAXPOOL
+        elif node.name in plan.avg_pools:
+            node.op_type = OP_AVGPOOL
         elif node.name in plan.power_means:
             node.op_type = OP_POWER_MEAN
         elif node.name in plan.prelu_stats:

@@ -1,6 +1,6 @@
 """Micro-benchmarks behind the kernel-level figures of docs/benchmarks.md (1 thread).
 
-    TVM_NUM_THREADS=1 python examples/bench_micro.py            # all four sections
+    TVM_NUM_THREADS=1 python examples/bench_micro.py            # all sections
     TVM_NUM_THREADS=1 python examples/bench_micro.py peak fconv # some of them
 
 * ``peak``: the core's clock (``bench``'s dependent-imul chain) and its FP32 FMA peak (32
@@ -10,7 +10,9 @@
 * ``bitpack``: packing a sign with a per-channel threshold, on the NCHW map and on the
   ``[N, C, 1, H*W]`` view the frontend uses;
 * ``epilogue``: a binary 3x3 conv bare (zero padding), with one-padding (no border correction),
-  and with ReActNet's fused tail (residual, RPReLU) and the packed second output.
+  and with ReActNet's fused tail (residual, RPReLU) and the packed second output;
+* ``avgpool``: the 2x2 average pools of the downsampling shortcuts, TVM's own (TOPI through the
+  float glue, timed as a VM call) vs bnncompile's kernel; bit-identical.
 
 Every kernel is checked against ``schedules/reference.py`` before it is timed (medians of
 ``time_evaluator`` repeats); machine noise applies as for every figure in the docs.
@@ -37,7 +39,7 @@ from bnncompile import bench, targets
 from schedules import packing as pk
 from schedules import reference as ref
 
-SECTIONS = ("peak", "fconv", "bitpack", "epilogue")
+SECTIONS = ("peak", "fconv", "bitpack", "epilogue", "avgpool")
 
 
 def _median_ms(lib, sym, args) -> float:
@@ -178,6 +180,33 @@ def epilogue(tgt) -> None:
             np.testing.assert_allclose(outs[0].numpy(), expect, rtol=1e-5, atol=1e-3)
             row.append(_median_ms(lib, sym, [*args, *outs]))
         print(f"{c}->{c} @{hw}{'':26s} {row[0]:12.3f} {row[1]:13.3f} {row[2]:19.3f}")
+
+
+def avgpool(tgt) -> None:
+    from tvm import relax
+
+    from bnncompile.compiler import relax_pipeline
+
+    print("avg-pool 2x2 s2                 TVM's pool us   bnncompile us")
+    rng = np.random.default_rng(0)
+    for c, hw in ((64, 112), (128, 56), (256, 28), (512, 14)):
+        x = rng.standard_normal((1, c, hw, hw)).astype("float32")
+        bb = relax.BlockBuilder()
+        xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+        with bb.function("main", [xv]):
+            with bb.dataflow():
+                out = bb.emit_output(bb.emit(relax.op.nn.avg_pool2d(xv, pool_size=2, strides=2)))
+            bb.emit_func_output(out)
+        vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tgt, relax_pipeline=relax_pipeline(tgt)),
+                                  tvm.cpu())
+        a = tvm.runtime.tensor(x)
+        expect = vm["main"](a).numpy()
+        lib, sym = _build(S.make_avgpool2d(x.shape, kernel=2, target=tgt), tgt)
+        out = tvm.runtime.empty(expect.shape, "float32")
+        lib[sym](a, out)
+        np.testing.assert_array_equal(out.numpy(), expect)
+        tvm_us = float(np.median(vm.time_evaluator("main", tvm.cpu(), number=20, repeat=9)(a).results)) * 1e6
+        print(f"{c}@{hw}{'':24s} {tvm_us:12.1f} {_median_ms(lib, sym, [a, out]) * 1e3:15.1f}")
 
 
 def main(argv=None) -> int:

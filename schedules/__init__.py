@@ -2,7 +2,7 @@
 
 Public entry points (see :mod:`.registry` for PrimFunc parameter orders): ``make_bitpack``,
 ``make_bitpack_last``, ``make_bconv2d``, ``make_bdense``, ``make_bbatch_matmul``, ``make_fconv2d``,
-``make_maxpool2d``, ``make_prelu_stats``; numpy packing
+``make_maxpool2d``, ``make_avgpool2d``, ``make_prelu_stats``; numpy packing
 helpers in :mod:`.packing`; independent references in :mod:`.reference`.
 """
 from .packing import (
@@ -17,6 +17,7 @@ from .registry import (
     SCHEDULES,
     fconv2d_block,
     get_schedule,
+    make_avgpool2d,
     make_bbatch_matmul,
     make_bconv2d,
     make_bdense,
@@ -32,6 +33,7 @@ __all__ = [
     "SCHEDULES",
     "check_pm1",
     "get_schedule",
+    "make_avgpool2d",
     "make_bbatch_matmul",
     "make_bconv2d",
     "make_bdense",

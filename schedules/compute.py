@@ -20,6 +20,7 @@ WORD = 64
 _U64 = "uint64"
 
 __all__ = [
+    "avgpool2d",
     "bbatch_matmul",
     "bconv2d",
     "bdense",
@@ -635,8 +636,6 @@ def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: 
 
 
 def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
-    if len(x.shape) == 5:
-        return _maxpool2d_blocked(x, kernel=kernel, stride=stride, padding=padding)
     """2-D max pooling of NCHW float32 (padding never wins: ONNX / PyTorch semantics), separable.
 
     ``pool_rows`` takes the max over the ``KH`` input rows of each output row for every input
@@ -651,6 +650,8 @@ def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
     Returns float32 ``[N, C, OH, OW]``; intermediate ``pool_rows`` ``[N, C, OH, W + pl + pr]``
     (``-inf`` in the padded columns).
     """
+    if len(x.shape) == 5:
+        return _maxpool2d_blocked(x, kernel=kernel, stride=stride, padding=padding)
     N, C, H, W = _ints(x.shape)
     KH, KW = normalize_2d(kernel, "kernel")
     sh, sw = normalize_2d(stride, "stride")
@@ -680,6 +681,26 @@ def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:
         return acc
 
     return te.compute((N, C, OH, OW), col_max, name="pool")
+
+
+def avgpool2d(x: te.Tensor, *, kernel) -> te.Tensor:
+    """Average pooling of NCHW float32 with stride = kernel and no padding (ResNet / ReActNet
+    downsampling shortcuts): each window summed row by row, left to right, then divided by its
+    size, the order TVM's pool and ONNX Runtime use, so the result is the same float.
+
+    Returns float32 ``[N, C, H // KH, W // KW]`` (``pool_avg``)."""
+    N, C, H, W = _ints(x.shape)
+    KH, KW = normalize_2d(kernel, "kernel")
+
+    def window(n, c, oh, ow):
+        acc = None
+        for r in range(KH):
+            for s_ in range(KW):
+                v = x[n, c, oh * KH + r, ow * KW + s_]
+                acc = v if acc is None else acc + v
+        return acc / float(KH * KW)
+
+    return te.compute((N, C, H // KH, W // KW), window, name="pool_avg")
 
 
 def _maxpool2d_blocked(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .generic import has_block
+from .generic import has_block, prelu_stats_blocks
 
 THREADS = 128
 
@@ -85,14 +85,15 @@ def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     _bind_flat(sch, sch.get_loops(sch.get_sblock("pool")))
 
 
+def schedule_avgpool2d(sch: s_tir.Schedule) -> None:
+    _bind_flat(sch, sch.get_loops(sch.get_sblock("pool_avg")))
+
 
 def schedule_prelu_stats(sch: s_tir.Schedule) -> None:
     # flat element-wise pass for y, then one thread per partial sum / row statistic (the rows
     # are short: L / F terms, then F)
-    from .generic import _prelu_stats_blocks
-
     _bind_flat(sch, sch.get_loops(sch.get_sblock("prelu")))
-    for part, total, mean in _prelu_stats_blocks(sch):
+    for part, total, mean in prelu_stats_blocks(sch):
         for blk in (part, total):
             *spatial, red = sch.get_loops(blk)
             _bind_flat(sch, spatial)

@@ -151,3 +151,18 @@ def prelu_stats_ref(x: np.ndarray, shift_in, slope, shift_out, powers) -> tuple[
     y64 = y.astype(np.float64)
     stats = np.stack([(y64 ** p).mean(axis=-1) for p in powers], axis=-1)
     return y, stats
+
+
+def avgpool2d_ref(x: np.ndarray, kernel) -> np.ndarray:
+    """Average pool with stride = kernel, no padding: each window summed row by row, left to
+    right, in float32, then divided by its size (the order ONNX Runtime and TVM use)."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = np.asarray(x, np.float32)
+    n, c, h, w = x.shape
+    win = x[:, :, : h // kh * kh, : w // kw * kw].reshape(n, c, h // kh, kh, w // kw, kw)
+    acc = win[:, :, :, 0, :, 0].copy()
+    for r in range(kh):
+        for s in range(kw):
+            if r or s:
+                acc = acc + win[:, :, :, r, :, s]
+    return (acc / np.float32(kh * kw)).astype(np.float32)

@@ -23,7 +23,7 @@ from .packing import border_row_classes, needs_border_table
 TargetLike = Union[tvm.target.Target, dict, None]
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
-       "prelu_stats")
+       "avgpool2d", "prelu_stats")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
@@ -37,6 +37,7 @@ __all__ = [
     "SCHEDULES",
     "fconv2d_block",
     "get_schedule",
+    "make_avgpool2d",
     "make_bbatch_matmul",
     "make_bconv2d",
     "make_bdense",
@@ -267,6 +268,22 @@ def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha:
     tag = "" if alpha is None else "_alpha" + repr(float(alpha)).replace(".", "p").replace("-", "m")
     name = f"bnn_bbmm_{_shape_tag(ash)}_n{bsh[-2]}{tag}"
     return _finish([a, b, out], "bbatch_matmul", name, target, schedule)
+
+
+def make_avgpool2d(data_shape_nchw: Sequence[int], *, kernel, target: TargetLike = None,
+                   schedule: str | None = None) -> tvm.tirx.PrimFunc:
+    """Float average pooling, stride = kernel, no padding (compute.avgpool2d).
+
+    PrimFunc params: ``(data float32[N,C,H,W], out float32[N,C,H//KH,W//KW])``.
+    """
+    shape = tuple(int(v) for v in data_shape_nchw)
+    if len(shape) != 4:
+        raise ValueError(f"avgpool2d: expected NCHW data, got shape {list(shape)}")
+    k = normalize_2d(kernel, "kernel")
+    data = te.placeholder(shape, "float32", name="data")
+    out = compute.avgpool2d(data, kernel=k)
+    name = f"bnn_avgpool2d_{_shape_tag(shape)}_k{k[0]}x{k[1]}"
+    return _finish([data, out], "avgpool2d", name, target, schedule)
 
 
 def make_prelu_stats(x_shape: Sequence[int], shift_in_shape: Sequence[int], slope_shape: Sequence[int],

@@ -31,7 +31,7 @@ def _copy_out(sch: s_tir.Schedule, wb, nchw: bool, wf: int, kf: int) -> None:
     unit-extent loops are dropped by reverse_compute_at.
 
     NCHW: the epilogue runs along ow, where the stores, the residual reads and the border table
-    ("k_ow") are contiguous.  (Before the table, the per-tap border selects made it 5x the cost of
+    (``[classes, K, OW]``) are contiguous.  (Before the table, the per-tap border selects made it 5x the cost of
     the popcounts on 64->64 @56 along ow, so it ran along k and staged the tile in a local buffer
     for the stores: 0.166 ms against 0.127 ms with one-padding on 128->128 @28.)  NHWC: along k."""
     loops = sch.get_loops(wb)
@@ -161,6 +161,7 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int 
 schedule_bitpack = generic.schedule_bitpack
 schedule_bitpack_last = generic.schedule_bitpack_last
 schedule_maxpool2d = generic.schedule_maxpool2d
+schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
 
 

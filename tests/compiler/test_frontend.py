@@ -398,8 +398,11 @@ def test_dynamic_prelu_computes_its_pools(rng, shift_shape, cube, fused):
     for got, want in zip(outs[1:], ref[1:]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert list(plan.prelu_stats) == ["prelu_out"]  # planned structurally, shapes checked at import
-    kinds = [v["kind"] for v in plan.kernels.values()]
-    assert kinds.count("prelu_stats") == (1 if fused else 0)
+    kernels = [v for v in plan.kernels.values() if v["kind"] == "prelu_stats"]
+    assert len(kernels) == (1 if fused else 0)
+    if fused:  # the sidecar says what the kernel replaced: the PReLU's nodes and the pools
+        assert kernels[0]["layers"] == ["prelu_out"]
+        assert set(kernels[0]["fused"]) == {"sub", "ge", "mul", "where", "pool"} | ({"pool3"} if cube else set())
 
 
 def test_dynamic_prelu_with_shared_intermediate_is_not_fused(rng):
@@ -442,3 +445,20 @@ def test_stem_conv_feeds_its_pool_channel_blocks(rng, conv_out_is_output):
     assert plan.pooled_float_convs == (set() if conv_out_is_output else {"stem"})
     blocked = [k for k in plan.kernels if k.startswith("bnn_fconv2d") and "_c_" in k]
     assert len(blocked) == (0 if conv_out_is_output else 1)
+
+
+
+@pytest.mark.parametrize("attrs,ours", [
+    (dict(kernel_shape=[2, 2], strides=[2, 2]), True),             # the downsampling shortcut
+    (dict(kernel_shape=[3, 2], strides=[3, 2]), True),
+    (dict(kernel_shape=[2, 2], strides=[1, 1]), False),            # overlapping windows: TVM's
+    (dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1]), False),
+], ids=["2x2", "3x2", "overlap", "padded"])
+def test_avg_pool_with_tiling_windows_uses_the_kernel(rng, attrs, ours):
+    node = helper.make_node("AveragePool", ["x"], ["y"], name="pool", **attrs)
+    model = make_model([node], {"x": [2, 3, 12, 10]}, {"y": None})
+    x = rng.standard_normal((2, 3, 12, 10)).astype(np.float32)
+    (y,), plan = build_and_run(model, {"x": x}, batch=2)
+    np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    assert (plan.avg_pools == {"pool"}) == ours
+    assert [v["kind"] for v in plan.kernels.values()] == (["avgpool2d"] if ours else [])

@@ -389,6 +389,18 @@ def test_maxpool2d(shape, k, s, p, sched, rng):
     np.testing.assert_array_equal(got, expect)  # max is exact
 
 
+# ---------------------------------------------------------------- avgpool2d (stride = kernel)
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("shape,k", [((1, 8, 56, 56), (2, 2)), ((2, 3, 7, 9), (2, 2)), ((1, 4, 9, 12), (3, 2))],
+                         ids=["56", "odd", "k3x2"])
+def test_avgpool2d(shape, k, sched, rng):
+    x = rng.standard_normal(shape).astype("float32")
+    expect = ref.avgpool2d_ref(x, k)
+    pf = S.make_avgpool2d(shape, kernel=k, target=HOST, schedule=sched)
+    got = run_primfunc(pf, [x], expect.shape, "float32")
+    np.testing.assert_array_equal(got, expect)  # same additions in the same order
+
+
 # ---------------------------------------------------------------- prelu_stats (dynamic PReLU + pools)
 # rows of 14x14 / 7x7 / 56x56 maps, an L with no divisor up to 16 but 1 (13), per-channel or
 # per-sample shifts and slopes, INSTA's E[y] and E[y^3] together

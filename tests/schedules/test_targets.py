@@ -26,6 +26,7 @@ def _all_ops(target):
         "prelu_stats": S.make_prelu_stats((2, 8, 1, 49), (2, 8, 1, 1), (1, 8, 1, 1), (2, 8, 1, 1), (1, 3),
                                           target=target),
         "maxpool2d_nchwc": S.make_maxpool2d((1, 2, 9, 9, 8), kernel=3, stride=2, padding=1, target=target),
+        "avgpool2d": S.make_avgpool2d((1, 8, 10, 10), kernel=2, target=target),
     }
 
 
@@ -65,7 +66,7 @@ def test_x86_avx512_vpopcntq():
 
 
 ALL_OPS = ["bitpack", "bitpack_last", "bconv2d", "bconv2d_one", "bdense", "bbatch_matmul", "prelu_stats",
-           "maxpool2d_nchwc"]
+           "maxpool2d_nchwc", "avgpool2d"]
 
 
 @pytest.mark.parametrize("op", ALL_OPS)
