@@ -67,6 +67,10 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
         sch.decompose_reduction(blk, b)
         return
     ext = extent(sch, w)
+    group = pick_factor(extent(sch, b), (16, 8))
+    if ext % vec == 0 and group > 1:
+        _schedule_bitpack_channel_groups(sch, blk, vec, group)
+        return
     wf = pick_factor(ext, (vec, 8, 4))
     if wf < 4 and largest_divisor(ext, vec) >= 5:
         # an odd row with a divisor (a flattened 7x7 map, 49 = 7 x 7): chunks of it, not one
@@ -92,6 +96,21 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
     if extent(sch, wl) in (2, 4, 8, 16):
         sch.vectorize(wl)
     sch.decompose_reduction(blk, b)
+
+
+def _schedule_bitpack_channel_groups(sch: s_tir.Schedule, blk, vec: int, group: int) -> None:
+    """Rows that ``vec`` divides: the 64 channels of a word are read ``group`` at a time, each
+    group along the whole row, the partial words or-ed (added) into the output row.  A chunk of
+    pixels that took all 64 bits at once read 64 channel rows in parallel, more streams than the
+    prefetchers follow: 64x112x112 (one row of 12544) 222 -> 104 us, 128x56x56 33 -> 23 us; rows
+    of 196 stay with the chunked tile (a masked tail: 13 -> 258 us)."""
+    n, h, w, cw, b = sch.get_loops(blk)
+    wo, wi = sch.split(w, factors=[None, vec])
+    bo, bi = sch.split(b, factors=[None, group])
+    sch.reorder(n, h, cw, bo, wo, bi, wi)
+    sch.parallel(sch.fuse(n, h))
+    sch.vectorize(wi)
+    sch.decompose_reduction(blk, bo)
 
 
 def schedule_bitpack_last(sch: s_tir.Schedule, name: str = "bitpack_last") -> None:
