@@ -155,9 +155,9 @@ def conv_border_table(w_pm1: np.ndarray, in_hw, *, stride=1, padding=0, dilation
     """int32 table of a zero-padded bconv2d's ``KH*KW*C`` minus its border correction.
 
     Padded words are 0, so an out-of-image tap (r, s) adds ``popcount(w[r, s, :, k])`` to the
-    accumulator although a zero-padded pixel contributes nothing: the output is
-    ``table[row class, ow, k] - 2 * acc`` with ``table = KH*KW*C - sum over the out-of-image taps
-    of (C - 2 * tap_popcount[r, s, k])``.  Rows with every tap inside share a class
+    accumulator although a zero-padded pixel contributes nothing: the output at (oh, ow, k) is
+    ``table[class of oh, (ow, k)] - 2 * acc`` with ``table = KH*KW*C - sum over the out-of-image
+    taps of (C - 2 * tap_popcount[r, s, k])``.  Rows with every tap inside share a class
     (:func:`border_row_classes`), so the table is ``[classes, K, OW]`` for an NCHW output and
     ``[classes, OW, K]`` for NHWC: read along the output's contiguous axis, one vector load per
     output vector.  ``padding``: int, (ph, pw) or (top, left, bottom, right).
