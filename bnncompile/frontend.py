@@ -727,6 +727,8 @@ def _make_importer_class():
         def _power_mean(self, node, inputs, attrs, opset):
             from tvm import te
 
+            from .schedules import compute as kernels_compute
+
             src, power, keepdims = self._plan.power_means[node.name]
             if (src, power) in self._prelu_means:  # computed with the PReLU that made src
                 m = self._prelu_means[(src, power)]
@@ -748,12 +750,8 @@ def _make_importer_class():
             def compute(x):
                 n, c, h, w = (int(v) for v in x.shape)
                 rh, rw = te.reduce_axis((0, h), name="rh"), te.reduce_axis((0, w), name="rw")
-
-                def pw(v):  # ONNX's order: (x * x) * x
-                    return v if power == 1 else v * v if power == 2 else v * v * v
-
-                acc = te.compute((n, c), lambda i, j: te.sum(pw(x[i, j, rh, rw]), axis=[rh, rw]),
-                                 name="power_sum")
+                acc = te.compute((n, c), lambda i, j: te.sum(kernels_compute.power(x[i, j, rh, rw], power),
+                                                             axis=[rh, rw]), name="power_sum")
                 shape = (n, c, 1, 1) if keepdims else (n, c)
                 return te.compute(shape, lambda i, j, *_: acc[i, j] / float(h * w), name="power_mean")
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from tvm import te, tirx
 
-from .packing import border_row_classes
+# geometry helpers live with the compile-time tables that need them too (numpy-only module)
+from .packing import border_row_classes, conv_out_size, normalize_2d, normalize_padding
 
 WORD = 64
 _U64 = "uint64"
@@ -31,6 +32,7 @@ __all__ = [
     "maxpool2d",
     "normalize_2d",
     "normalize_padding",
+    "power",
     "prelu_stats",
 ]
 
@@ -41,41 +43,6 @@ def _ints(shape) -> list:
 
 def _nwords(n: int) -> int:
     return (int(n) + WORD - 1) // WORD
-
-
-def normalize_2d(v, name: str) -> tuple:
-    """``int`` or 1/2-sequence -> ``(a, b)`` of positive ints."""
-    if isinstance(v, int):
-        v = (v, v)
-    v = tuple(int(i) for i in v)
-    if len(v) == 1:
-        v = v * 2
-    if len(v) != 2 or min(v) < 1:
-        raise ValueError(f"{name}: expected a positive int or pair, got {v}")
-    return v
-
-
-def normalize_padding(p) -> tuple:
-    """Padding as ``int``, ``(ph, pw)`` or ``(top, left, bottom, right)`` -> 4-tuple (t, l, b, r)."""
-    if isinstance(p, int):
-        p = (p,) * 4
-    p = tuple(int(i) for i in p)
-    if len(p) == 1:
-        p = p * 4
-    elif len(p) == 2:
-        p = (p[0], p[1], p[0], p[1])
-    if len(p) != 4 or min(p) < 0:
-        raise ValueError(f"padding: expected int, (ph, pw) or (top, left, bottom, right) >= 0, got {p}")
-    return p
-
-
-def conv_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dil: int) -> int:
-    """Output extent of a conv along one axis (PyTorch formula)."""
-    out = (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
-    if out < 1:
-        raise ValueError(f"conv produces an empty output (size={size}, k={k}, stride={stride}, "
-                         f"pad=({pad_lo},{pad_hi}), dilation={dil})")
-    return out
 
 
 def _broadcast_reader(t: te.Tensor, out_rank: int, out_shape: Sequence[int]):
@@ -570,7 +537,7 @@ def fconv2d_blocked(
     return te.compute((N, out_channels, OH, OW), out, name="fconv_out")
 
 
-def _power(v, p: int):
+def power(v, p: int):
     """``v**p`` in ONNX's order for INSTA's statistics: ``(v * v) * v``."""
     if p == 1:
         return v
@@ -626,7 +593,7 @@ def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: 
     so = te.reduce_axis((0, L // f), name="so")
 
     def mean_of_power(j: int, p: int) -> te.Tensor:
-        part = te.compute((N, C, f), lambda n, c, lane: te.sum(_power(y[n, c, 0, so * f + lane], p), axis=so),
+        part = te.compute((N, C, f), lambda n, c, lane: te.sum(power(y[n, c, 0, so * f + lane], p), axis=so),
                           name=f"prelu_stats_part{j}")
         sl = te.reduce_axis((0, f), name="sl")
         total = te.compute((N, C), lambda n, c: te.sum(part[n, c, sl], axis=sl), name=f"prelu_stats_sum{j}")

@@ -1,4 +1,5 @@
-"""Compile-time numpy bit-packing helpers shared by the frontend and the tests.
+"""Compile-time numpy bit-packing helpers (and the conv geometry they and the computes share),
+used by the frontend and the tests.
 
 Bit convention (fixed across bnncompile): bit 1 means +1, bit 0 means -1.  Bits are packed
 LSB-first into ``uint64`` words: element ``c`` of the packed axis lives in word ``c // 64``, bit
@@ -16,9 +17,12 @@ __all__ = [
     "check_pm1",
     "border_row_classes",
     "conv_border_table",
+    "conv_out_size",
     "conv_tap_popcount",
     "interior_range",
     "needs_border_table",
+    "normalize_2d",
+    "normalize_padding",
     "num_words",
     "pack_bits",
     "pack_conv_weight",
@@ -111,6 +115,41 @@ def pack_dense_weight(w_pm1: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pack_bits(w > 0, axis=1).T)
 
 
+def normalize_2d(v, name: str) -> tuple:
+    """``int`` or 1/2-sequence -> ``(a, b)`` of positive ints."""
+    if isinstance(v, int):
+        v = (v, v)
+    v = tuple(int(i) for i in v)
+    if len(v) == 1:
+        v = v * 2
+    if len(v) != 2 or min(v) < 1:
+        raise ValueError(f"{name}: expected a positive int or pair, got {v}")
+    return v
+
+
+def normalize_padding(p) -> tuple:
+    """Padding as ``int``, ``(ph, pw)`` or ``(top, left, bottom, right)`` -> 4-tuple (t, l, b, r)."""
+    if isinstance(p, int):
+        p = (p,) * 4
+    p = tuple(int(i) for i in p)
+    if len(p) == 1:
+        p = p * 4
+    elif len(p) == 2:
+        p = (p[0], p[1], p[0], p[1])
+    if len(p) != 4 or min(p) < 0:
+        raise ValueError(f"padding: expected int, (ph, pw) or (top, left, bottom, right) >= 0, got {p}")
+    return p
+
+
+def conv_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dil: int) -> int:
+    """Output extent of a conv along one axis (PyTorch formula)."""
+    out = (size + pad_lo + pad_hi - dil * (k - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"conv produces an empty output (size={size}, k={k}, stride={stride}, "
+                         f"pad=({pad_lo},{pad_hi}), dilation={dil})")
+    return out
+
+
 def needs_border_table(padding, pad_value: str) -> bool:
     """True iff a bconv2d PrimFunc takes the ``border_table`` (zero padding, non-zero pad)."""
     if isinstance(padding, int):
@@ -169,12 +208,9 @@ def conv_border_table(w_pm1: np.ndarray, in_hw, *, stride=1, padding=0, dilation
         raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
     K, C, KH, KW = w.shape
     H, W = (int(v) for v in in_hw)
-    sh, sw = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
-    pad = (padding,) * 4 if isinstance(padding, int) else tuple(int(p) for p in padding)
-    pt, pl, pb, pr = pad if len(pad) == 4 else (pad[0], pad[1], pad[0], pad[1])
-    OH = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
-    OW = (W + pl + pr - dw * (KW - 1) - 1) // sw + 1
+    (sh, sw), (dh, dw) = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
+    pt, pl, pb, pr = normalize_padding(padding)
+    OH, OW = conv_out_size(H, KH, sh, pt, pb, dh), conv_out_size(W, KW, sw, pl, pr, dw)
     _, _, reps = border_row_classes(H, OH, KH, sh, pt, dh)
     rows = np.asarray(reps)[:, None] * sh - pt + np.arange(KH)[None, :] * dh
     cols = np.arange(OW)[:, None] * sw - pl + np.arange(KW)[None, :] * dw

@@ -29,6 +29,10 @@ BITPACK_CASES = [  # (x_shape, t_shape)
     ((2, 70, 1, 9), (2, 70, 1, 1)),
     ((1, 200, 3, 17), (1, 200, 1, 1)),
     ((2, 32, 2, 16), (2, 32, 1, 1)),
+    # rows a 16-pixel vector divides: the channels are read in groups of 16 (two words, the
+    # second partial; a flattened map as one row)
+    ((2, 70, 1, 32), (2, 70, 1, 1)),
+    ((1, 130, 2, 48), (1, 130, 1, 1)),
     # the frontend packs NCHW maps as one row [N, C, 1, H*W]: rows of 4-lane chunks (14x14),
     # one odd vector (7x7), pixel by pixel past 64 odd lanes (9x9), several words per pixel
     ((1, 130, 1, 196), (1, 130, 1, 1)),
