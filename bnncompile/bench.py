@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import ZOO_METADATA_KEY, load_onnx
 from .errors import UsageError
-from .exporter import ZOO_METADATA_KEY, load_onnx
 
 #: pause between engines inside a round (see benchmark()); spinning pools park within ~100 ms
 SETTLE_S = 0.2
@@ -229,7 +229,7 @@ def cpu_ghz() -> tuple[float, str]:
             T.func_attr({"global_symbol": "chain", "tirx.noalias": True})
             x = T.alloc_buffer((1,), "int64", scope="local")
             x[0] = a[0]
-            for i in range(n):  # noqa: B007 (a TVMScript loop)
+            for i in range(n):
                 x[0] = x[0] * x[0]
             a[1] = x[0]
 

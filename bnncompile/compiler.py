@@ -7,21 +7,16 @@ ONNX file it came from.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, targets
+from . import __version__, artifacts, targets
 from .errors import CompileError, InputFileError, UsageError
-from .exporter import atomic_write_bytes, load_onnx
-
-SIDECAR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -33,7 +28,7 @@ class CompileOptions:
     binary_kernels: bool = True
     fast_math: bool = True
     fuse_epilogues: bool = True
-    version: int = SIDECAR_VERSION
+    version: int = artifacts.SIDECAR_VERSION
 
     def __post_init__(self):
         if not isinstance(self.batch, int) or self.batch < 1:
@@ -49,19 +44,6 @@ class CompileResult:
     exported_as: str  # "so" or "tar"
     runnable_here: bool
     notes: list[str] = field(default_factory=list)
-
-
-def sidecar_path_for(lib_path) -> Path:
-    p = Path(lib_path)
-    return p.with_suffix(".json")
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fast_math_legalize_map() -> dict:
@@ -106,47 +88,41 @@ def relax_pipeline(target, *, fast_math: bool = True):
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
-                fuse_epilogues: bool = True):
+                fuse_epilogues: bool = True, debug_signs: bool = False):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
     target replace the hand schedules (``schedules/tuning.py``); after the call, ``plan.tuning``
     is the :class:`~bnncompile.schedules.tuning.DatabaseSession` (None without a database)."""
-    import contextlib
-
     import tvm
 
     from .frontend import FrontendOptions, from_onnx
 
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
-                           fuse_epilogues=fuse_epilogues)
-    # --- tuning (schedules/tuning.py) ---
+                           fuse_epilogues=fuse_epilogues, debug_signs=debug_signs)
+    session = None
     if tuning_db is not None:
         from .schedules import tuning
 
         try:
-            use = tuning.use_database(tuning.open_database(tuning_db), tgt)
+            session = tuning.open_session(tuning_db, tgt)
         except FileNotFoundError as exc:
             raise InputFileError(f"--tuning-db: {exc}") from exc
-    else:
-        use = contextlib.nullcontext()
-    with use as session:
-        mod, plan = from_onnx(model, target=tgt, options=opts)
+    mod, plan = from_onnx(model, target=tgt, options=opts, tuning=session)
     plan.tuning = session
-    # --- end tuning ---
     try:
         with tgt:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt, fast_math=fast_math))
     except Exception as exc:
-        raise CompileError(f"TVM failed to build for target {spec.name}: {str(exc).splitlines()[0][:300]}") from exc
+        raise CompileError(f"TVM failed to build for target {spec.name}: {tvm_error_text(exc)}") from exc
     return ex, plan
 
 
 def _io_signature(model, batch: int) -> tuple[list[dict], list[dict]]:
-    from .frontend import _static_input_shapes
+    from .frontend import static_input_shapes
 
-    shapes = _static_input_shapes(model, batch)
+    shapes = static_input_shapes(model, batch)
     inputs = [{"name": n, "shape": s, "dtype": "float32"} for n, s in shapes.items()]
     outputs = []
     for o in model.graph.output:
@@ -156,20 +132,13 @@ def _io_signature(model, batch: int) -> tuple[list[dict], list[dict]]:
     return inputs, outputs
 
 
-def _check_output_dir(output: Path) -> None:
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=output.parent)
-    except OSError as exc:  # read-only or unwritable directory (root passes os.access checks)
-        raise InputFileError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    os.unlink(probe)
-
-
 def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None, tuning_db=None,
                   pretuned: bool = True, fast_math: bool = True,
                   fuse_epilogues: bool = True) -> CompileResult:
-    """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``; ``.tar`` when no linker).
+    """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``, or a ``.tar`` object
+    archive when ``output`` ends in ``.tar``) and its sidecar ``.json``, both replaced together
+    or not at all.
 
     Args:
         onnx_path: a model written by ``bnncompile export`` (or any ONNX file using only
@@ -194,56 +163,60 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
     output = Path(output)
     if not output.parent.is_dir():
         raise InputFileError(f"cannot write {output}: directory {output.parent} does not exist")
-    _check_output_dir(output)  # fail before a minute-long build, not after
-    model = load_onnx(onnx_path)
+    artifacts.check_writable(output, flag="--output")  # fail before a minute-long build
+    fmt = "tar" if output.suffix == ".tar" else "so"
+    fcompile = None
+    if fmt == "so" and spec.arch == "aarch64":
+        fcompile = targets.cross_linker(spec)  # CompileError naming the missing packages
+    model = artifacts.load_onnx(onnx_path)
+    onnx_sha256 = artifacts.sha256_file(onnx_path)
     t0 = time.perf_counter()
     say(f"importing {onnx_path} for {spec.name}")
-    # --- tuning: explicit database, else the shipped pre-tuned one for this target ---
     if tuning_db is None and pretuned and binary_kernels:
         from .schedules import tuning
 
         tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
     ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
                           tuning_db=tuning_db, fast_math=fast_math, fuse_epilogues=fuse_epilogues)
-    # --- end tuning ---
     notes = []
-    fmt = "so"
-    fcompile = None
-    if spec.arch == "aarch64" and targets.cross_compiler(spec) is None:
-        fmt = "tar"
-        notes.append("no aarch64 cross linker (apt-get install gcc-aarch64-linux-gnu); "
-                     "wrote an object archive (.tar) that TVM links on the device")
-    elif spec.arch == "aarch64":
-        from tvm.support import cc
-
-        fcompile = cc.cross_compiler(targets.cross_compiler(spec))
-    if fmt == "tar" and output.suffix != ".tar":
-        output = output.with_suffix(".tar")
     say(f"linking {output.name}")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".{fmt}", dir=output.parent)
-    except OSError as exc:  # unwritable / read-only directory (root passes permission checks)
-        raise InputFileError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    try:
-        if fcompile is not None:
-            ex.export_library(tmp, fcompile=fcompile)
-        else:
-            ex.export_library(tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, output)
-    except Exception as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise CompileError(f"exporting the library {output} failed: {str(exc).splitlines()[0][:300]}") from exc
-    ok, why = targets.runnable_here(spec)
-    if not ok:
-        notes.append(f"built, not runnable here: {why}")
-    inputs, outputs = _io_signature(model, batch)
+    side = artifacts.sidecar_path_for(output)
+    with artifacts.temporary_sibling(output, f".{fmt}") as tmp, \
+            artifacts.temporary_sibling(side, ".json") as tmp_side:
+        try:
+            ex.export_library(str(tmp), **({"fcompile": fcompile} if fcompile is not None else {}))
+        except Exception as exc:
+            raise CompileError(f"exporting the library {output} failed: {tvm_error_text(exc)}") from exc
+        ok, why = targets.runnable_here(spec)
+        if not ok:
+            notes.append(f"built, not runnable here: {why}")
+        if fmt == "tar":
+            notes.append("wrote an object archive (.tar): link it on the device "
+                         "(tvm.runtime.load_module after cc.create_shared)")
+        sidecar = _sidecar(spec, opts, model, batch, output, fmt, tmp, onnx_path, onnx_sha256, plan,
+                           tuning_db)
+        tmp_side.write_text(json.dumps(sidecar, indent=2))
+        artifacts.replace_together([(tmp, output), (tmp_side, side)])
+    return CompileResult(output, side, time.perf_counter() - t0, len(plan.binary), fmt, ok, notes)
+
+
+def tvm_error_text(exc: BaseException, limit: int = 1200) -> str:
+    """A TVM error's message without its C++ backtrace, all of it: the first line alone is often
+    just "Compilation error:" with the linker's actual complaint below."""
+    lines = [ln.rstrip() for ln in str(exc).splitlines()]
+    keep = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(("File \"", "at ", "0x"))
+            and "Stack trace" not in ln and not ln.lstrip()[:3].rstrip(":").isdigit()]
+    text = " | ".join(keep) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha256, plan, tuning_db) -> dict:
     import tvm
 
-    sidecar = {
-        "format": "bnncompile-library",
-        "sidecar_version": SIDECAR_VERSION,
+    inputs, outputs = _io_signature(model, batch)
+    return {
+        "format": artifacts.SIDECAR_FORMAT,
+        "sidecar_version": artifacts.SIDECAR_VERSION,
         "library": output.name,
         "library_format": fmt,
         "inputs": inputs,
@@ -251,20 +224,20 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         "target_name": spec.name,
         "target": json.loads(spec.to_json()),
         "arch": spec.arch,
+        "identity": spec.identity().to_dict(),
+        "requires": list(spec.requires),
         "options": asdict(opts),
-        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_sha256": onnx_sha256,
         "onnx_file": str(Path(onnx_path).name),
         # load() checks these before dlopen: a truncated library would crash the process (SIGBUS)
-        "library_size": output.stat().st_size,
-        "library_sha256": sha256_file(output),
+        "library_size": lib_tmp.stat().st_size,
+        "library_sha256": artifacts.sha256_file(lib_tmp),
         "binary_layers": len(plan.binary),
+        "not_binary": dict(plan.not_binary),
         "kernels": plan.kernels,
         "tuning": _tuning_sidecar(tuning_db, getattr(plan, "tuning", None)),
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},
     }
-    side = sidecar_path_for(output)
-    atomic_write_bytes(side, json.dumps(sidecar, indent=2).encode())
-    return CompileResult(output, side, time.perf_counter() - t0, len(plan.binary), fmt, ok, notes)
 
 
 def _tuning_sidecar(tuning_db, session) -> dict | None:
@@ -273,7 +246,7 @@ def _tuning_sidecar(tuning_db, session) -> dict | None:
         return None
     return {"database": str(Path(tuning_db).resolve()) if isinstance(tuning_db, (str, os.PathLike))
             else None,
-            "target_tag": session.tag,
+            "target_tag": session.tag,  # the target identity's tag
             "records_digest": session.digest(),
             "tuned_kernels": sorted(session.applied),
             "failed": dict(session.failed)}

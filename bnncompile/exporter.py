@@ -14,9 +14,6 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import copy
-import os
-import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +22,11 @@ import numpy as np
 import onnx
 import torch
 
+from . import artifacts
 from .custom_ops import dynamic_sign, registry
-from .errors import ExportError, InputFileError, UsageError
+from .errors import ExportError, UsageError
 from .nn.layers import freeze
 
-ZOO_METADATA_KEY = "bnncompile.zoo"
 IR_VERSION = 10
 OPSET = 18
 INPUT_NAME = "input"
@@ -63,20 +60,20 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
         :class:`ExportResult` with the written paths.
     """
     path = Path(path)
-    _check_writable(path)
+    artifacts.check_writable(path)
     model = freeze(copy.deepcopy(module).eval())
     example_input = torch.as_tensor(example_input, dtype=torch.float32)
     onnx_model = to_onnx(model, example_input, dynamic_batch=dynamic_batch, opset=opset)
     for key, value in (metadata or {}).items():
         onnx_model.metadata_props.add(key=key, value=value)
-    atomic_write_bytes(path, onnx_model.SerializeToString())
+    artifacts.atomic_write_bytes(path, onnx_model.SerializeToString())
     golden_path = None
     if write_golden:
         inputs = example_input if golden_inputs is None else torch.as_tensor(golden_inputs, dtype=torch.float32)
         with torch.no_grad():
             outputs = model(inputs)
-        golden_path = golden_path_for(path)
-        save_golden(golden_path, inputs.numpy(), outputs.numpy())
+        golden_path = artifacts.golden_path_for(path)
+        artifacts.save_golden(golden_path, inputs.numpy(), outputs.numpy())
     n_sign = sum(dynamic_sign.is_dynamic_sign(n) for n in onnx_model.graph.node)
     return ExportResult(path, golden_path, n_sign)
 
@@ -97,7 +94,7 @@ def to_onnx(model: torch.nn.Module, example_input: torch.Tensor, *, dynamic_batc
             warnings.simplefilter("ignore")
             program = torch.export.export(model, (example_input,), dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # torch raises many types; all mean "cannot trace this module"
-        raise ExportError(f"torch.export could not trace {type(model).__name__}: {_first_line(exc)}") from exc
+        raise ExportError(f"torch.export could not trace {type(model).__name__}: {artifacts.first_line(exc)}") from exc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -121,7 +118,7 @@ def postprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported model failed onnx.checker: {_first_line(exc)}") from exc
+        raise ExportError(f"exported model failed onnx.checker: {artifacts.first_line(exc)}") from exc
     return model
 
 
@@ -159,108 +156,7 @@ def _explain_conversion_failure(exc: Exception, program) -> str:
             return (f"cannot export layer '{path}' ({cls_name}): ONNX has no translation for "
                     f"{node.target}; replace the layer or add a custom op in bnncompile.custom_ops")
         return f"cannot export op {node.target} (node {node.name}) to ONNX"
-    return f"ONNX conversion failed: {_first_line(exc)}"
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    summary = next((ln for ln in lines if re.match(r"^<class", ln)), lines[0] if lines else repr(exc))
-    return summary[:300]
-
-
-# -- files ---------------------------------------------------------------------------------------
-
-
-def golden_path_for(model_path) -> Path:
-    p = Path(model_path)
-    return p.with_name(p.stem + ".golden.npz")
-
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputFileError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputFileError(f"cannot write {path}: directory {parent} is not writable")
-    if path.is_dir():
-        raise InputFileError(f"cannot write {path}: it is a directory")
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    except OSError as exc:  # unwritable / read-only / missing directory (root passes os.access)
-        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def save_golden(path, inputs: np.ndarray, outputs: np.ndarray, **extra) -> None:
-    """Golden file: npz with ``inputs`` and ``outputs`` arrays (never a pickle)."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, inputs=np.asarray(inputs, np.float32), outputs=np.asarray(outputs, np.float32), **extra)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_npz(path, *, what: str) -> dict[str, np.ndarray]:
-    """Arrays of an ``.npz`` (or one ``.npy`` as ``{"inputs": ...}``), never unpickling."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{what} {path} does not exist")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if isinstance(data, np.ndarray):
-            return {"inputs": data}
-        with data:
-            return {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise InputFileError(f"{what} {path} is not a readable .npz/.npy: {_first_line(exc)}") from exc
-
-
-def load_golden(path) -> dict[str, np.ndarray]:
-    out = load_npz(path, what="golden file")
-    missing = {"inputs", "outputs"} - set(out)
-    if missing:
-        raise InputFileError(f"golden file {path} lacks arrays {sorted(missing)}")
-    return out
-
-
-def load_onnx(path) -> onnx.ModelProto:
-    """Load and check an ONNX file; one clear error for missing, truncated or non-ONNX files."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:
-        raise InputFileError(f"{path} is not a readable ONNX model (truncated or wrong format): "
-                             f"{_first_line(exc)}") from exc
-    if not model.graph.node:
-        raise InputFileError(f"{path} is not an ONNX model: it has no graph nodes")
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise InputFileError(f"{path} fails onnx.checker: {_first_line(exc)}") from exc
-    return model
+    return f"ONNX conversion failed: {artifacts.first_line(exc)}"
 
 
 def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = None,
@@ -291,7 +187,7 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = 
         raise UsageError(f"with a fixed --batch {batch}, --golden-images must be {batch}, got {golden_images}")
     zoo.get_spec(name)  # unknown name -> UsageError listing the known models
     output = Path(output)
-    _check_writable(output)  # fail before the slow build/export
+    artifacts.check_writable(output)  # fail before the slow build/export
     log(f"building {name} (seed {seed})")
     model = zoo.build(name, num_classes=num_classes, input_size=input_size, seed=seed)
     if checkpoint is not None:
@@ -307,4 +203,4 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = 
     meta = {"name": name, "input_size": h, "num_classes": model.zoo_config["num_classes"],
             "seed": seed, "checkpoint": None if checkpoint is None else str(checkpoint)}
     return export(model, example, output, golden_inputs=images[:golden_images],
-                  dynamic_batch=batch is None, metadata={ZOO_METADATA_KEY: json.dumps(meta)})
+                  dynamic_batch=batch is None, metadata={artifacts.ZOO_METADATA_KEY: json.dumps(meta)})

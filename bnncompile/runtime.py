@@ -2,35 +2,23 @@
 
 The sidecar written by ``compile`` is required: it says what the library expects, and it is
 checked against the library file and this machine before anything runs.
+
+A board needs only this module: it imports the artifacts module, the target registry (data),
+numpy and TVM's runtime — not the compiler, onnx or torch (``pip install apache-tvm numpy`` and
+bnncompile without extras is enough to run a library).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from . import targets
+from .artifacts import check_library_integrity, read_sidecar
 from .errors import InputFileError, UsageError
 
-
-def read_sidecar(lib_path) -> dict:
-    from .compiler import sidecar_path_for
-
-    side = sidecar_path_for(lib_path)
-    if not side.is_file():
-        raise InputFileError(f"{lib_path}: sidecar {side.name} is missing; recompile with "
-                             "`bnncompile compile` (it writes both files)")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputFileError(f"{side}: not a readable JSON sidecar ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != "bnncompile-library" or "inputs" not in meta:
-        raise InputFileError(f"{side}: not a bnncompile sidecar (no 'format: bnncompile-library')")
-    if meta.get("library") != Path(lib_path).name:
-        raise InputFileError(f"{side} describes library {meta.get('library')!r}, not {Path(lib_path).name!r}")
-    return meta
+__all__ = ["Runner", "load", "read_sidecar"]
 
 
 class Runner:
@@ -87,20 +75,6 @@ class Runner:
         return self._staged
 
 
-def _check_integrity(path: Path, meta: dict) -> None:
-    """Size and SHA-256 from the sidecar: dlopen of a truncated file kills the process (SIGBUS)."""
-    from .compiler import sha256_file
-
-    size = meta.get("library_size")
-    if size is not None and path.stat().st_size != size:
-        raise InputFileError(f"{path} is {path.stat().st_size} bytes but its sidecar says {size}: "
-                             "truncated or replaced; recompile it")
-    digest = meta.get("library_sha256")
-    if digest is not None and sha256_file(path) != digest:
-        raise InputFileError(f"{path} does not match the SHA-256 in its sidecar: modified or "
-                             "replaced; recompile it")
-
-
 def load(path) -> Runner:
     """Load a library written by ``bnncompile compile`` (checks the sidecar and the machine)."""
     import tvm
@@ -111,7 +85,7 @@ def load(path) -> Runner:
         raise InputFileError(f"{path}: no such library")
     meta = read_sidecar(path)
     spec = targets.TargetSpec(meta.get("target_name", "custom"), meta["target"]["target"], "",
-                              host=meta["target"].get("host"), arch=meta.get("arch", "x86_64"))
+                              host=meta["target"].get("host"), requires=tuple(meta.get("requires", ())))
     registered = targets.TARGETS.get(spec.name)
     if registered is not None:
         spec = registered
@@ -120,7 +94,7 @@ def load(path) -> Runner:
         raise UsageError(f"{path} was built for target {meta.get('target_name')} and cannot run here: {why}")
     if meta.get("library_format") == "tar":
         raise UsageError(f"{path} is an object archive for another machine; link and load it there")
-    _check_integrity(path, meta)
+    check_library_integrity(path, meta)
     try:
         lib = tvm.runtime.load_module(str(path))
     except Exception as exc:

@@ -5,7 +5,7 @@ inference and walks the nodes. Conventions (chosen to reproduce the published nu
 ReActNet family, spec §1.2/§1.3/§5.7):
 
 * **BOPs** = multiply-accumulates of the *binary* layers, i.e. Conv/Gemm/MatMul proven binary by
-  :func:`bnncompile.graph.find_binary_layers` (DynamicSign input, ±1 weights).
+  :func:`bnncompile.frontend.binary_layers.find_binary_layers` (DynamicSign input, ±1 weights).
 * **FLOPs** = multiply-accumulates of every *float* Conv/Gemm/MatMul: the stem, the classifier,
   float shortcuts (ReActNet-18's three downsampling 1×1 convs) and the hyper-function MLPs of the
   dynamic modules. Element-wise work (BN, PReLU, adds, thresholds) and reductions are *not* in
@@ -39,7 +39,8 @@ from onnx import shape_inference
 
 from .custom_ops.dynamic_sign import is_dynamic_sign
 from .errors import InputFileError, UsageError
-from .graph import GraphIndex, find_binary_layers
+from .frontend.binary_layers import find_binary_layers
+from .frontend.graph import GraphIndex
 
 _MAC_OPS = ("Conv", "Gemm", "MatMul")
 _REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
@@ -214,7 +215,7 @@ def _load(model_or_path) -> tuple[onnx.ModelProto, str]:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path, model_or_path.graph.name or "model"
     if isinstance(model_or_path, (str, Path)):
-        from .exporter import load_onnx
+        from .artifacts import load_onnx
 
         return load_onnx(model_or_path), Path(model_or_path).stem
     raise UsageError(f"Expected an onnx.ModelProto or a path, got {type(model_or_path).__name__}")

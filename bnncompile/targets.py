@@ -1,7 +1,10 @@
 """Target registry: a name -> TVM target dict table (data only, like TVM's tag registry).
 
 ``host`` is detected from the running CPU. Anything not in the table can be given as raw TVM
-target JSON (``'{"kind": "llvm", "mcpu": "znver3"}'``).
+target JSON (``'{"kind": "llvm", "mcpu": "znver3"}'``).  What a target *is* (the machine it runs
+on, its schedule key, its tuning tag) comes from one place,
+:mod:`bnncompile.schedules.target_identity`; this module imports no TVM at import time, so the
+runtime can use it.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
-from .errors import UsageError
+from .errors import CompileError, UsageError
+from .schedules.target_identity import arch_of
 
 
 @dataclass(frozen=True)
@@ -22,13 +26,23 @@ class TargetSpec:
     host: dict | None = None  # host target for device targets (CUDA)
     #: CPU features the machine must have to *run* code built for this target
     requires: tuple[str, ...] = ()
-    arch: str = "x86_64"  # machine the library runs on
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
         return self.target["kind"]
+
+    @property
+    def arch(self) -> str:
+        """The machine a library for this target runs on (``x86_64``, ``aarch64``, ``cuda``)."""
+        return arch_of(self.target)
+
+    def identity(self):
+        """:class:`~bnncompile.schedules.target_identity.TargetIdentity` (imports TVM)."""
+        from .schedules.target_identity import identify
+
+        return identify(tvm_target(self))
 
     def to_json(self) -> str:
         return json.dumps({"target": self.target, "host": self.host}, sort_keys=True)
@@ -46,12 +60,11 @@ TARGETS: dict[str, TargetSpec] = {
                    "x86-64 with AVX-512 VPOPCNTDQ (Ice Lake server, Zen 4+); vpopcntq",
                    requires=("avx512f", "avx512_vpopcntdq")),
         TargetSpec("aarch64-neon", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
-                   "64-bit ARM with NEON (Cortex-A53+, Graviton, Apple M via Linux); cnt.16b",
-                   arch="aarch64"),
+                   "64-bit ARM with NEON (Cortex-A53+, Graviton, Apple M via Linux); cnt.16b"),
         TargetSpec("cuda-sm80", {"kind": "cuda", "arch": "sm_80"}, "NVIDIA Ampere (A100), __popcll",
-                   host={**_X86_HOST, "mcpu": "x86-64"}, arch="cuda"),
+                   host={**_X86_HOST, "mcpu": "x86-64"}),
         TargetSpec("cuda-sm90", {"kind": "cuda", "arch": "sm_90"}, "NVIDIA Hopper (H100/H200), __popcll",
-                   host={**_X86_HOST, "mcpu": "x86-64"}, arch="cuda"),
+                   host={**_X86_HOST, "mcpu": "x86-64"}),
     ]
 }
 
@@ -81,8 +94,7 @@ def host_spec() -> TargetSpec:
     target = {"kind": "llvm", "mcpu": cpu}
     if triple:
         target["mtriple"] = triple
-    return TargetSpec("host", target, f"this machine ({machine}, LLVM cpu '{cpu}')",
-                      arch="aarch64" if machine == "aarch64" else "x86_64")
+    return TargetSpec("host", target, f"this machine ({machine}, LLVM cpu '{cpu}')")
 
 
 def names() -> list[str]:
@@ -106,9 +118,7 @@ def resolve(name_or_json: str) -> TargetSpec:
         host = target.pop("host", None)
         if target["kind"] == "cuda" and host is None:
             host = {**_X86_HOST, "mcpu": "x86-64"}
-        arch = "cuda" if target["kind"] == "cuda" else (
-            "aarch64" if str(target.get("mtriple", "")).startswith("aarch64") else "x86_64")
-        return TargetSpec("custom", target, "raw TVM target JSON", host=host, arch=arch)
+        return TargetSpec("custom", target, "raw TVM target JSON", host=host)
     raise UsageError(f"unknown target {name_or_json!r}; known: {', '.join(names())}, "
                      "or raw TVM target JSON")
 
@@ -140,12 +150,54 @@ def runnable_here(spec: TargetSpec) -> tuple[bool, str]:
     return True, ""
 
 
-def cross_compiler(spec: TargetSpec) -> str | None:
-    """A C compiler able to link shared objects for ``spec`` on this machine, if installed."""
-    if spec.arch == "aarch64":
-        import platform
+#: Debian packages that let this x86 machine link shared objects for another architecture
+CROSS_PACKAGES = {"aarch64": ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross")}
+_CROSS_CC = {"aarch64": "aarch64-linux-gnu-gcc"}
 
-        if platform.machine() == "aarch64":
-            return "gcc"
-        return shutil.which("aarch64-linux-gnu-gcc")
-    return None
+
+@cache
+def _can_link(cc: str) -> str:
+    """"" if ``cc`` links a shared object here, else the linker's complaint."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "probe.c"
+        src.write_text("int bnncompile_probe(void) { return 1; }\n")
+        try:
+            res = subprocess.run([cc, "-shared", "-fPIC", "-o", str(Path(d) / "probe.so"), str(src)],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        return "" if res.returncode == 0 else (res.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def cross_compiler(spec: TargetSpec) -> str | None:
+    """A C compiler that links shared objects for ``spec`` on this machine (checked by a trial
+    link), or None."""
+    import platform
+
+    if spec.arch != "aarch64":
+        return None
+    if platform.machine() == "aarch64":
+        return "gcc"
+    cc = shutil.which(_CROSS_CC["aarch64"])
+    return cc if cc is not None and not _can_link(cc) else None
+
+
+def cross_linker(spec: TargetSpec):
+    """The ``fcompile`` for ``export_library`` of an ``spec`` library; CompileError naming every
+    missing package when this machine cannot link one."""
+    from tvm.support import cc as tvm_cc
+
+    compiler = cross_compiler(spec)
+    if compiler is not None:
+        return tvm_cc.cross_compiler(compiler)
+    found = shutil.which(_CROSS_CC[spec.arch])
+    pkgs = " ".join(CROSS_PACKAGES[spec.arch])
+    why = ("no cross compiler on PATH" if found is None
+           else f"{_CROSS_CC[spec.arch]} cannot link a shared object ({_can_link(found)})")
+    raise CompileError(f"cannot link a library for {spec.name} here: {why}; install "
+                       f"`apt-get install {pkgs}`, or write an object archive to link on the "
+                       "device with `-o model.tar`")

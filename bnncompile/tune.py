@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import targets
+from .artifacts import load_onnx
 from .errors import CompileError, InputFileError, UsageError
-from .exporter import load_onnx
+from .schedules.target_identity import identify
 
 #: ops tuned by default (the binary kernels); "bitpack", "bitpack_last", "fconv2d" may be added
 DEFAULT_OPS = ("bconv2d", "bdense", "bbatch_matmul")
@@ -199,19 +200,33 @@ def tune_model(onnx_path, *, target: str = "host", trials: int = 8, db_dir, batc
     spec = _check_spec(opts)
     model = load_onnx(onnx_path)
     t0 = time.perf_counter()
-    from .schedules import tuning
-
     report(0, 0, "extracting kernels")
-    workloads = tuning.extract_workloads(model, targets.tvm_target(spec), batch=opts.batch, ops=opts.ops)
+    workloads = extract_workloads(model, targets.tvm_target(spec), batch=opts.batch, ops=opts.ops)
     return _tune(workloads, spec, opts, db_dir, report, t0)
+
+
+def extract_workloads(model, target, *, batch: int = 1, ops=DEFAULT_OPS) -> list:
+    """Distinct kernel workloads (``schedules.tuning.Workload``) of an ONNX model (``ModelProto``
+    or path) for ``target``, in first-use order, filtered to ``ops`` (None: all kernels): the
+    model is imported exactly as ``compile`` imports it, with a workload collector as the
+    kernels' tuning hook."""
+    from .frontend import FrontendOptions, from_onnx
+    from .schedules import tuning
+    from .schedules.target_identity import as_target
+
+    if not hasattr(model, "graph"):
+        model = load_onnx(model)
+    collector = tuning.WorkloadCollector()
+    from_onnx(model, target=as_target(target), options=FrontendOptions(batch=batch), tuning=collector)
+    return [w for w in collector.seen.values() if ops is None or w.op in ops]
 
 
 def tune_workloads(workloads, *, target: str = "host", trials: int = 8, db_dir,
                    rpc_tracker: str | None = None, rpc_key: str | None = None, progress=None,
                    cost_model: str | None = None, num_tuning_cores: int = 2,
                    build_timeout_s: int = 120, seed: int = 0) -> TuneResult:
-    """:func:`tune_model` for explicit :class:`schedules.tuning.Workload` s (from
-    ``tuning.collect_workloads()`` around ``make_*`` calls) instead of a model's."""
+    """:func:`tune_model` for explicit :class:`schedules.tuning.Workload` s (from a
+    ``tuning.WorkloadCollector`` passed as ``make_*(..., tuning=)``) instead of a model's."""
     opts = TuneOptions(target=target, trials=trials, rpc_tracker=rpc_tracker, rpc_key=rpc_key,
                        cost_model=cost_model, num_tuning_cores=num_tuning_cores,
                        build_timeout_s=build_timeout_s, seed=seed)
@@ -237,7 +252,7 @@ def _tune(workloads, spec, opts, db_dir, report, t0) -> TuneResult:
     if db_dir.exists() and not db_dir.is_dir():
         raise InputFileError(f"--db {db_dir} exists and is not a directory")
     tgt = tuning.tuning_target(targets.tvm_target(spec))
-    tag = tuning.target_tag(tgt)
+    tag = identify(tgt).tag
     try:
         db = tuning.open_database(db_dir, create=True)
     except OSError as exc:
@@ -361,7 +376,7 @@ def _fill_times(workloads, results, db, tgt):
 
     from .schedules import tuning
 
-    tag = tuning.target_tag(tgt)
+    tag = identify(tgt).tag
     by_symbol = {r.symbol: r for r in results}
     for w in workloads:
         recs = tuning._records_for(db, w.mod, tag, k=1 << 30)

@@ -21,9 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from . import targets
+from .artifacts import (
+    check_library_matches_model,
+    golden_path_for,
+    load_golden,
+    load_npz,
+    load_onnx,
+)
 from .custom_ops.dynamic_sign import is_dynamic_sign
 from .errors import InputFileError, UsageError
-from .exporter import golden_path_for, load_golden, load_npz, load_onnx
 
 
 @dataclass(frozen=True)
@@ -222,20 +228,17 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
     spec = targets.resolve(target)
     runner = None
     if lib is not None:
-        from .compiler import sha256_file
         from .runtime import load
 
         runner = load(lib)
         spec = targets.resolve(runner.meta["target_name"]) if runner.meta["target_name"] in targets.names() else spec
-        if runner.meta.get("onnx_sha256") != sha256_file(onnx_path):
-            raise UsageError(f"{lib} was compiled from a different ONNX file than {onnx_path} "
-                             "(sidecar SHA-256 differs); recompile or pass the matching model")
+        check_library_matches_model(runner.meta, lib, onnx_path)
     ok, why = targets.runnable_here(spec)
     if not ok:
         raise UsageError(f"cannot validate target {spec.name} on this machine: {why}")
     signs = [n for n in model.graph.node if is_dynamic_sign(n)]
     sign_outputs = [n.output[0] for n in signs]
-    from .graph import GraphIndex
+    from .frontend.graph import GraphIndex
 
     index = GraphIndex(model)
     report = ParityReport(str(onnx_path), spec.name, None if lib is None else str(lib), tol, [])

@@ -20,17 +20,23 @@ Facets, in order:
 3. the ONNX side: schema, the translation used by ``torch.onnx.export(dynamo=True)``, the ONNX
    function body (``GreaterOrEqual`` + ``Where``) attached to every exported model so ONNX
    Runtime runs it unchanged, a shape rule, a node check that raises, and a numpy reference;
-4. the TVM Relax converter for a DynamicSign whose consumer is *not* a binary layer (float ±1).
-   Binary consumers are fused with the bit-packing kernel in ``bnncompile.frontend``.
+4. the TVM converter (:class:`Converter`, listed by ``registry.py`` for the frontend's converter
+   registry): a DynamicSign whose consumers are binary layers becomes the bit-packing kernel
+   they read (built by the binary converters from the ``(X, T)`` recorded here); otherwise a
+   float ±1 tensor (``bnncompile.schedules.compute.dynamic_sign``).
+
+The PyTorch facet is registered on first use (:func:`torch_op`), so the compiler and the
+runtime never import torch.
 
 To add another custom op: write one module like this one and list it in ``registry.py``.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import onnx
-import torch
 from onnx import defs, helper
 
 from ..errors import UnsupportedModelError, node_label
@@ -48,9 +54,10 @@ STE_CHOICES = ("approx", "clipped")
 # -- 2. PyTorch ----------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("bnncompile::dynamic_sign", mutates_args=())
-def dynamic_sign(x: torch.Tensor, t: torch.Tensor, ste: str = "approx") -> torch.Tensor:
-    """``+1`` where ``x >= t`` else ``-1`` (``t`` broadcasts to ``x``); see the module docstring.
+@lru_cache(maxsize=1)
+def torch_op():
+    """Register (once) and return ``torch.ops.bnncompile.dynamic_sign``:
+    ``dynamic_sign(x, t, ste="approx") = +1 where x >= t else -1`` (``t`` broadcasts to ``x``).
 
     Backward (straight-through, applied to ``d = x - t``):
 
@@ -60,34 +67,37 @@ def dynamic_sign(x: torch.Tensor, t: torch.Tensor, ste: str = "approx") -> torch
     ``dL/dt = -sum(dL/dd)`` over the dimensions ``t`` was broadcast along, so the gradient flows
     into whatever computed the threshold (DySign's MLP, INSTA-BNN's statistics).
     """
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(x >= t, one, -one)
+    import torch
+
+    # explicit schema: this module's annotations are strings (from __future__ import annotations)
+    @torch.library.custom_op("bnncompile::dynamic_sign", mutates_args=(),
+                             schema='(Tensor x, Tensor t, str ste="approx") -> Tensor')
+    def dynamic_sign(x, t, ste="approx"):
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        return torch.where(x >= t, one, -one)
+
+    @dynamic_sign.register_fake
+    def _fake(x, t, ste="approx"):
+        return torch.empty_like(x)
+
+    def setup_context(ctx, inputs, output):
+        x, t, ste = inputs
+        ctx.save_for_backward(x, t)
+        ctx.ste = ste
+
+    def backward(ctx, grad):
+        x, t = ctx.saved_tensors
+        d = x - t
+        surrogate = (torch.clamp(2.0 - 2.0 * d.abs(), min=0.0) if ctx.ste == "approx"
+                     else (d.abs() <= 1.0).to(d.dtype))
+        g = grad * surrogate
+        return g, _sum_to_shape(-g, t.shape), None
+
+    dynamic_sign.register_autograd(backward, setup_context=setup_context)
+    return torch.ops.bnncompile.dynamic_sign
 
 
-@dynamic_sign.register_fake
-def _dynamic_sign_fake(x, t, ste="approx"):
-    return torch.empty_like(x)
-
-
-def _ste_grad(d: torch.Tensor, ste: str) -> torch.Tensor:
-    if ste == "approx":
-        return torch.clamp(2.0 - 2.0 * d.abs(), min=0.0)
-    return (d.abs() <= 1.0).to(d.dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    x, t, ste = inputs
-    ctx.save_for_backward(x, t)
-    ctx.ste = ste
-
-
-def _backward(ctx, grad):
-    x, t = ctx.saved_tensors
-    g = grad * _ste_grad(x - t, ctx.ste)
-    return g, _sum_to_shape(-g, t.shape), None
-
-
-def _sum_to_shape(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def _sum_to_shape(g, shape):
     """Reduce a broadcast gradient back to ``shape`` (numpy broadcasting rules)."""
     lead = g.dim() - len(shape)
     if lead:
@@ -98,16 +108,15 @@ def _sum_to_shape(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return g.reshape(shape)
 
 
-dynamic_sign.register_autograd(_backward, setup_context=_setup_context)
+def binarize(x, t=None, *, ste: str = "approx"):
+    """Public helper: the torch op with ``t`` defaulting to 0 and ``ste`` validated."""
+    import torch
 
-
-def binarize(x: torch.Tensor, t: torch.Tensor | float | None = None, *, ste: str = "approx"):
-    """Public helper: ``dynamic_sign`` with ``t`` defaulting to 0 and validated ``ste``."""
     if ste not in STE_CHOICES:
         raise ValueError(f"Expected ste to be one of {STE_CHOICES}, got {ste!r}")
     if t is None or not isinstance(t, torch.Tensor):
         t = torch.full((), 0.0 if t is None else float(t), dtype=x.dtype, device=x.device)
-    return torch.ops.bnncompile.dynamic_sign(x, t, ste)
+    return torch_op()(x, t, ste)
 
 
 # -- 3. ONNX -------------------------------------------------------------------------------------
@@ -140,15 +149,16 @@ def onnx_translation(x, t, ste: str = "approx"):
 
 
 def translation_table() -> dict:
-    return {torch.ops.bnncompile.dynamic_sign.default: onnx_translation}
+    return {torch_op().default: onnx_translation}
 
 
-def function_proto() -> onnx.FunctionProto:
-    """The ONNX function body that lets any ONNX runtime execute DynamicSign.
+def function_proto(opset: int = BODY_OPSET) -> onnx.FunctionProto:
+    """The ONNX function body that lets any ONNX runtime execute DynamicSign, written in the
+    model's own ai.onnx ``opset`` (``GreaterOrEqual``, ``CastLike`` and ``Where`` have not
+    changed since 15; onnx.checker wants the body's opset to match the model's).
 
-    bnncompile's exporter always writes ``T`` (a scalar 0 for plain ``Sign``), so the body uses
-    it unconditionally; hand-written files that omit ``T`` are still accepted by bnncompile's own
-    frontend and reference.
+    The body reads ``T``: :func:`attach_function` gives every node that omits it an explicit
+    scalar 0, so ONNX Runtime (which rejects a function body over an absent input) runs it.
     """
     nodes = [
         helper.make_node("GreaterOrEqual", ["X", "T"], ["ge"]),
@@ -166,17 +176,32 @@ def function_proto() -> onnx.FunctionProto:
         inputs=["X", "T"],
         outputs=["Y"],
         nodes=consts + nodes,
-        opset_imports=[helper.make_opsetid("", BODY_OPSET)],
+        opset_imports=[helper.make_opsetid("", max(int(opset), 15))],
         doc_string=SCHEMA.doc,
     )
 
 
+ZERO_THRESHOLD = "bnncompile_dynamic_sign_zero"
+
+
 def attach_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Make sure ``model`` carries the DynamicSign function and imports the custom domain."""
-    if not any(f.domain == DOMAIN and f.name == OP_TYPE for f in model.functions):
-        model.functions.append(function_proto())
+    """Make ``model`` runnable by any ONNX runtime: it carries the DynamicSign function (in the
+    model's ai.onnx opset), imports the custom domain, and every DynamicSign node has a ``T``
+    (an explicit scalar 0 where it was omitted)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), BODY_OPSET)
+    kept = [f for f in model.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del model.functions[:]
+    model.functions.extend([*kept, function_proto(opset)])
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, VERSION))
+    bare = [n for n in model.graph.node if is_dynamic_sign(n) and (len(n.input) < 2 or not n.input[1])]
+    if bare:
+        if not any(t.name == ZERO_THRESHOLD for t in model.graph.initializer):
+            model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32),
+                                                                        ZERO_THRESHOLD))
+        for n in bare:
+            del n.input[1:]
+            n.input.append(ZERO_THRESHOLD)
     return model
 
 
@@ -218,24 +243,41 @@ def reference(x: np.ndarray, t: np.ndarray | float | None = None) -> np.ndarray:
         return np.where(x >= t, np.float32(1.0), np.float32(-1.0)).astype(np.float32)
 
 
-# -- 4. TVM Relax --------------------------------------------------------------------------------
+# -- 4. TVM ---------------------------------------------------------------------------------------
 
 
-def relax_convert(bb, inputs):
-    """Emit DynamicSign as a float ±1 tensor (used when the consumer is not a binary layer).
+class Converter:
+    """The frontend converter for DynamicSign nodes (see ``bnncompile.frontend.converters``)."""
 
-    ``inputs`` are Relax expressions ``[X, T]`` (``T`` may be None). Returns the emitted var.
-    """
-    from tvm import te, tirx, topi
+    name = OP_TYPE
+    requires = frozenset()
 
-    def compute(x, t=None):
-        one, neg = tirx.const(1.0, x.dtype), tirx.const(-1.0, x.dtype)
+    def plan(self, ctx) -> None:
+        for node in ctx.model.graph.node:
+            if is_dynamic_sign(node):
+                verify_node(node)
+                ctx.claim(node, self)
+
+    def convert(self, imp, node, inputs, attrs, opset):
+        from bnncompile.schedules import compute
+
+        x, t = inputs[0], (inputs[1] if len(inputs) > 1 else None)
+        for what, value in (("X", x), ("T", t)):
+            dtype = None if value is None else getattr(value.ty, "dtype", None)
+            if dtype is not None and dtype != "float32":
+                raise UnsupportedModelError(f"node {node_label(node)}: input {what} is {dtype}; "
+                                            "DynamicSign takes float32 (insert a Cast)")
+        out = node.output[0]
+        imp.record_sign(out, x, t)
+        layout = imp.plan.sign_layout.get(out)
+        if imp.is_debug_output(out) and layout is not None:
+            # expose the bits the binary kernels consume, not a float recomputation
+            packed = imp.pack(x, t, last_axis=layout == "last", key=out)
+            return imp.emit_te(compute.unpack_bits_float, packed, imp.shape_of(x), layout,
+                               name="unpack_bits")
         if t is None:
-            return te.compute(x.shape, lambda *i: tirx.Select(x(*i) >= tirx.const(0.0, x.dtype), one, neg),
-                              name="dynamic_sign")
-        tb = topi.broadcast_to(t, x.shape) if tuple(t.shape) != tuple(x.shape) else t
-        return te.compute(x.shape, lambda *i: tirx.Select(x(*i) >= tb(*i), one, neg),
-                          name="dynamic_sign")
+            return imp.emit_te(compute.dynamic_sign, x, None, name="dynamic_sign")
+        return imp.emit_te(compute.dynamic_sign, x, t, name="dynamic_sign")
 
-    args = [inputs[0]] + ([inputs[1]] if len(inputs) > 1 and inputs[1] is not None else [])
-    return bb.emit_te(compute, *args, primfunc_name_hint="dynamic_sign")
+
+CONVERTER = Converter()

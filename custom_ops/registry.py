@@ -22,6 +22,11 @@ def custom_domains() -> set[str]:
     return {d for d, _ in CUSTOM_OPS}
 
 
+def converters() -> list:
+    """Each op's frontend converter (its TVM facet), for the frontend's converter registry."""
+    return [module.CONVERTER for module in CUSTOM_OPS.values()]
+
+
 def translation_table() -> dict:
     """Merged ``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
     table: dict = {}

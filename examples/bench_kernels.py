@@ -23,16 +23,13 @@ import time
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import numpy as np
 import tvm
+from bnncompile.schedules import packing as pk
+from bnncompile.schedules import reference as ref
 
-import schedules as S
-from schedules import packing as pk
-from schedules import reference as ref
+from bnncompile import schedules as S
 
 # (name, Cin, H(=W) of the input, Cout, kernel, stride); padding = kernel // 2 (zero padding).
 REACTNET_A = [

@@ -26,18 +26,15 @@ import sys
 import time
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
-_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import numpy as np
 import torch
 import tvm
+from bnncompile.schedules import packing as pk
+from bnncompile.schedules import reference as ref
 
-import schedules as S
 from bnncompile import bench, targets
-from schedules import packing as pk
-from schedules import reference as ref
+from bnncompile import schedules as S
 
 SECTIONS = ("peak", "fconv", "bitpack", "epilogue", "avgpool")
 
@@ -63,7 +60,7 @@ def peak(tgt) -> None:
         acc = T.alloc_buffer((width,), "float32", scope="local")
         for j in T.vectorized(width):
             acc[j] = a[j]
-        for i in range(n):  # noqa: B007 (a TVMScript loop)
+        for i in range(n):
             for j in T.vectorized(width):
                 acc[j] = acc[j] * T.float32(0.999) + T.float32(0.001)
         for j in T.vectorized(width):

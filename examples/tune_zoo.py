@@ -49,9 +49,10 @@ def main(argv=None) -> int:
                        f"{res.seconds:.0f} s", file=sys.stderr)
     if args.install:
         from bnncompile.schedules import tuning
+        from bnncompile.schedules.target_identity import identify
 
         tvm_target = targets.tvm_target(targets.resolve("host"))
-        dst = tuning.PRETUNED_ROOT / tuning.target_tag(tvm_target)
+        dst = tuning.PRETUNED_ROOT / identify(tvm_target).tag
         tuning.pack_database(args.db, dst, target=tvm_target)
         print(f"installed the records in {dst}")
     return 0

@@ -1,52 +1,37 @@
 """Binary (XNOR-popcount) TVM kernels: TE computes, per-target schedules, packing helpers.
 
-Public entry points (see :mod:`.registry` for PrimFunc parameter orders): ``make_bitpack``,
-``make_bitpack_last``, ``make_bconv2d``, ``make_bdense``, ``make_bbatch_matmul``, ``make_fconv2d``,
-``make_maxpool2d``, ``make_avgpool2d``, ``make_prelu_stats``; numpy packing
-helpers in :mod:`.packing`; independent references in :mod:`.reference`.
-"""
-from .packing import (
-    check_pm1,
-    num_words,
-    pack_bits,
-    pack_conv_weight,
-    pack_dense_weight,
-    unpack_bits,
-)
-from .registry import (
-    SCHEDULES,
-    fconv2d_block,
-    get_schedule,
-    make_avgpool2d,
-    make_bbatch_matmul,
-    make_bconv2d,
-    make_bdense,
-    make_bitpack,
-    make_bitpack_last,
-    make_fconv2d,
-    make_maxpool2d,
-    make_prelu_stats,
-    target_key,
-)
+Layout, in the order a kernel is made:
 
-__all__ = [
-    "SCHEDULES",
-    "check_pm1",
-    "get_schedule",
-    "make_avgpool2d",
-    "make_bbatch_matmul",
-    "make_bconv2d",
-    "make_bdense",
-    "make_bitpack",
-    "make_bitpack_last",
-    "make_fconv2d",
-    "make_maxpool2d",
-    "make_prelu_stats",
-    "fconv2d_block",
-    "num_words",
-    "pack_bits",
-    "pack_conv_weight",
-    "pack_dense_weight",
-    "target_key",
-    "unpack_bits",
-]
+* :mod:`.compute` — target-agnostic tensor expressions (bit-packing, binary conv / dense /
+  batch matmul with fused epilogues, the float kernels bnncompile schedules itself);
+* :mod:`.generic`, :mod:`.x86`, :mod:`.arm`, :mod:`.cuda` — hand schedules per target, chosen by
+  the target's identity (:mod:`.target_identity`) in :mod:`.registry`;
+* :mod:`.registry` — the public ``make_*`` builders (compute + schedule → PrimFunc);
+* :mod:`.tuning` + ``databases/`` — MetaSchedule records that replace hand schedules;
+* :mod:`.float_glue` — default schedules for the float ops TVM legalizes;
+* :mod:`.packing` (numpy: weights, tables) and :mod:`.reference` (independent numpy references).
+
+This package knows nothing about ONNX or bnncompile's frontend.  Names are imported lazily, so
+``bnncompile.schedules.target_identity`` or ``.packing`` do not pull in every kernel.
+"""
+from __future__ import annotations
+
+import importlib
+
+_FROM = {
+    "registry": ("SCHEDULES", "fconv2d_block", "get_schedule", "make_avgpool2d",
+                 "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
+                 "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
+                 "target_key"),
+    "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
+                "unpack_bits"),
+}
+_LAZY = {name: module for module, names in _FROM.items() for name in names}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -439,10 +439,29 @@ class _Guarded(ScheduleRule):
         self.rule = rule
 
     def apply(self, func, target, tunable):
+        if isinstance(func, tirx.PrimFunc) and _has_unit_reduction(func):
+            return None
         try:
             return self.rule.apply(func, target, tunable)
         except Exception:
             return None
+
+
+def _has_unit_reduction(func) -> bool:
+    """A reduction block whose reduction iters all have extent 1 (a matmul with K = 1).  TVM
+    0.27's ``reverse_compute_inline`` of an epilogue into such a block puts the epilogue into
+    both its init and its update (a bias added twice; found by tests/fuzz), so the rules leave
+    these functions unscheduled: correct, and too small to matter."""
+    sch = s_tir.Schedule(func)
+    todo = [sch.get_sblock("root")]
+    while todo:
+        for child in sch.get_child_blocks(todo.pop()):
+            todo.append(child)
+            red = [iv for iv in sch.get(child).iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+            if red and all(isinstance(iv.dom.extent, tirx.IntImm) and int(iv.dom.extent) == 1
+                           for iv in red):
+                return True
+    return False
 
 
 def rules():

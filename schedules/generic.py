@@ -36,6 +36,32 @@ def largest_divisor(n: int, limit: int) -> int:
     return 1
 
 
+def loops_under(sch: s_tir.Schedule, blk, anchor) -> list:
+    """The loops of ``blk`` nested strictly inside the loop ``anchor``: after ``compute_at`` /
+    ``reverse_compute_at`` to ``anchor`` (which drop unit loops) possibly none.  Pick the loop to
+    vectorise from these, never ``get_loops(blk)[-1]``: when every loop of the moved block is
+    unit, that is ``anchor`` or a loop above it (the task loop), and vectorising it puts the tile's
+    per-iteration ``local`` accumulator inside a vector loop, which VectorizeLoop miscompiles
+    (one scalar slot for all lanes: every output takes the last lane's value) or rejects
+    ("VectorizeLoop before LiftStorageAlloc")."""
+    loops = sch.get_loops(blk)
+    target = sch.get(anchor)
+    for i, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return list(loops[i + 1:])
+    raise ValueError("the block is not nested under the anchor loop")
+
+
+def vectorize_innermost(sch: s_tir.Schedule, blk, anchor, widths=None) -> bool:
+    """Vectorise the innermost loop of ``blk`` under ``anchor`` if there is one (and, with
+    ``widths``, if its extent is one of them); see :func:`loops_under`."""
+    inner = loops_under(sch, blk, anchor)
+    if not inner or (widths is not None and extent(sch, inner[-1]) not in widths):
+        return False
+    sch.vectorize(inner[-1])
+    return True
+
+
 def injective(sch: s_tir.Schedule, name: str, vec: int = 8) -> None:
     """Fuse all loops, parallel over the outer part, vectorise a divisible inner chunk."""
     blk = sch.get_sblock(name)
@@ -62,7 +88,8 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
     n, h, w, cw, b = sch.get_loops(blk)
     if extent(sch, w) < 8:
         # Narrow maps (1x1 at the end of a ResNet at 32 px): nothing to vectorize along w, and
-        # the local row tile's write-back mis-scoped unit loops (wrong words for W=1, CW>1).
+        # a unit row tile once vectorised the cw task loop instead (wrong words for W=1, CW>1;
+        # fixed by vectorize_innermost, but one row of one pixel has nothing to vectorise).
         sch.parallel(sch.fuse(n, h))
         sch.decompose_reduction(blk, b)
         return
@@ -79,7 +106,7 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
         wf = largest_divisor(ext, vec)
     if wf < 4 and ext > 64:
         # a long row no vector width divides (a 9x9 map packed as one row of 81): pixel by pixel
-        # (a vector of the whole row would spill; unit chunks hit the write-back bug above)
+        # (a vector of the whole row would spill; unit chunks vectorise nothing)
         sch.parallel(sch.fuse(n, h, w))
         sch.decompose_reduction(blk, b)
         return
@@ -92,9 +119,7 @@ def schedule_bitpack(sch: s_tir.Schedule, name: str = "bitpack", vec: int = 16) 
     row = sch.fuse(n, h)
     sch.parallel(row)
     sch.vectorize(wi)
-    wl = sch.get_loops(wb)[-1]
-    if extent(sch, wl) in (2, 4, 8, 16):
-        sch.vectorize(wl)
+    vectorize_innermost(sch, wb, cw, (2, 4, 8, 16))
     sch.decompose_reduction(blk, b)
 
 
@@ -150,10 +175,11 @@ def schedule_output_pack(sch: s_tir.Schedule, row=None) -> None:
         return
     blk = sch.get_sblock("bconv_pack")
     out = next(r.source for r in sch.get(blk).reads if r.source.name == "bconv_out")
-    k = int(out.shape[1])  # the conv output [N, K, OH, OW]
-    if k > 64 and k % 64:
+    k, ow = int(out.shape[1]), int(out.shape[3])  # the conv output [N, K, OH, OW]
+    if (k > 64 and k % 64) or k == 1 or ow == 1:
         # the clamped channel index of a partial last word defeats reverse_compute_at's region
-        # analysis: pack in a pass of its own
+        # analysis, and one channel or one column leaves no loop under the row (unit loops are
+        # dropped; found by tests/fuzz): pack in a pass of its own
         schedule_bitpack(sch, "bconv_pack")
         return
     sch.reverse_compute_at(blk, row)
@@ -165,11 +191,10 @@ def schedule_output_pack(sch: s_tir.Schedule, row=None) -> None:
         wo, wi = sch.split(w, factors=[None, wf]) if wf < extent(sch, w) else (None, w)
         sch.reorder(*([wo] if wo is not None else []), *cw, b, wi)
         wb = sch.cache_write(blk, 0, "local")
-        sch.reverse_compute_at(wb, cw[0] if cw else (wo if wo is not None else row))
+        at = cw[0] if cw else (wo if wo is not None else row)
+        sch.reverse_compute_at(wb, at)
         sch.vectorize(wi)
-        wl = sch.get_loops(wb)[-1]
-        if extent(sch, wl) in (2, 4, 8, 16):
-            sch.vectorize(wl)
+        vectorize_innermost(sch, wb, at, (2, 4, 8, 16))
     sch.decompose_reduction(blk, b)
 
 
@@ -228,7 +253,7 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> N
     sch.compute_inline(wb)
     out = sch.get_sblock("fconv_out")
     sch.reverse_compute_at(out, wo)
-    sch.vectorize(sch.get_loops(out)[-1])
+    vectorize_innermost(sch, out, wo)  # none when K == 1 and WI == 1 (OW prime > wi_max)
     sch.decompose_reduction(conv, rc)
 
 
@@ -246,8 +271,9 @@ def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     rows = sch.get_sblock("pool_rows")
     sch.compute_at(rows, row)
     sch.set_scope(rows, 0, "local")
-    w = sch.get_loops(rows)[-1]
-    f = pick_factor(extent(sch, w), (16, 8, 4))
+    inner = loops_under(sch, rows, row)  # none for W = 1 (the row loop itself must stay parallel)
+    w = inner[-1] if inner else None
+    f = pick_factor(extent(sch, w), (16, 8, 4)) if w is not None else 1
     if f > 1:
         _, wi = sch.split(w, factors=[None, f])
         sch.vectorize(wi)
@@ -299,10 +325,11 @@ def _schedule_maxpool2d_blocked(sch: s_tir.Schedule) -> None:
     sch.compute_at(rows, row)
     for blk in (pool, rows):
         sch.set_scope(blk, 0, "local")
-        sch.vectorize(sch.get_loops(blk)[-1])
+        vectorize_innermost(sch, blk, row)  # ci (a whole channel block, never unit)
     sch.reverse_compute_at(out, row)
-    w = sch.get_loops(out)[-1]  # (ci, ow) under the row
-    f = pick_factor(extent(sch, w), (16, 8, 4))
+    inner = loops_under(sch, out, row)  # (ci, ow) under the row
+    w = inner[-1] if inner else None
+    f = pick_factor(extent(sch, w), (16, 8, 4)) if w is not None else 1
     if f > 1:
         _, wi = sch.split(w, factors=[None, f])
         sch.vectorize(wi)

@@ -166,3 +166,31 @@ def avgpool2d_ref(x: np.ndarray, kernel) -> np.ndarray:
             if r or s:
                 acc = acc + win[:, :, :, r, :, s]
     return (acc / np.float32(kh * kw)).astype(np.float32)
+
+
+def dynamic_sign_ref(x: np.ndarray, t=None) -> np.ndarray:
+    """Float ±1: +1 where ``x >= t`` (numpy broadcasting, absent t = 0), NaN -> -1."""
+    x = np.asarray(x, np.float32)
+    t = np.float32(0) if t is None else np.asarray(t, np.float32)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.greater_equal(x, t), np.float32(1), np.float32(-1)).astype(np.float32)
+
+
+def unpack_bits_ref(words: np.ndarray, shape, layout: str) -> np.ndarray:
+    """Packed uint64 words back to float ±1 by explicit bit tests (the inverse of
+    :func:`bitpack_ref` (``layout="nchw"``) / :func:`bitpack_last_ref` (``"last"``))."""
+    words = np.asarray(words, np.uint64)
+    length = shape[1] if layout == "nchw" else shape[-1]
+    idx = np.arange(length)
+    bits = (words[..., idx // 64] >> (idx % 64).astype(np.uint64)) & np.uint64(1)
+    pm1 = np.where(bits == 1, np.float32(1), np.float32(-1)).astype(np.float32)
+    return pm1.transpose(0, 3, 1, 2) if layout == "nchw" else pm1
+
+
+def power_mean_ref(x: np.ndarray, p: int, *, keepdims: bool) -> np.ndarray:
+    """Mean of ``x**p`` over the last two axes (float64 sums, ``x**p`` formed in float32 as
+    ``(x * x) * x`` like ONNX), as float32 ``[N, C]`` or ``[N, C, 1, 1]``."""
+    x = np.asarray(x, np.float32)
+    v = x if p == 1 else (x * x if p == 2 else (x * x) * x)
+    m = v.astype(np.float64).mean(axis=(2, 3), keepdims=keepdims)
+    return m.astype(np.float32)

@@ -1,12 +1,16 @@
 """Schedule dispatch and the public ``make_*`` builders the frontend calls.
 
-Dispatch: ``(op, key) -> schedule function``, where ``key`` comes from the target's keys
-(``["cuda", "gpu"]`` -> "cuda", ``["arm_cpu", "cpu"]`` -> "arm_cpu", ``["cpu"]`` on an x86 triple
--> "x86"), falling back to "cpu" (the generic llvm schedules).
+Dispatch: ``(op, key) -> schedule function``, where ``key`` is the target's schedule key
+(:mod:`.target_identity`: "cuda", "arm_cpu", "x86"), falling back to "cpu" (the generic llvm
+schedules).
 
 Every ``make_*`` returns a scheduled ``tvm.tirx.PrimFunc`` with attrs ``tirx.is_scheduled = True``
 and a descriptive ``global_symbol`` unique per shape/options/target key, ready for
 ``relax.BlockBuilder.add_func`` + ``call_tir``.  Parameter order is documented per function.
+
+``tuning``: an optional object with ``schedule(prim_func, *, op, symbol, key, hand, target,
+forced)`` that may return a scheduled PrimFunc in place of the hand schedule (a tuning-database
+session, or a workload collector; :mod:`.tuning`).  It is passed explicitly, never ambient.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from tvm import s_tir, te
 from . import arm, compute, cuda, generic, x86
 from .compute import normalize_2d, normalize_padding
 from .packing import border_row_classes, needs_border_table
+from .target_identity import as_target, identify
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
@@ -50,27 +55,9 @@ __all__ = [
 ]
 
 
-def _as_target(target: TargetLike) -> tvm.target.Target:
-    if target is None:
-        target = tvm.target.Target.current() or {"kind": "llvm"}
-    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-
-
 def target_key(target: TargetLike) -> str:
     """Schedule key for ``target``: "cuda", "arm_cpu", "x86" or "cpu" (generic llvm)."""
-    t = _as_target(target)
-    keys = list(t.keys)
-    if "cuda" in keys:
-        return "cuda"
-    if "arm_cpu" in keys:
-        return "arm_cpu"
-    if t.kind.name == "llvm" and "cpu" in keys:
-        triple = str(t.attrs.get("mtriple", "") or "")
-        if triple.startswith("aarch64") or triple.startswith("arm"):
-            return "arm_cpu"
-        if triple == "" or triple.startswith(("x86_64", "i386", "i686")):
-            return "x86"
-    return "cpu"
+    return identify(target).schedule_key
 
 
 def get_schedule(op: str, target: TargetLike = None, schedule: str | None = None):
@@ -80,21 +67,18 @@ def get_schedule(op: str, target: TargetLike = None, schedule: str | None = None
     return key, fn
 
 
-def _finish(args, op: str, name: str, target: TargetLike, schedule: str | None):
+def _finish(args, op: str, name: str, target: TargetLike, schedule: str | None, tuning=None):
     key, fn = get_schedule(op, target, schedule)
     pf = te.create_prim_func(list(args))
-    # --- tuning hook (schedules/tuning.py): a MetaSchedule record for this unscheduled workload
-    # replaces the hand schedule inside tuning.use_database(); no-op (None) otherwise.
-    from . import tuning
-
-    func = tuning.on_finish(pf, op=op, name=name, key=key, hand=fn, target=target,
-                            forced=schedule is not None)
+    symbol = f"{name}_{key}"
+    func = None
+    if tuning is not None:  # a tuned schedule for this unscheduled workload, or None
+        func = tuning.schedule(pf, op=op, symbol=symbol, key=key, hand=fn, target=target,
+                               forced=schedule is not None)
     if func is None:
         sch = s_tir.Schedule(pf)
         fn(sch)
         func = sch.mod["main"]
-    # --- end tuning hook ---
-    symbol = f"{name}_{key}"
     # bnn.param_names lets the caller check which optional params the function takes.
     names = [str(a.op.name) for a in args]
     return (func.with_attr("global_symbol", symbol)
@@ -112,7 +96,7 @@ def _shape_tag(shape) -> str:
 
 
 def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
-                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                 schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binarise + pack NCHW activations.
 
     PrimFunc params: ``(x float32[N,C,H,W], t float32[t_shape], out uint64[N,H,W,ceil(C/64)])``;
@@ -122,11 +106,11 @@ def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetL
     t = te.placeholder(tuple(t_shape), "float32", name="t")
     out = compute.bitpack(x, t)
     name = f"bnn_bitpack_{_shape_tag(x_shape)}_t{_shape_tag(t_shape)}"
-    return _finish([x, t, out], "bitpack", name, target, schedule)
+    return _finish([x, t, out], "bitpack", name, target, schedule, tuning)
 
 
 def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
-                      schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                      schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binarise + pack the last axis.
 
     PrimFunc params: ``(x float32[..., D], t float32[t_shape], out uint64[..., ceil(D/64)])``.
@@ -135,7 +119,7 @@ def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: Ta
     t = te.placeholder(tuple(t_shape), "float32", name="t")
     out = compute.bitpack_last(x, t)
     name = f"bnn_bitpack_last_{_shape_tag(x_shape)}_t{_shape_tag(t_shape)}"
-    return _finish([x, t, out], "bitpack_last", name, target, schedule)
+    return _finish([x, t, out], "bitpack_last", name, target, schedule, tuning)
 
 
 #: one letter per post-op in kernel symbols (residual, sHift, Mul, Prelu, relU)
@@ -146,7 +130,7 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
                  padding=0, dilation=1, pad_value: str = "zero", with_scale: bool = False,
                  with_bias: bool = False, out_layout: str = "NCHW", post: Sequence[str] = (),
                  pack_output: bool = False, residual_channels: int | None = None,
-                 target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                 target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binary conv2d on packed operands.
 
     ``data_shape_nchw`` = ``(N, C, H, W)`` of the float activation, ``weight_pm1_shape`` =
@@ -173,7 +157,7 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
     K, C2, KH, KW = (int(v) for v in weight_pm1_shape)
     if C2 != C:
         raise ValueError(f"weight in-channels {C2} != data channels {C} (only groups=1)")
-    CW = compute._nwords(C)
+    CW = compute.nwords(C)
     st, dl, pd = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation"), normalize_padding(padding)
     data = te.placeholder((N, H, W, CW), "uint64", name="data")
     weight = te.placeholder((KH, KW, CW, K), "uint64", name="weight")
@@ -218,12 +202,12 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
     name = (f"bnn_bconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
             f"_d{dl[0]}x{dl[1]}_{pad_value}{'_' + epi if epi else ''}_{out_layout.lower()}"
             f"{'_pk' if pack_output else ''}")
-    return _finish(args, "bconv2d", name, target, schedule)
+    return _finish(args, "bconv2d", name, target, schedule, tuning)
 
 
 def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
                 with_scale: bool = False, with_bias: bool = False, target: TargetLike = None,
-                schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binary dense ``y = x @ W.T`` on packed operands.
 
     ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
@@ -238,7 +222,7 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     Nout, Kin = (int(v) for v in weight_pm1_shape)
     if shape[-1] != Kin:
         raise ValueError(f"bdense: data features {shape[-1]} != weight in-features {Kin}")
-    KWd = compute._nwords(Kin)
+    KWd = compute.nwords(Kin)
     a = te.placeholder(tuple(shape[:-1]) + (KWd,), "uint64", name="a")
     w = te.placeholder((KWd, Nout), "uint64", name="w")
     scale = te.placeholder((Nout,), "float32", name="scale") if with_scale else None
@@ -247,11 +231,11 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     args = [a, w] + [v for v in (scale, bias) if v is not None] + [out]
     epi = ("s" if with_scale else "") + ("b" if with_bias else "")
     name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}"
-    return _finish(args, "bdense", name, target, schedule)
+    return _finish(args, "bdense", name, target, schedule, tuning)
 
 
 def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha: float | None = None,
-                       target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                       target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binary batched ``A @ B^T``; shapes are the float shapes ``(*batch, M, K)``, ``(*batch, N, K)``.
 
     PrimFunc params: ``(a uint64[*batch, M, KW], b uint64[*batch, N, KW],
@@ -261,17 +245,17 @@ def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha:
     if len(ash) < 2 or ash[-1] != bsh[-1] or ash[:-2] != bsh[:-2] or len(ash) != len(bsh):
         raise ValueError(f"bbatch_matmul: incompatible shapes {ash}, {bsh}")
     k = ash[-1]
-    KWd = compute._nwords(k)
+    KWd = compute.nwords(k)
     a = te.placeholder(tuple(ash[:-1]) + (KWd,), "uint64", name="a")
     b = te.placeholder(tuple(bsh[:-1]) + (KWd,), "uint64", name="b")
     out = compute.bbatch_matmul(a, b, k=k, alpha=alpha, acc_dtype=_acc(target, schedule))
     tag = "" if alpha is None else "_alpha" + repr(float(alpha)).replace(".", "p").replace("-", "m")
     name = f"bnn_bbmm_{_shape_tag(ash)}_n{bsh[-2]}{tag}"
-    return _finish([a, b, out], "bbatch_matmul", name, target, schedule)
+    return _finish([a, b, out], "bbatch_matmul", name, target, schedule, tuning)
 
 
 def make_avgpool2d(data_shape_nchw: Sequence[int], *, kernel, target: TargetLike = None,
-                   schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                   schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Float average pooling, stride = kernel, no padding (compute.avgpool2d).
 
     PrimFunc params: ``(data float32[N,C,H,W], out float32[N,C,H//KH,W//KW])``.
@@ -283,12 +267,12 @@ def make_avgpool2d(data_shape_nchw: Sequence[int], *, kernel, target: TargetLike
     data = te.placeholder(shape, "float32", name="data")
     out = compute.avgpool2d(data, kernel=k)
     name = f"bnn_avgpool2d_{_shape_tag(shape)}_k{k[0]}x{k[1]}"
-    return _finish([data, out], "avgpool2d", name, target, schedule)
+    return _finish([data, out], "avgpool2d", name, target, schedule, tuning)
 
 
 def make_prelu_stats(x_shape: Sequence[int], shift_in_shape: Sequence[int], slope_shape: Sequence[int],
                      shift_out_shape: Sequence[int], powers: Sequence[int], *, target: TargetLike = None,
-                     schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                     schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Dynamic PReLU plus the means of its output's powers over each row (compute.prelu_stats).
 
     PrimFunc params: ``(x float32[N, C, 1, L], shift_in, slope, shift_out float32 (broadcastable
@@ -303,12 +287,12 @@ def make_prelu_stats(x_shape: Sequence[int], shift_in_shape: Sequence[int], slop
     name = (f"bnn_prelu_stats_{_shape_tag(x_shape)}_i{_shape_tag(shift_in_shape)}"
             f"_s{_shape_tag(slope_shape)}_o{_shape_tag(shift_out_shape)}"
             f"_p{''.join(str(int(p)) for p in powers)}")
-    return _finish([x, *ops, y, *means], "prelu_stats", name, target, schedule)
+    return _finish([x, *ops, y, *means], "prelu_stats", name, target, schedule, tuning)
 
 
 def fconv2d_block(target: TargetLike = None) -> int:
     """Output-channel block of the float conv: float32 SIMD lanes of the target (4 if unknown)."""
-    t = _as_target(target)
+    t = as_target(target)
     if t.kind.name != "llvm":
         return 8
     from tvm.target.codegen import llvm_get_vector_width
@@ -319,7 +303,7 @@ def fconv2d_block(target: TargetLike = None) -> int:
 
 def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *, stride=1, padding=0,
                  dilation=1, with_bias: bool = False, out_layout: str = "NCHW", target: TargetLike = None,
-                 schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                 schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Float conv2d (NCHW input, zero padding, groups=1) on output-channel-blocked weights.
 
     PrimFunc params: ``(data float32[N,C,H,W], weight float32[KB,C,KH,KW,OB]
@@ -343,11 +327,11 @@ def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *,
     name = (f"bnn_fconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
             f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}"
             f"{'_c' if out_layout == 'NCHWc' else ''}")
-    return _finish(args, "fconv2d", name, target, schedule)
+    return _finish(args, "fconv2d", name, target, schedule, tuning)
 
 
 def make_maxpool2d(data_shape: Sequence[int], *, kernel, stride=1, padding=0,
-                   target: TargetLike = None, schedule: str | None = None) -> tvm.tirx.PrimFunc:
+                   target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Float max pooling (no dilation, floor rounding) of an NCHW map, or of an NCHWc one
     ``[N, CB, H, W, CI]`` (make_fconv2d(out_layout="NCHWc")).
 
@@ -361,4 +345,4 @@ def make_maxpool2d(data_shape: Sequence[int], *, kernel, stride=1, padding=0,
     out = compute.maxpool2d(data, kernel=k, stride=st, padding=pd)
     name = (f"bnn_maxpool2d_{_shape_tag(shape)}_k{k[0]}x{k[1]}_s{st[0]}x{st[1]}"
             f"_p{'x'.join(map(str, pd))}")
-    return _finish([data, out], "maxpool2d", name, target, schedule)
+    return _finish([data, out], "maxpool2d", name, target, schedule, tuning)

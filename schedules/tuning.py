@@ -5,16 +5,16 @@ as :func:`registry._finish` builds it, before any schedule), normalised the way 
 normalises a tuning task (``IRModule({"main": f})`` with ``global_symbol="main"`` and
 ``tirx.noalias``).  Two kernels with the same compute share a record, whatever layer they come from.
 
-Two hooks into :func:`registry._finish`, both inactive (one ``if``) unless a context is open:
+Two objects can be handed to every ``make_*`` as its ``tuning`` argument (explicitly: the
+compiler passes one to the frontend, which passes it to each kernel it builds):
 
-* :func:`use_database` — every ``make_*`` first looks the workload up in a MetaSchedule database
-  (a ``JSONDatabase`` directory or a ``ms.Database``); if a *valid* record measured for the same
-  target (:func:`target_tag`: kind, triple, cpu, features; ``num-cores`` ignored) exists, the best
-  one's trace is replayed on the unscheduled PrimFunc instead of the hand schedule.  The caller
-  (``_finish``) still sets ``global_symbol``, ``tirx.is_scheduled`` and ``bnn.param_names``, so the
-  frontend is unchanged.  A trace that no longer applies falls back to the hand schedule.
-* :func:`collect_workloads` — records every workload built while it is open (used by
-  :func:`extract_workloads` and ``bnncompile tune``).
+* :class:`DatabaseSession` (:func:`open_session`) — looks the workload up in a MetaSchedule
+  database (a ``JSONDatabase`` directory or a ``ms.Database``); if a *valid* record measured for
+  the same target (its identity's ``tag``: kind, triple, cpu, features; ``num-cores`` ignored)
+  exists, the best one's trace is replayed on the unscheduled PrimFunc instead of the hand
+  schedule.  A trace that no longer applies falls back to the hand schedule.
+* :class:`WorkloadCollector` — records every workload built (``bnncompile tune`` uses it to find
+  the kernels a model needs), and keeps the hand schedules.
 
 Tuning only reorders/tiles loops of the same compute, so results are bit-identical for the integer
 kernels (tests/tuning checks this against :mod:`.reference`).  The search space is MetaSchedule's
@@ -23,50 +23,37 @@ regression beyond measurement noise.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
 
+from .target_identity import as_target, identify
+
 __all__ = [
     "PRETUNED_ROOT",
     "DatabaseSession",
     "Workload",
-    "collect_workloads",
-    "extract_workloads",
+    "WorkloadCollector",
     "fast_build",
     "hand_space",
     "lookup_schedule",
     "open_database",
+    "open_session",
     "pretuned_dir",
     "record_digest",
-    "target_tag",
     "tuning_target",
-    "use_database",
     "workload_mod",
 ]
 
-#: pre-tuned records shipped with the package: ``databases/<target_tag>/database_*.json``
+#: pre-tuned records shipped with the package: ``databases/<identity tag>/database_*.json``
 PRETUNED_ROOT = Path(__file__).resolve().parent / "databases"
 
 #: ops whose kernels are tuned by default (the binary ones: they dominate a BNN's run time)
 BINARY_OPS = ("bconv2d", "bdense", "bbatch_matmul")
-
-_LOCAL = threading.local()
-
-
-def _stack(name: str) -> list:
-    s = getattr(_LOCAL, name, None)
-    if s is None:
-        s = []
-        setattr(_LOCAL, name, s)
-    return s
-
 
 # -- keys ---------------------------------------------------------------------------------------
 
@@ -89,32 +76,10 @@ def workload_mod(prim_func_or_args) -> tvm.IRModule:
     return _normalize_mod(pf)
 
 
-def _as_target(target) -> tvm.target.Target:
-    if target is None:
-        target = tvm.target.Target.current() or {"kind": "llvm"}
-    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-
-
-def target_tag(target) -> str:
-    """Stable name for "code tuned for this target is valid and meaningful here":
-    ``llvm-x86_64-rocketlake``, ``llvm-aarch64-generic+neon``, ``cuda-sm_90`` ...
-    ``num-cores`` and other runtime-only attributes are ignored."""
-    t = _as_target(target)
-    kind = t.kind.name
-    if kind == "cuda":
-        return f"cuda-{t.attrs.get('arch', 'sm_xx')}"
-    triple = str(t.attrs.get("mtriple", "") or "")
-    arch = triple.split("-")[0] if triple else "native"
-    cpu = str(t.attrs.get("mcpu", "") or "generic")
-    mattr = t.attrs.get("mattr", None)
-    feats = "".join(sorted(str(a) for a in mattr)) if mattr else ""
-    return f"{kind}-{arch}-{cpu}{feats}".replace("/", "_")
-
-
 def tuning_target(target, num_cores: int | None = None) -> tvm.target.Target:
     """``target`` with ``num-cores`` set (MetaSchedule's CPU rules require it)."""
-    t = _as_target(target)
-    if t.kind.name != "llvm" or "num-cores" in t.attrs and int(t.attrs["num-cores"]) > 0:
+    t = as_target(target)
+    if t.kind.name != "llvm" or ("num-cores" in t.attrs and int(t.attrs["num-cores"]) > 0):
         return t
     cfg = dict(t.export())
     cfg["num-cores"] = int(num_cores or _physical_cores())
@@ -147,7 +112,7 @@ def _has_db(d: Path) -> bool:
 
 def pretuned_dir(target) -> Path | None:
     """The shipped database directory for ``target``'s tag, if there is one."""
-    d = PRETUNED_ROOT / target_tag(target)
+    d = PRETUNED_ROOT / identify(target).tag
     return d if _has_db(d) else None
 
 
@@ -189,7 +154,7 @@ def pack_database(src, dst, *, keep: int = 2, target=None, min_speedup: float = 
     import json
 
     src, dst = Path(src), Path(dst)
-    tag = target_tag(target) if target is not None else None
+    tag = identify(target).tag if target is not None else None
     wl_lines = (src / "database_workload.json").read_text().splitlines()
     best: dict[int, list] = {}
     for line in (src / "database_tuning_record.json").read_text().splitlines():
@@ -199,7 +164,7 @@ def pack_database(src, dst, *, keep: int = 2, target=None, min_speedup: float = 
         secs = rec[1]
         if not secs or max(float(x) for x in secs) >= 1e9:
             continue
-        if tag and target_tag(tvm.target.Target(rec[2])) != tag:
+        if tag and identify(tvm.target.Target(rec[2])).tag != tag:
             continue
         best.setdefault(int(idx), []).append((sum(float(x) for x in secs) / len(secs), rec))
     out_wl, out_rec = [], []
@@ -249,7 +214,7 @@ def _records_for(db, mod: tvm.IRModule, tag: str, k: int = 1) -> list:
     wl = db.commit_workload(mod)  # existing entry: returned, nothing appended
     out = []
     for rec in db.get_top_k(wl, 1 << 20):  # sorted by mean run time, invalid runs excluded
-        if rec.target is not None and target_tag(rec.target) == tag:
+        if rec.target is not None and identify(rec.target).tag == tag:
             out.append(rec)
             if len(out) >= k:
                 break
@@ -258,7 +223,7 @@ def _records_for(db, mod: tvm.IRModule, tag: str, k: int = 1) -> list:
 
 def count_records(db, mod: tvm.IRModule, target) -> int:
     """Valid records of workload ``mod`` measured for ``target``'s tag."""
-    return len(_records_for(db, mod, target_tag(target), k=1 << 30))
+    return len(_records_for(db, mod, identify(target).tag, k=1 << 30))
 
 
 def record_digest(rec, mod: tvm.IRModule) -> str:
@@ -274,7 +239,7 @@ def lookup_schedule(db, mod: tvm.IRModule, target):
     ``(None, None)``."""
     from tvm import s_tir
 
-    recs = _records_for(db, mod, target_tag(target))
+    recs = _records_for(db, mod, identify(target).tag)
     if not recs:
         return None, None
     rec = recs[0]
@@ -285,7 +250,8 @@ def lookup_schedule(db, mod: tvm.IRModule, target):
 
 @dataclass
 class DatabaseSession:
-    """An open :func:`use_database` context: what was looked up and applied."""
+    """A tuning database opened for one build (:func:`open_session`), and what the build looked
+    up and applied."""
 
     db: object
     target: tvm.target.Target | None
@@ -307,21 +273,34 @@ class DatabaseSession:
         return h.hexdigest()
 
 
-@contextlib.contextmanager
-def use_database(db_dir_or_database, target=None) -> Iterator[DatabaseSession]:
-    """Within this context every ``make_*`` whose workload has a record for ``target`` (default:
-    the target each ``make_*`` is called with) returns the tuned schedule.  Yields a
-    :class:`DatabaseSession` (applied records, their digest)."""
+    def schedule(self, pf, *, op: str, symbol: str, key: str, hand: Callable, target,
+                 forced: bool = False):
+        """The ``tuning`` hook of ``registry.make_*``: the best record's schedule of this
+        unscheduled workload, or None to use the hand schedule (also for a forced key)."""
+        if forced:
+            return None
+        mod = workload_mod(pf)
+        try:
+            sch, rec = lookup_schedule(self.db, mod, self.target or as_target(target))
+        except Exception as exc:  # a stale / foreign record: never fail the build over it
+            self.failed[symbol] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            return None
+        if sch is None:
+            self.misses.append(symbol)
+            return None
+        secs = [float(x) for x in rec.run_secs or []]
+        self.applied[symbol] = {"op": op, "run_ms": round(1e3 * sum(secs) / max(len(secs), 1), 4),
+                                "digest": record_digest(rec, mod)}
+        return sch.mod["main"]
+
+
+def open_session(db_dir_or_database, target=None) -> DatabaseSession:
+    """A :class:`DatabaseSession` over a database directory or ``ms.Database``; records are
+    matched to ``target``'s tag (default: the target each kernel is built for)."""
     db = open_database(db_dir_or_database)
     path = str(db_dir_or_database) if isinstance(db_dir_or_database, (str, os.PathLike)) else None
-    tgt = _as_target(target) if target is not None else None
-    sess = DatabaseSession(db, tgt, target_tag(tgt) if tgt is not None else "", path)
-    stack = _stack("db")
-    stack.append(sess)
-    try:
-        yield sess
-    finally:
-        stack.remove(sess)
+    tgt = as_target(target) if target is not None else None
+    return DatabaseSession(db, tgt, identify(tgt).tag if tgt is not None else "", path)
 
 
 # -- workload collection ------------------------------------------------------------------------
@@ -338,63 +317,20 @@ class Workload:
     calls: int = 1
 
 
-@contextlib.contextmanager
-def collect_workloads() -> Iterator[dict[str, Workload]]:
-    """Collect ``symbol -> Workload`` of every kernel built inside the context."""
-    seen: dict[str, Workload] = {}
-    stack = _stack("collect")
-    stack.append(seen)
-    try:
-        yield seen
-    finally:
-        stack.remove(seen)
+@dataclass
+class WorkloadCollector:
+    """The ``tuning`` hook that records ``symbol -> Workload`` of every kernel built and keeps
+    the hand schedules."""
 
+    seen: dict[str, Workload] = field(default_factory=dict)
 
-def extract_workloads(model, target, *, batch: int = 1, ops=BINARY_OPS) -> list[Workload]:
-    """Distinct kernel workloads of an ONNX model (``ModelProto`` or path) for ``target``, in
-    first-use order, filtered to ``ops`` (None: all ops incl. bitpack / float conv)."""
-    from bnncompile.exporter import load_onnx
-    from bnncompile.frontend import FrontendOptions, from_onnx
-
-    if not hasattr(model, "graph"):
-        model = load_onnx(model)
-    with collect_workloads() as seen:
-        from_onnx(model, target=_as_target(target), options=FrontendOptions(batch=batch))
-    return [w for w in seen.values() if ops is None or w.op in ops]
-
-
-# -- the registry hook --------------------------------------------------------------------------
-
-def on_finish(pf: tvm.tirx.PrimFunc, *, op: str, name: str, key: str, hand: Callable, target,
-              forced: bool = False) -> tvm.tirx.PrimFunc | None:
-    """Called by :func:`registry._finish` with the unscheduled PrimFunc; returns the tuned
-    (scheduled) PrimFunc, or None to use the hand schedule.  No-op unless a context is open."""
-    collect, dbs = _stack("collect"), _stack("db")
-    if not collect and not dbs:
-        return None
-    mod = workload_mod(pf)
-    symbol = f"{name}_{key}"
-    for seen in collect:
-        if symbol in seen:
-            seen[symbol].calls += 1
+    def schedule(self, pf, *, op: str, symbol: str, key: str, hand: Callable, target,
+                 forced: bool = False):
+        if symbol in self.seen:
+            self.seen[symbol].calls += 1
         else:
-            seen[symbol] = Workload(op, symbol, key, mod, hand)
-    if forced or not dbs:  # an explicitly forced schedule key keeps its hand schedule
+            self.seen[symbol] = Workload(op, symbol, key, workload_mod(pf), hand)
         return None
-    sess = dbs[-1]
-    tgt = sess.target or _as_target(target)
-    try:
-        sch, rec = lookup_schedule(sess.db, mod, tgt)
-    except Exception as exc:  # a stale / foreign record: never fail the build over it
-        sess.failed[symbol] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        return None
-    if sch is None:
-        sess.misses.append(symbol)
-        return None
-    secs = [float(x) for x in rec.run_secs or []]
-    sess.applied[symbol] = {"op": op, "run_ms": round(1e3 * sum(secs) / max(len(secs), 1), 4),
-                            "digest": record_digest(rec, mod)}
-    return sch.mod["main"]
 
 
 # -- tuning helpers -----------------------------------------------------------------------------
@@ -420,7 +356,7 @@ def light_tensor_intrin(target) -> None:
     import types
 
     name = "tvm.s_tir.tensor_intrin"
-    t = _as_target(target)
+    t = as_target(target)
     if name in sys.modules or t.kind.name != "llvm":
         return
     import tvm.s_tir as s_tir_pkg

@@ -14,7 +14,14 @@ from __future__ import annotations
 from tvm import s_tir
 
 from . import generic
-from .generic import extent, has_block, largest_divisor, pick_factor
+from .generic import (
+    extent,
+    has_block,
+    largest_divisor,
+    loops_under,
+    pick_factor,
+    vectorize_innermost,
+)
 
 # KI = 8 u64 lanes = two ymm registers per pixel; a row of up to 14 pixels was the best tile on
 # Zen 3 (a larger WI spills, a smaller one reloads the weights more often).
@@ -26,15 +33,15 @@ PIX_VEC_X86 = 16
 PIX_KI_X86 = 4
 
 
-def _copy_out(sch: s_tir.Schedule, wb, nchw: bool, wf: int, kf: int) -> None:
-    """Epilogue of a finished ``wf x kf`` tile.  ``wb`` loops under the tile: (ow_i, k_i), where
-    unit-extent loops are dropped by reverse_compute_at.
+def _copy_out(sch: s_tir.Schedule, wb, at, nchw: bool, wf: int, kf: int) -> None:
+    """Epilogue of a finished ``wf x kf`` tile.  ``wb`` loops under the tile loop ``at``:
+    (ow_i, k_i), where unit-extent loops are dropped by reverse_compute_at.
 
     NCHW: the epilogue runs along ow, where the stores, the residual reads and the border table
     (``[classes, K, OW]``) are contiguous.  (Before the table, the per-tap border selects made it 5x the cost of
     the popcounts on 64->64 @56 along ow, so it ran along k and staged the tile in a local buffer
     for the stores: 0.166 ms against 0.127 ms with one-padding on 128->128 @28.)  NHWC: along k."""
-    loops = sch.get_loops(wb)
+    loops = loops_under(sch, wb, at)
     if wf > 1 and kf > 1:
         ow, k = loops[-2], loops[-1]
         if nchw:
@@ -81,10 +88,10 @@ def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -
         sch.compute_at(sch.get_sblock("bpad"), row)
     sch.vectorize(win)
     sch.unroll(kin)
-    loops = sch.get_loops(wb)
+    loops = loops_under(sch, wb, wo)  # ([k_i], ow_i): wf >= 8, so ow_i is always there
     if kf > 1:
         sch.reorder(loops[-1], loops[-2])
-    sch.vectorize(sch.get_loops(wb)[-1])
+    vectorize_innermost(sch, wb, wo)
     sch.decompose_reduction(conv, rh)
     generic.schedule_output_pack(sch, row)
 
@@ -111,13 +118,12 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
     if has_block(sch, "bpad"):
         # Each task pads only the input rows its output row reads: no shared workspace, no race.
         sch.compute_at(sch.get_sblock("bpad"), row)
-        pl = sch.get_loops(sch.get_sblock("bpad"))
-        if extent(sch, pl[-1]) in (2, 4, 8, 16):
-            sch.vectorize(pl[-1])
+        # (all its loops are unit for W = CW = KH = 1: then nothing under the row to vectorise)
+        vectorize_innermost(sch, sch.get_sblock("bpad"), row, (2, 4, 8, 16))
     sch.vectorize(kin)
     sch.unroll(win)
     sch.unroll(rc)
-    _copy_out(sch, wb, nchw, wf, kf)
+    _copy_out(sch, wb, ko, nchw, wf, kf)
     sch.decompose_reduction(conv, rh)
     generic.schedule_output_pack(sch, row)
 
@@ -128,13 +134,28 @@ def _is_nchw(sch: s_tir.Schedule, out_block) -> bool:
 
 
 def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int) -> None:
-    """Register tile ``MI`` rows x ``NI`` lanes for ``[*batch, M, N]`` popcount reductions."""
+    """Register tile ``MI`` rows x ``NI`` lanes for ``[*batch, M, N]`` popcount reductions.
+
+    N without an even divisor (odd N: 3, 9, 197, 1001): no lane tile; a task then takes ``MI``
+    whole rows of N (the n loop innermost, left to LLVM), as the generic schedule does.  1 x 1
+    tiles made one parallel task per output: 60x slower (dense 197x384 -> 197: 1.2 ms -> 70 us)."""
     blk = sch.get_sblock(red)
     *spatial, r = sch.get_loops(blk)
     batch, m, n = spatial[:-2], spatial[-2], spatial[-1]
     nf = pick_factor(extent(sch, n), (nvec, 4, 2))
     mf = largest_divisor(extent(sch, m), mi_max)
     mo, mi = sch.split(m, factors=[None, mf])
+    if nf == 1:
+        sch.reorder(*batch, mo, r, mi, n)
+        wb = sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(wb, mo)
+        sch.reverse_compute_inline(sch.get_sblock(out))
+        task = [*batch, mo]
+        fused = sch.fuse(*task) if len(task) > 1 else mo
+        sch.parallel(fused)
+        sch.unroll(mi)
+        sch.decompose_reduction(blk, r)
+        return
     no, ni = sch.split(n, factors=[None, nf])
     sch.reorder(*batch, mo, no, r, mi, ni)
     wb = sch.cache_write(blk, 0, "local")
@@ -144,7 +165,11 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
     sch.parallel(fused)
     sch.vectorize(ni)
     sch.unroll(mi)
-    sch.vectorize(sch.get_loops(wb)[-1])
+    # The copy-out's loops under the task loop: (mi, ni) less the unit ones.  Never
+    # ``get_loops(wb)[-1]``: with MF = NF = 1 that was the parallel task loop itself, and
+    # vectorising it miscompiled the tile's local accumulator (every output took the last
+    # column's value; generic.loops_under).
+    vectorize_innermost(sch, wb, fused)
     sch.decompose_reduction(blk, r)
 
 

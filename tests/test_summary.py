@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
+from bnncompile import zoo
 from bnncompile.errors import InputFileError
 from bnncompile.summary import render_overhead, summarize
-
-zoo = pytest.importorskip("bnncompile.zoo")
 
 
 def _export(name, tmp, size, classes=None, **kw):

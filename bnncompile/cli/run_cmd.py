@@ -20,7 +20,7 @@ def command(library, input_path, output):
 
     import numpy as np
 
-    from ..exporter import atomic_write_bytes, load_npz
+    from ..artifacts import atomic_write_bytes, load_npz
     from ..runtime import load
 
     path = Path(input_path)

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
+from bnncompile import zoo
 from bnncompile.cli.main import main
-
-zoo = pytest.importorskip("bnncompile.zoo")
 
 
 def run(args):
@@ -59,7 +58,7 @@ def exported(tmp_path_factory):
 
 
 def test_export_writes_model_and_golden(exported):
-    from bnncompile.exporter import golden_path_for, load_golden
+    from bnncompile.artifacts import golden_path_for, load_golden
 
     g = load_golden(golden_path_for(exported["reactnet_18"]))
     assert g["inputs"].shape == (3, 3, 32, 32) and g["outputs"].shape == (3, 10)

@@ -23,17 +23,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnncompile import zoo
 from bnncompile.data import real_images
 from bnncompile.exporter import export
-from bnncompile.graph import GraphIndex, find_binary_layers
+from bnncompile.frontend.binary_layers import find_binary_layers
+from bnncompile.frontend.graph import GraphIndex
 from bnncompile.parity import (
     compare_signs,
     dynamic_sign_outputs,
     onnx_intermediates,
     torch_sign_outputs,
 )
-
-zoo = pytest.importorskip("bnncompile.zoo")
 
 SIZE, BATCH, CLASSES = 32, 2, 10
 LOGIT_ATOL, LOGIT_RTOL = 1e-4, 1e-4

@@ -9,8 +9,7 @@ import math
 
 import numpy as np
 import pytest
-
-tvm = pytest.importorskip("tvm")
+import tvm
 from bnncompile.schedules import float_glue
 from tvm import relax
 

@@ -1,18 +1,39 @@
 """Bit-exact kernel tests against the independent references, for every CPU schedule that runs
-here (generic "cpu" fallback and "x86").  Integer accumulators: assert_array_equal.  Fused float
-epilogue float32(acc)*scale+bias: rtol=1e-6, atol=1e-5 (LLVM may contract mul+add into an FMA,
-which differs from numpy's two roundings by at most one ulp of the result)."""
+here: the generic "cpu" fallback, "x86", and "arm_cpu" forced on the x86 host (its schedules are
+target-independent TIR: the NEON tile sizes on the same loop nests).  Integer accumulators:
+assert_array_equal.  Fused float epilogue float32(acc)*scale+bias: rtol=1e-6, atol=1e-5 (LLVM may
+contract mul+add into an FMA, which differs from numpy's two roundings by at most one ulp).
+
+Every kernel test takes the ``inputs`` fixture (conftest.py / kernel_harness.py): it runs once per
+input kind, three seeded random ones and four adversarial ones (all +1, all -1, alternating, one
+flipped element), the kind in the test id, the seed printed with a failure.  Kernels are compiled
+once per distinct TIR (run_primfunc caches them), so the kinds cost runs, not compiles; compiles
+are what cost time (~0.3 s each), so the epilogue / post-op sweeps take every combination on
+x86 and a pairwise-covering half on the others (``_pairwise``), and the dense M x N x K sweep
+rotates K (``_dense_sweep``)."""
+import itertools
+
 import numpy as np
 import pytest
-import tvm
-from conftest import HOST, run_primfunc
+from bnncompile.schedules import packing as pk
+from bnncompile.schedules import reference as ref
 
-import schedules as S
-from schedules import packing as pk
-from schedules import reference as ref
+from bnncompile import schedules as S
 
-SCHEDS = ["cpu", "x86"]
+SCHEDS = ["cpu", "x86", "arm_cpu"]
 FLOAT_TOL = dict(rtol=1e-6, atol=1e-5)
+
+
+def _tag(shape):
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _eq(got, expect, inputs):
+    np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
+
+
+def _close(got, expect, inputs, **tol):
+    np.testing.assert_allclose(got, expect, err_msg=str(inputs), **(tol or FLOAT_TOL))
 
 
 # ---------------------------------------------------------------- bitpack
@@ -43,31 +64,32 @@ BITPACK_CASES = [  # (x_shape, t_shape)
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("x_shape,t_shape", BITPACK_CASES,
-                         ids=[f"x{'x'.join(map(str, a))}-t{'x'.join(map(str, b)) or 'scalar'}"
-                              for a, b in BITPACK_CASES])
-def test_bitpack(x_shape, t_shape, sched, rng):
-    x = rng.standard_normal(x_shape).astype("float32")
-    t = np.asarray(rng.standard_normal(t_shape) * 0.5, dtype="float32")
+                         ids=[f"x{_tag(a)}-t{_tag(b)}" for a, b in BITPACK_CASES])
+def test_bitpack(x_shape, t_shape, sched, inputs, host, run_primfunc):
+    t = inputs.normal(t_shape, 0.5)
     tb = np.broadcast_to(t, x_shape)
-    x[..., 0, 0] = tb[..., 0, 0]          # ties x == t (per sample/channel): bit 1
-    x.flat[1] = np.nan                     # NaN: bit 0
-    x.flat[-1] = -np.inf
-    pf = S.make_bitpack(x_shape, t_shape, HOST, schedule=sched)
+    x = inputs.thresholded(x_shape, t)  # adversarial kinds: x == t (ties, bit 1) or just below
+    if inputs.random:
+        x[..., 0, 0] = tb[..., 0, 0]          # ties x == t (per sample/channel): bit 1
+        x.flat[1] = np.nan                     # NaN: bit 0
+        x.flat[-1] = -np.inf
+    pf = S.make_bitpack(x_shape, t_shape, host, schedule=sched)
     N, C, H, W = x_shape
     got = run_primfunc(pf, [x, t], (N, H, W, pk.num_words(C)), "uint64")
-    np.testing.assert_array_equal(got, ref.bitpack_ref(x, t))
+    _eq(got, ref.bitpack_ref(x, t), inputs)
     bits = pk.unpack_bits(got, C)
-    assert bits[0, 0, 0].tolist() == list(x[0, :, 0, 0] >= tb[0, :, 0, 0])
+    assert bits[0, 0, 0].tolist() == list(x[0, :, 0, 0] >= tb[0, :, 0, 0]), inputs
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
-def test_bitpack_zero_threshold_and_signed_zero(sched):
+def test_bitpack_zero_threshold_and_signed_zero(sched, host, run_primfunc):
     # x exactly 0 (and -0.0) with t = 0 -> +1 (bit 1): x >= t, not torch.sign semantics.
     x = np.zeros((1, 3, 2, 2), "float32")
     x[0, 1] = -0.0
     x[0, 2, 0, 0] = -1e-30
     t = np.zeros((), "float32")
-    got = run_primfunc(S.make_bitpack(x.shape, (), HOST, schedule=sched), [x, t], (1, 2, 2, 1), "uint64")
+    pf = S.make_bitpack(x.shape, (), host, schedule=sched)
+    got = run_primfunc(pf, [x, t], (1, 2, 2, 1), "uint64")
     assert got[0, 0, 0, 0] == 0b011 and got[0, 1, 1, 0] == 0b111
 
 
@@ -77,16 +99,16 @@ BITPACK_LAST_CASES = [((5, 64), ()), ((2, 7, 65), (2, 1, 65)), ((3, 4, 130), (1,
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("x_shape,t_shape", BITPACK_LAST_CASES,
-                         ids=[f"x{'x'.join(map(str, a))}-t{'x'.join(map(str, b)) or 'scalar'}"
-                              for a, b in BITPACK_LAST_CASES])
-def test_bitpack_last(x_shape, t_shape, sched, rng):
-    x = rng.standard_normal(x_shape).astype("float32")
-    t = rng.standard_normal(t_shape).astype("float32")
-    x[..., :3] = np.broadcast_to(t, x_shape)[..., :3]  # ties
-    x.flat[2] = np.nan
-    pf = S.make_bitpack_last(x_shape, t_shape, HOST, schedule=sched)
-    got = run_primfunc(pf, [x, t], x_shape[:-1] + (pk.num_words(x_shape[-1]),), "uint64")
-    np.testing.assert_array_equal(got, ref.bitpack_last_ref(x, t))
+                         ids=[f"x{_tag(a)}-t{_tag(b)}" for a, b in BITPACK_LAST_CASES])
+def test_bitpack_last(x_shape, t_shape, sched, inputs, host, run_primfunc):
+    t = inputs.normal(t_shape)
+    x = inputs.thresholded(x_shape, t)
+    if inputs.random:
+        x[..., :3] = np.broadcast_to(t, x_shape)[..., :3]  # ties
+        x.flat[2] = np.nan
+    pf = S.make_bitpack_last(x_shape, t_shape, host, schedule=sched)
+    got = run_primfunc(pf, [x, t], (*x_shape[:-1], pk.num_words(x_shape[-1])), "uint64")
+    _eq(got, ref.bitpack_last_ref(x, t), inputs)
 
 
 # ---------------------------------------------------------------- bconv2d
@@ -111,6 +133,8 @@ CONV_CASES = [
     (1, 5, 3, 8, 8, (5, 5), 1, (2, 2, 2, 2), 1),
     (1, 64, 9, 9, 8, (1, 1), 2, (0, 0, 1, 1), 1),
     (1, 128, 14, 14, 16, (3, 3), 2, (1, 1, 1, 1), 1),
+    # a one-pixel-wide map padded only along h: every loop of the per-row padding is unit
+    (1, 8, 2, 1, 8, (1, 1), 1, (1, 0, 1, 0), 1),
 ]
 
 
@@ -120,7 +144,8 @@ def _conv_id(c):
 
 
 def _conv_args(x, w, s=1, p=0, d=1, pad_value="zero", layout="NCHW"):
-    """Packed data, packed weights and (zero padding) the border table, as the frontend passes them."""
+    """Packed data, packed weights and (zero padding) the border table, as the frontend passes
+    them."""
     args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
     if pk.needs_border_table(p, pad_value):
         args.append(pk.conv_border_table(w, x.shape[2:], stride=s, padding=p, dilation=d,
@@ -128,47 +153,72 @@ def _conv_args(x, w, s=1, p=0, d=1, pad_value="zero", layout="NCHW"):
     return args
 
 
+def _conv_operands(case, inputs):
+    """x (the operand under test: the input kind's pattern) and random weights."""
+    N, C, H, W, K, (KH, KW), *_ = case
+    return inputs.pm1((N, C, H, W)), inputs.weights((K, C, KH, KW))
+
+
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("pad_value", ["zero", "one"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=[_conv_id(c) for c in CONV_CASES])
-def test_bconv2d_int(case, pad_value, sched, rng):
-    N, C, H, W, K, (KH, KW), s, p, d = case
-    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
-    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
+def test_bconv2d_int(case, pad_value, sched, inputs, host, run_primfunc):
+    s, p, d = case[6:]
+    x, w = _conv_operands(case, inputs)
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, pad_value=pad_value)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value=pad_value,
-                        target=HOST, schedule=sched)
+                        target=host, schedule=sched)
     args = _conv_args(x, w, s, p, d, pad_value, "NCHW")
     assert len(args) + 1 == len(pf.params)
     got = run_primfunc(pf, args, expect.shape, "int32")
-    np.testing.assert_array_equal(got, expect)
+    _eq(got, expect, inputs)
 
 
 EPI_CASES = [CONV_CASES[1], CONV_CASES[5], CONV_CASES[6], CONV_CASES[10], CONV_CASES[12]]
 
 
-@pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("with_scale,with_bias", [(True, True), (True, False), (False, True)],
-                         ids=["scale_bias", "scale", "bias"])
-@pytest.mark.parametrize("case", EPI_CASES, ids=[_conv_id(c) for c in EPI_CASES])
-def test_bconv2d_fused_epilogue(case, with_scale, with_bias, layout, sched, rng):
-    N, C, H, W, K, (KH, KW), s, p, d = case
-    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
-    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
-    scale = rng.standard_normal(K).astype("float32") if with_scale else None
+EPILOGUES = {"scale_bias": (True, True), "scale": (True, False), "bias": (False, True)}
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def _pairwise(*axes):
+    """(*values, sched) rows: the full product for "x86" (the production schedule, whose
+    epilogue has three code paths: pixel-vectorised, k-vectorised, border branches); for "cpu"
+    (one injective epilogue pass) and "arm_cpu" (the x86 code with other tile sizes) only the rows
+    whose index sum is even, the last axis being the layout: every pair of values still meets."""
+    rows = []
+    for idx in itertools.product(*(range(len(a)) for a in axes)):
+        vals = tuple(a[i] for a, i in zip(axes, idx))
+        for sched in SCHEDS:
+            if sched == "x86" or sum(idx) % 2 == 0:
+                rows.append((*vals, sched))
+    return rows
+
+
+EPI_PARAMS = _pairwise(range(len(EPI_CASES)), list(EPILOGUES), LAYOUTS)
+
+
+@pytest.mark.parametrize("case_i,epi,layout,sched", EPI_PARAMS,
+                         ids=[f"{_conv_id(EPI_CASES[c])}-{e}-{lay}-{s}"
+                              for c, e, lay, s in EPI_PARAMS])
+def test_bconv2d_fused_epilogue(case_i, epi, layout, sched, inputs, host, run_primfunc):
+    case = EPI_CASES[case_i]
+    with_scale, with_bias = EPILOGUES[epi]
+    K, (s, p, d) = case[4], case[6:]
+    x, w = _conv_operands(case, inputs)
+    scale = inputs.normal(K) if with_scale else None
     if scale is not None:
         scale[0] = -abs(scale[0]) - 0.5   # negative scales
-    bias = rng.standard_normal(K).astype("float32") if with_bias else None
+    bias = inputs.normal(K) if with_bias else None
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, pad_value="zero",
                              scale=scale, bias=bias, out_layout=layout)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value="zero",
                         with_scale=with_scale, with_bias=with_bias, out_layout=layout,
-                        target=HOST, schedule=sched)
+                        target=host, schedule=sched)
     args = _conv_args(x, w, s, p, d, "zero", layout)
     args += [a for a in (scale, bias) if a is not None]
     got = run_primfunc(pf, args, expect.shape, "float32")
-    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+    _close(got, expect, inputs)
 
 
 # ReActNet's block tail (residual, RPReLU = shift, prelu, shift) plus the other post-ops, on
@@ -178,54 +228,55 @@ POST_CHAINS = [("residual", "shift", "prelu", "shift"), ("residual",), ("mul", "
                ("prelu", "residual")]
 
 
-@pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("post", POST_CHAINS, ids=["-".join(c) for c in POST_CHAINS])
-@pytest.mark.parametrize("case", POST_CASES, ids=[_conv_id(c) for c in POST_CASES])
-def test_bconv2d_post_ops(case, post, layout, sched, rng):
-    N, C, H, W, K, (KH, KW), s, p, d = case
-    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
-    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
-    scale = rng.standard_normal(K).astype("float32")
-    bias = rng.standard_normal(K).astype("float32")
+POST_PARAMS = _pairwise(range(len(POST_CASES)), range(len(POST_CHAINS)), LAYOUTS)
+
+
+@pytest.mark.parametrize("case_i,chain_i,layout,sched", POST_PARAMS,
+                         ids=[f"{_conv_id(POST_CASES[c])}-{'-'.join(POST_CHAINS[h])}-{lay}-{s}"
+                              for c, h, lay, s in POST_PARAMS])
+def test_bconv2d_post_ops(case_i, chain_i, layout, sched, inputs, host, run_primfunc):
+    case, post = POST_CASES[case_i], POST_CHAINS[chain_i]
+    K, (s, p, d) = case[4], case[6:]
+    x, w = _conv_operands(case, inputs)
+    scale = inputs.normal(K)
+    bias = inputs.normal(K)
     out_shape = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale,
                                 out_layout=layout).shape
     params = []
     for kind in post:
         if kind == "residual":
-            params.append(rng.standard_normal(out_shape).astype("float32") * 8)
+            params.append(inputs.normal(out_shape, 8))
         elif kind != "relu":
-            params.append(rng.standard_normal(K).astype("float32"))
+            params.append(inputs.normal(K))
     it = iter(params)
     post_ref = [(kind, None if kind == "relu" else next(it)) for kind in post]
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias,
                              out_layout=layout, post=post_ref)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
-                        with_bias=True, out_layout=layout, post=post, target=HOST, schedule=sched)
+                        with_bias=True, out_layout=layout, post=post, target=host, schedule=sched)
     args = _conv_args(x, w, s, p, d, "zero", layout)
     args += [scale, bias, *params]
     assert len(args) + 1 == len(pf.params)
     got = run_primfunc(pf, args, expect.shape, "float32")
-    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+    _close(got, expect, inputs)
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", POST_CASES[:3], ids=[_conv_id(c) for c in POST_CASES[:3]])
-def test_bconv2d_tiled_residual(case, layout, sched, rng):
+def test_bconv2d_tiled_residual(case, layout, sched, inputs, host, run_primfunc):
     """Two sibling convs under a channel Concat run as one conv of 2K channels whose shortcut
     (K channels) is added to both halves: output channel k reads residual channel k % K."""
-    N, C, H, W, K, (KH, KW), s, p, d = case
-    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
-    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
-    scale = rng.standard_normal(K).astype("float32")
-    bias = rng.standard_normal(K).astype("float32")
+    K, (s, p, d) = case[4], case[6:]
+    x, w = _conv_operands(case, inputs)
+    scale = inputs.normal(K)
+    bias = inputs.normal(K)
     full = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, out_layout=layout).shape
     axis = 1 if layout == "NCHW" else 3
     res_shape = list(full)
     res_shape[axis] = K // 2
-    res = (rng.standard_normal(res_shape) * 8).astype("float32")
-    slope = rng.standard_normal(K).astype("float32")
+    res = inputs.normal(res_shape, 8)
+    slope = inputs.normal(K)
     halves = [ref.bconv2d_ref(x, w[h * K // 2:(h + 1) * K // 2], stride=s, padding=p, dilation=d,
                               scale=scale[h * K // 2:(h + 1) * K // 2],
                               bias=bias[h * K // 2:(h + 1) * K // 2], out_layout=layout,
@@ -233,17 +284,17 @@ def test_bconv2d_tiled_residual(case, layout, sched, rng):
     expect = ref._post_ref(np.concatenate(halves, axis=axis), [("prelu", slope)], axis)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, out_layout=layout, post=("residual", "prelu"),
-                        residual_channels=K // 2, target=HOST, schedule=sched)
+                        residual_channels=K // 2, target=host, schedule=sched)
     assert "_erpx2_" in str(pf.attrs["global_symbol"])
     args = _conv_args(x, w, s, p, d, "zero", layout)
     got = run_primfunc(pf, [*args, scale, bias, res, slope], expect.shape, "float32")
-    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+    _close(got, expect, inputs)
 
 
-def test_bconv2d_residual_channels_must_divide():
+def test_bconv2d_residual_channels_must_divide(host):
     with pytest.raises(ValueError, match="must divide"):
         S.make_bconv2d((1, 64, 8, 8), (12, 64, 1, 1), with_scale=True, post=("residual",),
-                       residual_channels=5, target=HOST)
+                       residual_channels=5, target=host)
 
 
 PACK_CASES = [CONV_CASES[10], CONV_CASES[11], CONV_CASES[5], CONV_CASES[16], CONV_CASES[1],
@@ -252,42 +303,38 @@ PACK_CASES = [CONV_CASES[10], CONV_CASES[11], CONV_CASES[5], CONV_CASES[16], CON
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("case", PACK_CASES, ids=[_conv_id(c) for c in PACK_CASES])
-def test_bconv2d_packed_output(case, sched, rng):
+def test_bconv2d_packed_output(case, sched, inputs, host, run_primfunc_outs):
     """The conv also writes its output binarised and packed for the next binary conv: the words
     must equal bitpack_ref of the float output it wrote (ties included)."""
-
-    N, C, H, W, K, (KH, KW), s, p, d = case
-    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
-    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
-    scale = np.round(rng.standard_normal(K) * 4).astype("float32") / 4
-    bias = np.round(rng.standard_normal(K) * 4).astype("float32") / 4
+    N, K, (s, p, d) = case[0], case[4], case[6:]
+    x, w = _conv_operands(case, inputs)
+    scale = np.round(inputs.normal(K) * 4) / 4
+    bias = np.round(inputs.normal(K) * 4) / 4
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias,
                              post=[("shift", bias), ("prelu", np.full(K, 0.25, np.float32))])
-    thr = rng.choice(expect.reshape(-1), K).astype("float32")  # thresholds hit output values
+    thr = inputs.rng.choice(expect.reshape(-1), K).astype("float32")  # thresholds hit output values
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
-                        with_bias=True, post=("shift", "prelu"), pack_output=True, target=HOST,
+                        with_bias=True, post=("shift", "prelu"), pack_output=True, target=host,
                         schedule=sched)
     args = _conv_args(x, w, s, p, d, "zero", "NCHW")
     args += [scale, bias, bias, np.full(K, 0.25, np.float32), thr.reshape(1, K, 1, 1)]
-    lib = tvm.compile(pf, target=tvm.target.Target(HOST)).jit()
-    out = tvm.runtime.empty(expect.shape, "float32")
-    words = tvm.runtime.empty((N, *expect.shape[2:], (K + 63) // 64), "uint64")
-    lib[str(pf.attrs["global_symbol"])](*[tvm.runtime.tensor(a) for a in args], out, words)
-    np.testing.assert_allclose(out.numpy(), expect, **FLOAT_TOL)
-    np.testing.assert_array_equal(words.numpy(), ref.bitpack_ref(out.numpy(), thr.reshape(1, K, 1, 1)))
+    out, words = run_primfunc_outs(pf, args, [(expect.shape, "float32"),
+                                              ((N, *expect.shape[2:], (K + 63) // 64), "uint64")])
+    _close(out, expect, inputs)
+    _eq(words, ref.bitpack_ref(out, thr.reshape(1, K, 1, 1)), inputs)
 
 
-def test_bconv2d_post_ops_need_float_epilogue():
+def test_bconv2d_post_ops_need_float_epilogue(host):
     with pytest.raises(ValueError, match="float epilogue"):
-        S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), post=("relu",), target=HOST)
+        S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), post=("relu",), target=host)
     with pytest.raises(ValueError, match="unknown post-op"):
-        S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), with_scale=True, post=("gelu",), target=HOST)
+        S.make_bconv2d((1, 64, 8, 8), (8, 64, 1, 1), with_scale=True, post=("gelu",), target=host)
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "icelake-server"])
 @pytest.mark.parametrize("case", [CONV_CASES[10], CONV_CASES[11], CONV_CASES[1]],
                          ids=[_conv_id(c) for c in (CONV_CASES[10], CONV_CASES[11], CONV_CASES[1])])
-def test_bconv2d_x86_isas(case, mcpu, rng):
+def test_bconv2d_x86_isas(case, mcpu, inputs, run_primfunc):
     """AVX2-only and AVX-512 (VPOPCNTDQ) builds of the x86 schedule, run when the CPU has them."""
     from bnncompile import targets
     flags = targets.cpu_flags()
@@ -295,80 +342,175 @@ def test_bconv2d_x86_isas(case, mcpu, rng):
         pytest.skip("no AVX512-VPOPCNTDQ here")
     if "avx2" not in flags:
         pytest.skip("no AVX2 here")
-    N, C, H, W, K, (KH, KW), s, p, d = case
-    x = rng.choice([-1.0, 1.0], (N, C, H, W)).astype("float32")
-    w = rng.choice([-1.0, 1.0], (K, C, KH, KW)).astype("float32")
-    scale = rng.standard_normal(K).astype("float32")
-    bias = rng.standard_normal(K).astype("float32")
+    K, (s, p, d) = case[4], case[6:]
+    x, w = _conv_operands(case, inputs)
+    scale = inputs.normal(K)
+    bias = inputs.normal(K)
     tgt = {"kind": "llvm", "mcpu": mcpu}
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, target=tgt)
     args = [*_conv_args(x, w, s, p, d), scale, bias]
     got = run_primfunc(pf, args, expect.shape, "float32", target=tgt)
-    np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+    _close(got, expect, inputs)
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
-def test_bitpack_then_bconv2d_end_to_end(sched, rng):
+def test_bitpack_then_bconv2d_end_to_end(sched, inputs, host, run_primfunc):
     """float x -> TVM bitpack (per-sample per-channel thresholds, ties) -> TVM bconv2d."""
     N, C, H, W, K = 3, 65, 7, 7, 8
-    x = rng.standard_normal((N, C, H, W)).astype("float32")
-    t = rng.standard_normal((N, C, 1, 1)).astype("float32")
-    x[:, :, 2, 3] = t[:, :, 0, 0]
-    x[0, 0, 0, 0] = 0.0
-    w = rng.choice([-1.0, 1.0], (K, C, 3, 3)).astype("float32")
-    packed = run_primfunc(S.make_bitpack(x.shape, t.shape, HOST, schedule=sched), [x, t],
+    t = inputs.normal((N, C, 1, 1))
+    x = inputs.thresholded((N, C, H, W), t)
+    if inputs.random:
+        x[:, :, 2, 3] = t[:, :, 0, 0]
+        x[0, 0, 0, 0] = 0.0
+    w = inputs.weights((K, C, 3, 3))
+    packed = run_primfunc(S.make_bitpack(x.shape, t.shape, host, schedule=sched), [x, t],
                           (N, H, W, 2), "uint64")
-    pf = S.make_bconv2d(x.shape, w.shape, padding=1, target=HOST, schedule=sched)
+    pf = S.make_bconv2d(x.shape, w.shape, padding=1, target=host, schedule=sched)
     x_pm1 = np.where(x >= t, 1.0, -1.0).astype("float32")
     got = run_primfunc(pf, [packed, *_conv_args(x_pm1, w, p=1)[1:]], (N, K, H, W), "int32")
-    np.testing.assert_array_equal(got, ref.bconv2d_ref(x_pm1, w, padding=1))
+    _eq(got, ref.bconv2d_ref(x_pm1, w, padding=1), inputs)
 
 
 # ---------------------------------------------------------------- dense / batch matmul
-DENSE_CASES = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8)]
+def _dense_sweep():
+    """Every (M, N_out) of M in {1, 2, 5, 8} x N_out in {1, 3, 5, 7, 8, 9, 17} for every schedule
+    (the tile choice depends on both: one row, M without a divisor up to the row tile, N without
+    an even divisor), K in {1, 63, 64, 65, 130} rotated so that each schedule meets every (M, K)
+    pair; rank 2, 3 (a batch of 2 or of 1) and the int / fused float epilogues alternate."""
+    cases = []
+    for si, sched in enumerate(SCHEDS):
+        for i, (m, n) in enumerate(itertools.product((1, 2, 5, 8), (1, 3, 5, 7, 8, 9, 17))):
+            k = (1, 63, 64, 65, 130)[(i + 2 * si) % 5]
+            lead = ((), (2,), (1,))[(i + si) % 3]
+            epi = ("int", "scale_bias")[(i // 3 + si) % 2]
+            cases.append(((*lead, m, k), n, epi, sched))
+    return cases
 
 
-@pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("epi", ["int", "scale_bias"])
-@pytest.mark.parametrize("a_shape,n_out", DENSE_CASES,
-                         ids=[f"a{'x'.join(map(str, a))}-n{n}" for a, n in DENSE_CASES])
-def test_bdense(a_shape, n_out, epi, sched, rng):
-    a = rng.choice([-1.0, 1.0], a_shape)
-    w = rng.choice([-1.0, 1.0], (n_out, a_shape[-1]))
-    fused = epi == "scale_bias"
-    scale = rng.standard_normal(n_out).astype("float32") if fused else None
-    bias = rng.standard_normal(n_out).astype("float32") if fused else None
-    pf = S.make_bdense(a_shape, w.shape, with_scale=fused, with_bias=fused, target=HOST, schedule=sched)
+DENSE_CASES = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8),
+               ((1, 256), 1000), ((1, 64, 256), 256)]  # the common shapes: 1000 classes, tokens
+DENSE_PARAMS = ([(a, n, epi, sched) for (a, n) in DENSE_CASES for epi in ("int", "scale_bias")
+                 for sched in SCHEDS] + _dense_sweep())
+
+
+def _check_bdense(a, w, fused, sched, inputs, host, run_primfunc):
+    n_out = w.shape[0]
+    scale = inputs.normal(n_out) if fused else None
+    bias = inputs.normal(n_out) if fused else None
+    pf = S.make_bdense(a.shape, w.shape, with_scale=fused, with_bias=fused, target=host,
+                       schedule=sched)
     args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else [])
     expect = ref.bdense_ref(a, w, scale, bias)
     got = run_primfunc(pf, args, expect.shape, "float32" if fused else "int32")
     if fused:
-        np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+        _close(got, expect, inputs)
     else:
-        np.testing.assert_array_equal(got, expect)
+        _eq(got, expect, inputs)
+
+
+@pytest.mark.parametrize("a_shape,n_out,epi,sched", DENSE_PARAMS,
+                         ids=[f"a{_tag(a)}-n{n}-{e}-{s}" for a, n, e, s in DENSE_PARAMS])
+def test_bdense(a_shape, n_out, epi, sched, inputs, host, run_primfunc):
+    a = inputs.pm1(a_shape)
+    w = inputs.weights((n_out, a_shape[-1]))
+    _check_bdense(a, w, epi == "scale_bias", sched, inputs, host, run_primfunc)
+
+
+# one row (or, with the arm tile of 4 rows, M = 5) and an odd number of outputs: the x86 / arm
+# schedules vectorised the parallel task loop around the tile's local accumulator, and every
+# output took the last column's value.  Staircase weights make neighbouring columns differ for
+# any activations, so the old kernels fail for every input kind and seed.
+ONE_ROW_CASES = [((1, 64), 3, "x86"), ((1, 1, 130), 5, "x86"), ((1, 65), 7, "x86"),
+                 ((1, 1, 64), 9, "x86"), ((1, 64), 3, "arm_cpu"), ((1, 1, 130), 5, "arm_cpu"),
+                 ((1, 65), 9, "arm_cpu"), ((5, 130), 7, "arm_cpu"), ((1, 5, 130), 3, "arm_cpu")]
+
+
+@pytest.mark.parametrize("a_shape,n_out,sched", ONE_ROW_CASES,
+                         ids=[f"a{_tag(a)}-n{n}-{s}" for a, n, s in ONE_ROW_CASES])
+def test_bdense_one_row_odd_outputs_regression(a_shape, n_out, sched, inputs, host, run_primfunc,
+                                               staircase_pm1):
+    a = inputs.pm1(a_shape)
+    w = staircase_pm1(n_out, a_shape[-1])
+    _check_bdense(a, w, False, sched, inputs, host, run_primfunc)
 
 
 BMM_CASES = [((2, 6, 64), (2, 16, 64), None), ((3, 5, 65), (3, 9, 65), None),
-             ((2, 3, 7, 130), (2, 3, 8, 130), 0.125), ((1, 1, 3), (1, 4, 3), None)]
+             ((2, 3, 7, 130), (2, 3, 8, 130), 0.125), ((1, 1, 3), (1, 4, 3), None),
+             ((2, 1, 64), (2, 3, 64), None), ((1, 7, 1), (1, 1, 1), None),
+             ((2, 3, 5, 65), (2, 3, 9, 65), -0.5), ((2, 8, 63), (2, 17, 63), None),
+             ((1, 2, 130), (1, 5, 130), None), ((2, 197, 64), (2, 197, 64), None)]
 
 
-@pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("a_shape,b_shape,alpha", BMM_CASES,
-                         ids=[f"a{'x'.join(map(str, a))}-b{'x'.join(map(str, b))}-alpha{al}"
-                              for a, b, al in BMM_CASES])
-def test_bbatch_matmul(a_shape, b_shape, alpha, sched, rng):
-    a = rng.choice([-1.0, 1.0], a_shape)
-    b = rng.choice([-1.0, 1.0], b_shape)
-    pf = S.make_bbatch_matmul(a_shape, b_shape, alpha=alpha, target=HOST, schedule=sched)
+def _check_bbmm(a, b, alpha, sched, inputs, host, run_primfunc):
+    pf = S.make_bbatch_matmul(a.shape, b.shape, alpha=alpha, target=host, schedule=sched)
     expect = ref.bbatch_matmul_ref(a, b, alpha)
     got = run_primfunc(pf, [pk.pack_bits(a), pk.pack_bits(b)], expect.shape,
                        "int32" if alpha is None else "float32")
     if alpha is None:
-        np.testing.assert_array_equal(got, expect)
+        _eq(got, expect, inputs)
     else:
-        np.testing.assert_allclose(got, expect, **FLOAT_TOL)
+        _close(got, expect, inputs)
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("a_shape,b_shape,alpha", BMM_CASES,
+                         ids=[f"a{_tag(a)}-b{_tag(b)}-alpha{al}" for a, b, al in BMM_CASES])
+def test_bbatch_matmul(a_shape, b_shape, alpha, sched, inputs, host, run_primfunc):
+    a = inputs.pm1(a_shape)
+    b = inputs.weights(b_shape)
+    _check_bbmm(a, b, alpha, sched, inputs, host, run_primfunc)
+
+
+# M without a divisor up to the row tile (arm: 4, x86: 8) or one row, and N odd
+BMM_TAIL_CASES = [((3, 5, 65), (3, 9, 65), "arm_cpu"), ((2, 7, 64), (2, 3, 64), "arm_cpu"),
+                  ((2, 1, 65), (2, 5, 65), "x86"), ((1, 11, 64), (1, 3, 64), "x86")]
+
+
+@pytest.mark.parametrize("a_shape,b_shape,sched", BMM_TAIL_CASES,
+                         ids=[f"a{_tag(a)}-b{_tag(b)}-{s}" for a, b, s in BMM_TAIL_CASES])
+def test_bbmm_arm_tail_regression(a_shape, b_shape, sched, inputs, host, run_primfunc,
+                                  staircase_pm1):
+    """One output per parallel task, which the arm / x86 schedules then vectorised (every output
+    a constant -3 for 3x5x65 @ 3x9x65 on arm_cpu)."""
+    a = inputs.pm1(a_shape)
+    b = np.broadcast_to(staircase_pm1(b_shape[-2], b_shape[-1]), b_shape).copy()
+    _check_bbmm(a, b, None, sched, inputs, host, run_primfunc)
+
+
+# ---------------------------------------------------------------- every loop of a tile unit
+# Same bug class as the two regressions above, in the other schedules that moved a block under a
+# task loop and vectorised that block's last loop: with all its own loops unit, that was the task
+# loop (a build error or wrong values).  bconv2d: the per-row padding of a 1-wide map;
+# fconv2d: K = 1 and an OW without a divisor up to the pixel tile; maxpool2d: a 1-wide map.
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("op", ["bconv2d_w1", "fconv2d_k1", "maxpool2d_w1"])
+def test_all_unit_tile_loops_regression(op, sched, inputs, host, run_primfunc):
+    if op == "bconv2d_w1":
+        case = CONV_CASES[-1]
+        s, p, d = case[6:]
+        x, w = _conv_operands(case, inputs)
+        for pad_value in ("zero", "one"):
+            expect = ref.bconv2d_ref(x, w, padding=p, pad_value=pad_value)
+            pf = S.make_bconv2d(x.shape, w.shape, padding=p, pad_value=pad_value, target=host,
+                                schedule=sched)
+            got = run_primfunc(pf, _conv_args(x, w, s, p, d, pad_value), expect.shape, "int32")
+            _eq(got, expect, inputs)
+    elif op == "fconv2d_k1":
+        x = inputs.floats((1, 3, 5, 11))
+        w = inputs.normal((1, 3, 3, 3))
+        expect = ref.fconv2d_ref(x, w, stride=1, padding=(1, 1, 1, 1))
+        pf = S.make_fconv2d(x.shape, w.shape, padding=1, target=host, schedule=sched)
+        got = run_primfunc(pf, [x, pk.block_conv_weight(w, S.fconv2d_block(host))], expect.shape,
+                           "float32")
+        _close(got, expect, inputs, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+    else:
+        x = inputs.floats((2, 16, 5, 1))
+        expect = ref.maxpool2d_ref(x, kernel=(3, 1), stride=(1, 1), padding=(1, 0, 1, 0))
+        pf = S.make_maxpool2d(x.shape, kernel=(3, 1), stride=1, padding=(1, 0, 1, 0), target=host,
+                              schedule=sched)
+        _eq(run_primfunc(pf, [x], expect.shape, "float32"), expect, inputs)
 
 
 # ---------------------------------------------------------------- maxpool2d
@@ -382,30 +524,31 @@ POOL_CASES = [((1, 8, 112, 112), (3, 3), (2, 2), (1, 1, 1, 1)),
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("shape,k,s,p", POOL_CASES,
-                         ids=[f"{'x'.join(map(str, c[0]))}-k{c[1][0]}{c[1][1]}-s{c[2][0]}{c[2][1]}"
+                         ids=[f"{_tag(c[0])}-k{c[1][0]}{c[1][1]}-s{c[2][0]}{c[2][1]}"
                               for c in POOL_CASES])
-def test_maxpool2d(shape, k, s, p, sched, rng):
-    x = rng.standard_normal(shape).astype("float32")
-    x[0, 0, 0, :3] = -1e30  # all-negative border windows: padding must not win
+def test_maxpool2d(shape, k, s, p, sched, inputs, host, run_primfunc):
+    x = inputs.floats(shape)  # all -1: a zero padding would win; all equal: ties everywhere
+    if inputs.random:
+        x[0, 0, 0, :3] = -1e30  # all-negative border windows: padding must not win
     expect = ref.maxpool2d_ref(x, kernel=k, stride=s, padding=p)
-    pf = S.make_maxpool2d(shape, kernel=k, stride=s, padding=p, target=HOST, schedule=sched)
+    pf = S.make_maxpool2d(shape, kernel=k, stride=s, padding=p, target=host, schedule=sched)
     got = run_primfunc(pf, [x], expect.shape, "float32")
-    np.testing.assert_array_equal(got, expect)  # max is exact
+    _eq(got, expect, inputs)  # max is exact
 
 
 # ---------------------------------------------------------------- avgpool2d (stride = kernel)
 @pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("shape,k", [((1, 8, 56, 56), (2, 2)), ((2, 3, 7, 9), (2, 2)), ((1, 4, 9, 12), (3, 2))],
-                         ids=["56", "odd", "k3x2"])
-def test_avgpool2d(shape, k, sched, rng):
-    x = rng.standard_normal(shape).astype("float32")
+@pytest.mark.parametrize("shape,k", [((1, 8, 56, 56), (2, 2)), ((2, 3, 7, 9), (2, 2)),
+                                     ((1, 4, 9, 12), (3, 2))], ids=["56", "odd", "k3x2"])
+def test_avgpool2d(shape, k, sched, inputs, host, run_primfunc):
+    x = inputs.floats(shape)
     expect = ref.avgpool2d_ref(x, k)
-    pf = S.make_avgpool2d(shape, kernel=k, target=HOST, schedule=sched)
+    pf = S.make_avgpool2d(shape, kernel=k, target=host, schedule=sched)
     got = run_primfunc(pf, [x], expect.shape, "float32")
-    np.testing.assert_array_equal(got, expect)  # same additions in the same order
+    _eq(got, expect, inputs)  # same additions in the same order
 
 
-# ---------------------------------------------------------------- prelu_stats (dynamic PReLU + pools)
+# ---------------------------------------------------------- prelu_stats (dynamic PReLU + pools)
 # rows of 14x14 / 7x7 / 56x56 maps, an L with no divisor up to 16 but 1 (13), per-channel or
 # per-sample shifts and slopes, INSTA's E[y] and E[y^3] together
 PRELU_CASES = [((1, 8, 1, 196), (1, 8, 1, 1), (1, 8, 1, 1), (1,)),
@@ -416,33 +559,34 @@ PRELU_CASES = [((1, 8, 1, 196), (1, 8, 1, 1), (1, 8, 1, 1), (1,)),
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("shape,shift_shape,slope_shape,powers", PRELU_CASES,
-                         ids=[f"{'x'.join(map(str, c[0]))}-p{''.join(map(str, c[3]))}" for c in PRELU_CASES])
-def test_prelu_stats(shape, shift_shape, slope_shape, powers, sched, rng):
+                         ids=[f"{_tag(c[0])}-p{''.join(map(str, c[3]))}" for c in PRELU_CASES])
+def test_prelu_stats(shape, shift_shape, slope_shape, powers, sched, inputs, host,
+                     run_primfunc_outs):
     """y is bit-identical to the graph's op order; the means match float64 sums."""
-    x = rng.standard_normal(shape).astype("float32")
-    sin, sout = (rng.standard_normal(shift_shape).astype("float32") for _ in range(2))
-    x[..., :2] = sin  # d == 0 exactly: ties of the d >= 0 test
-    slope = (rng.random(slope_shape) - 0.3).astype("float32")  # some negative slopes too
+    x = inputs.floats(shape)
+    sin, sout = inputs.normal(shift_shape), inputs.normal(shift_shape)
+    if inputs.random:
+        x[..., :2] = sin  # d == 0 exactly: ties of the d >= 0 test
+    slope = (inputs.rng.random(slope_shape) - 0.3).astype("float32")  # some negative slopes too
     ey, es = ref.prelu_stats_ref(x, sin, slope, sout, powers)
-    pf = S.make_prelu_stats(shape, shift_shape, slope_shape, shift_shape, powers, target=HOST, schedule=sched)
-    sym = str(pf.attrs["global_symbol"])
-    lib = tvm.compile(pf, target=tvm.target.Target(HOST)).jit()
-    y = tvm.runtime.empty(shape, "float32")
-    means = [tvm.runtime.empty(shape[:2], "float32") for _ in powers]
-    lib[sym](*[tvm.runtime.tensor(a) for a in (x, sin, slope, sout)], y, *means)
-    np.testing.assert_array_equal(y.numpy(), ey)
-    np.testing.assert_allclose(np.stack([m.numpy() for m in means], -1), es[:, :, 0], rtol=1e-5, atol=1e-5)
+    pf = S.make_prelu_stats(shape, shift_shape, slope_shape, shift_shape, powers, target=host,
+                            schedule=sched)
+    y, *means = run_primfunc_outs(pf, [x, sin, slope, sout],
+                                  [(shape, "float32")] + [(shape[:2], "float32")] * len(powers))
+    _eq(y, ey, inputs)
+    _close(np.stack(means, -1), es[:, :, 0], inputs, rtol=1e-5, atol=1e-5)
 
 
-def test_prelu_stats_rejects_bad_input():
+def test_prelu_stats_rejects_bad_input(host):
     with pytest.raises(ValueError, match=r"\[N, C, 1, L\]"):
-        S.make_prelu_stats((1, 8, 16), (1, 8, 1), (1, 8, 1), (1, 8, 1), (1,), target=HOST)
+        S.make_prelu_stats((1, 8, 16), (1, 8, 1), (1, 8, 1), (1, 8, 1), (1,), target=host)
     with pytest.raises(ValueError, match=r"\[N, C, 1, L\]"):
-        S.make_prelu_stats((1, 8, 4, 4), (1, 8, 1, 1), (1, 8, 1, 1), (1, 8, 1, 1), (1,), target=HOST)
+        S.make_prelu_stats((1, 8, 4, 4), (1, 8, 1, 1), (1, 8, 1, 1), (1, 8, 1, 1), (1,),
+                           target=host)
     with pytest.raises(ValueError, match="power 4"):
-        S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (4,), target=HOST)
+        S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (4,), target=host)
     with pytest.raises(ValueError, match="no statistics"):
-        S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (), target=HOST)
+        S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (), target=host)
 
 
 # ---------------------------------------------------------------- fconv2d (float stem / shortcuts)
@@ -456,48 +600,50 @@ FCONV_CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3)),   # ResNet stem ge
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("shape,k,kernel,s,p", FCONV_CASES,
-                         ids=[f"{'x'.join(map(str, c[0]))}-k{c[1]}-{c[2][0]}x{c[2][1]}-s{c[3]}" for c in FCONV_CASES])
-def test_fconv2d(shape, k, kernel, s, p, with_bias, sched, rng):
-    x = rng.standard_normal(shape).astype("float32")
-    w = rng.standard_normal((k, shape[1], *kernel)).astype("float32")
-    bias = rng.standard_normal(k).astype("float32") if with_bias else None
+                         ids=[f"{_tag(c[0])}-k{c[1]}-{c[2][0]}x{c[2][1]}-s{c[3]}"
+                              for c in FCONV_CASES])
+def test_fconv2d(shape, k, kernel, s, p, with_bias, sched, inputs, host, run_primfunc):
+    x = inputs.floats(shape)
+    w = inputs.normal((k, shape[1], *kernel))
+    bias = inputs.normal(k) if with_bias else None
     expect = ref.fconv2d_ref(x, w, stride=s, padding=p, bias=bias)
-    pf = S.make_fconv2d(shape, w.shape, stride=s, padding=p, with_bias=with_bias, target=HOST,
+    pf = S.make_fconv2d(shape, w.shape, stride=s, padding=p, with_bias=with_bias, target=host,
                         schedule=sched)
-    args = [x, pk.block_conv_weight(w, S.fconv2d_block(HOST))] + ([bias] if with_bias else [])
+    args = [x, pk.block_conv_weight(w, S.fconv2d_block(host))] + ([bias] if with_bias else [])
     got = run_primfunc(pf, args, expect.shape, "float32")
     # float32 accumulation in another order than the float64 reference
-    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+    _close(got, expect, inputs, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("pool", [((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 3), (1, 2), (0, 1, 1, 0))],
                          ids=["stem_pool", "asym"])
-def test_fconv2d_blocked_then_maxpool(pool, sched, rng):
+def test_fconv2d_blocked_then_maxpool(pool, sched, inputs, host, run_primfunc):
     """A ResNet stem: the conv writes NCHWc (whole channel blocks), the max-pool reads the blocks
     and writes NCHW; same values as the NCHW conv and pool (max is exact)."""
-    ob = S.fconv2d_block(HOST)
-    x = rng.standard_normal((1, 3, 23, 21)).astype("float32")
-    w = rng.standard_normal((2 * ob, 3, 7, 7)).astype("float32")
-    bias = rng.standard_normal(2 * ob).astype("float32")
+    ob = S.fconv2d_block(host)
+    x = inputs.floats((1, 3, 23, 21))
+    w = inputs.normal((2 * ob, 3, 7, 7))
+    bias = inputs.normal(2 * ob)
     conv = ref.fconv2d_ref(x, w, stride=2, padding=(3,) * 4, bias=bias)
     pf = S.make_fconv2d(x.shape, w.shape, stride=2, padding=3, with_bias=True, out_layout="NCHWc",
-                        target=HOST, schedule=sched)
+                        target=host, schedule=sched)
     blocked_shape = (1, 2, *conv.shape[2:], ob)
     got = run_primfunc(pf, [x, pk.block_conv_weight(w, ob), bias], blocked_shape, "float32")
     as_nchw = got.transpose(0, 1, 4, 2, 3).reshape(conv.shape)
-    np.testing.assert_allclose(as_nchw, conv, rtol=1e-4, atol=1e-4 * np.abs(conv).max())
+    _close(as_nchw, conv, inputs, rtol=1e-4, atol=1e-4 * np.abs(conv).max())
     k, st, p = pool
-    pp = S.make_maxpool2d(blocked_shape, kernel=k, stride=st, padding=p, target=HOST, schedule=sched)
+    pp = S.make_maxpool2d(blocked_shape, kernel=k, stride=st, padding=p, target=host,
+                          schedule=sched)
     expect = ref.maxpool2d_ref(as_nchw, kernel=k, stride=st, padding=p)
-    np.testing.assert_array_equal(run_primfunc(pp, [got], expect.shape, "float32"), expect)
+    _eq(run_primfunc(pp, [got], expect.shape, "float32"), expect, inputs)
 
 
-def test_fconv2d_blocked_output_needs_whole_blocks():
-    ob = S.fconv2d_block(HOST)
+def test_fconv2d_blocked_output_needs_whole_blocks(host):
+    ob = S.fconv2d_block(host)
     with pytest.raises(ValueError, match="fill"):
-        S.make_fconv2d((1, 3, 8, 8), (ob + 1, 3, 3, 3), out_layout="NCHWc", target=HOST)
+        S.make_fconv2d((1, 3, 8, 8), (ob + 1, 3, 3, 3), out_layout="NCHWc", target=host)
     with pytest.raises(ValueError, match="out_layout"):
-        S.make_fconv2d((1, 3, 8, 8), (ob, 3, 3, 3), out_layout="NHWC", target=HOST)
+        S.make_fconv2d((1, 3, 8, 8), (ob, 3, 3, 3), out_layout="NHWC", target=host)
     with pytest.raises(ValueError, match="NCHWc data"):
-        S.make_maxpool2d((1, 3, 8), kernel=2, stride=2, target=HOST)
+        S.make_maxpool2d((1, 3, 8), kernel=2, stride=2, target=host)

@@ -1,9 +1,8 @@
 """numpy packing helpers: bit order, tails, layouts, validation."""
 import numpy as np
 import pytest
-
-from schedules import packing as pk
-from schedules import reference as ref
+from bnncompile.schedules import packing as pk
+from bnncompile.schedules import reference as ref
 
 
 @pytest.mark.parametrize("L", [1, 3, 63, 64, 65, 130], ids=lambda v: f"len{v}")

@@ -1,0 +1,41 @@
+"""The converter registry: one ordered list drives both the claiming (planning, in this order)
+and the dispatch at import.
+
+Order matters where a converter reads what an earlier one decided: the binary layers first (the
+DynamicSign converter comes from ``bnncompile.custom_ops``), then the scale Mul folded into them,
+the CPU kernels for float convs and pools, the epilogue fusion (which needs the binary convs,
+their folded scales and the signs' layouts), and the threshold statistics.
+
+Adding a lowering: a module here with a converter class (see :mod:`.base`), one line below, one
+test file in ``tests/frontend/converters/``.
+"""
+
+from __future__ import annotations
+
+from ...custom_ops import registry as custom_ops
+from .base import op_type
+from .binary_conv import BinaryConv, FusedEpilogue
+from .binary_dense import BinaryDense
+from .binary_matmul import BinaryBatchMatMul
+from .float_conv import FloatConv
+from .folded_scale import FoldedScale
+from .pooling import AveragePool, MaxPool
+from .statistics import FusedPreluStats, PowerMean
+
+CONVERTERS = (
+    *custom_ops.converters(),  # DynamicSign
+    BinaryConv(),
+    BinaryDense(),
+    BinaryBatchMatMul(),
+    FoldedScale(),
+    MaxPool(),
+    AveragePool(),
+    FloatConv(),
+    FusedEpilogue(),
+    PowerMean(),
+    FusedPreluStats(),
+)
+
+BY_OP_TYPE = {op_type(c): c for c in CONVERTERS}
+
+__all__ = ["BY_OP_TYPE", "CONVERTERS"]

@@ -1,0 +1,63 @@
+"""Binary dense layers: a Gemm / MatMul whose input is a DynamicSign output and whose weight is a
+±1 constant → ``bitpack_last(X, T)`` + the XNOR-popcount ``bdense`` kernel (any leading batch
+dims: ``[B, L, D]`` token tensors too).  Gemm's ``alpha`` and ``beta * C`` fold into the kernel's
+float epilogue, exactly like a following scale Mul."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import UnsupportedModelError, node_label
+from ..binary_layers import prove_all
+from ..graph import attr, per_channel
+from .folded_scale import scale_bias
+
+
+class BinaryDense:
+    name = "BinaryDense"
+    requires = frozenset({"binary_kernels"})
+
+    def plan(self, ctx) -> None:
+        prove_all(ctx)
+        for name, layer in ctx.plan.binary.items():
+            if layer.kind == "dense":
+                ctx.claim(name, self)
+                ctx.plan.sign_layouts.setdefault(layer.signs[0].output[0], set()).add("last")
+
+    def convert(self, imp, node, inputs, attrs, opset):
+        layer = imp.plan.binary[node.name]
+        x, t = imp.sign_operand(layer.signs[0])
+        xs = imp.shape_of(x)
+        w = layer.dense_weight()
+        n_out = w.shape[0]
+        bias = None
+        alpha = 1.0
+        if node.op_type == "Gemm":
+            alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
+            if len(node.input) > 2 and node.input[2] and beta != 0.0:
+                c = imp.index.constant(node.input[2])
+                bias = per_channel(c, n_out, 1)
+                if bias is None:
+                    raise UnsupportedModelError(
+                        f"node {node_label(node)}: Gemm C must be a constant per output (shape [N] "
+                        f"or [1, N] or a scalar), got "
+                        f"{'a computed tensor' if c is None else list(c.shape)}")
+                bias = (bias.astype(np.float64) * beta).astype(np.float32)
+        scale, bias = scale_bias(imp.plan, node.name, n_out, bias)
+        if alpha != 1.0:  # (alpha * (A @ B) + beta * C) * s: alpha scales the integer sum only
+            scale = (np.ones(n_out, np.float32) if scale is None else scale) * np.float32(alpha)
+        from ...schedules import packing
+
+        pf = imp.kernel("bdense", xs, w.shape, with_scale=scale is not None, with_bias=bias is not None)
+        packed = imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0])
+        args = [packed, imp.const(packing.pack_dense_weight(w))]
+        args += [imp.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
+        dtype = "float32" if scale is not None else "int32"
+        macs = int(np.prod(xs)) * n_out
+        y = imp.call_kernel(pf, args, [*xs[:-1], n_out], dtype, layer=node.name, kind="bdense",
+                            binary_macs=macs)
+        if dtype == "float32":
+            return y
+        from tvm import relax
+
+        return imp.emit(relax.op.astype(y, "float32"))

@@ -1,0 +1,41 @@
+"""Target-agnostic TE computes (no schedules here; see the per-target modules beside this
+package).  Every compute has a numpy reference in :mod:`bnncompile.schedules.reference` and a
+bit-exact test in ``tests/schedules``.
+
+* :mod:`.bitpack`: ``x >= t`` packed into uint64 words, the float ±1 of a DynamicSign, unpacking;
+* :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
+* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU.
+"""
+from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense
+from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
+from .common import WORD, conv_out_size, normalize_2d, normalize_padding, nwords
+from .float_ops import (
+    avgpool2d,
+    fconv2d_blocked,
+    maxpool2d,
+    power,
+    power_mean,
+    prelu_stats,
+)
+
+__all__ = [
+    "POST_OPS",
+    "WORD",
+    "avgpool2d",
+    "bbatch_matmul",
+    "bconv2d",
+    "bdense",
+    "bitpack",
+    "bitpack_last",
+    "conv_out_size",
+    "dynamic_sign",
+    "fconv2d_blocked",
+    "maxpool2d",
+    "normalize_2d",
+    "normalize_padding",
+    "nwords",
+    "power",
+    "power_mean",
+    "prelu_stats",
+    "unpack_bits_float",
+]

@@ -1,0 +1,43 @@
+"""Shared pieces of the TE computes: the word size, shape helpers, threshold broadcasting."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tvm import te
+
+# geometry helpers live with the compile-time tables that need them too (numpy-only module)
+from ..packing import WORD_BITS as WORD
+from ..packing import border_row_classes, conv_out_size, normalize_2d, normalize_padding
+
+U64 = "uint64"
+
+__all__ = ["U64", "WORD", "border_row_classes", "broadcast_reader", "conv_out_size", "ints",
+           "normalize_2d", "normalize_padding", "nwords"]
+
+
+def ints(shape) -> list:
+    return [int(s) for s in shape]
+
+
+def nwords(n: int) -> int:
+    return (int(n) + WORD - 1) // WORD
+
+
+def broadcast_reader(t: te.Tensor, out_rank: int, out_shape: Sequence[int]):
+    """Index function for ``t`` broadcast (numpy rules, right-aligned) to ``out_shape``."""
+    tshape = ints(t.shape)
+    if len(tshape) > out_rank:
+        raise ValueError(f"threshold rank {len(tshape)} exceeds input rank {out_rank}")
+    off = out_rank - len(tshape)
+    for i, s in enumerate(tshape):
+        if s not in (1, out_shape[off + i]):
+            raise ValueError(f"threshold shape {tshape} is not broadcastable to {list(out_shape)}")
+
+    def read(*idx):
+        if not tshape:
+            return t()
+        return t(*[idx[off + i] if s != 1 else 0 for i, s in enumerate(tshape)])
+
+    return read
+
+

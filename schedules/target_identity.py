@@ -1,0 +1,83 @@
+"""One identity per compilation target, used by schedule dispatch, tuning records and sidecars.
+
+A TVM target answers three questions here, and they are derived in this one place:
+
+* ``arch``: the machine a library built for it runs on (``x86_64``, ``aarch64``, ``cuda``);
+* ``schedule_key``: which hand schedules apply (``x86``, ``arm_cpu``, ``cuda``, or ``cpu`` for
+  the generic llvm fallback);
+* ``tag``: which tuning records are valid and meaningful for it (``llvm-x86_64-znver3``,
+  ``llvm-aarch64-generic+neon``, ``cuda-sm_90``): kind, triple, cpu and features, but not
+  runtime-only attributes such as ``num-cores``.
+
+:func:`arch_of` works on the plain target dict (no TVM import), so the runtime and the target
+registry can use it on a sidecar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+_X86_TRIPLES = ("x86_64", "i386", "i686")
+_ARM_TRIPLES = ("aarch64", "arm")
+
+
+def arch_of(target: dict) -> str:
+    """``cuda``, ``aarch64`` or ``x86_64`` for a TVM target dict (an empty triple means x86)."""
+    if target.get("kind") == "cuda":
+        return "cuda"
+    return "aarch64" if str(target.get("mtriple", "") or "").startswith(_ARM_TRIPLES) else "x86_64"
+
+
+@dataclass(frozen=True)
+class TargetIdentity:
+    kind: str
+    arch: str
+    schedule_key: str
+    tag: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_target(target):
+    """A ``tvm.target.Target`` from a Target, a target dict, or None (the current target, else
+    plain llvm)."""
+    import tvm
+
+    if target is None:
+        target = tvm.target.Target.current() or {"kind": "llvm"}
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
+def _schedule_key(t) -> str:
+    keys = list(t.keys)
+    if "cuda" in keys:
+        return "cuda"
+    if "arm_cpu" in keys:
+        return "arm_cpu"
+    if t.kind.name == "llvm" and "cpu" in keys:
+        triple = str(t.attrs.get("mtriple", "") or "")
+        if triple.startswith(_ARM_TRIPLES):
+            return "arm_cpu"
+        if triple == "" or triple.startswith(_X86_TRIPLES):
+            return "x86"
+    return "cpu"
+
+
+def _tag(t) -> str:
+    kind = t.kind.name
+    if kind == "cuda":
+        return f"cuda-{t.attrs.get('arch', 'sm_xx')}"
+    triple = str(t.attrs.get("mtriple", "") or "")
+    arch = triple.split("-")[0] if triple else "native"
+    cpu = str(t.attrs.get("mcpu", "") or "generic")
+    mattr = t.attrs.get("mattr", None)
+    feats = "".join(sorted(str(a) for a in mattr)) if mattr else ""
+    return f"{kind}-{arch}-{cpu}{feats}".replace("/", "_")
+
+
+def identify(target) -> TargetIdentity:
+    """The identity of ``target`` (a ``tvm.target.Target``, a target dict, or None)."""
+    t = as_target(target)
+    arch = "cuda" if t.kind.name == "cuda" else arch_of({"mtriple": t.attrs.get("mtriple", "")})
+    return TargetIdentity(t.kind.name, arch, _schedule_key(t), _tag(t))

@@ -1,0 +1,163 @@
+"""Differential testing: random graphs (tests/testkit/fuzz_graphs.py) compiled by bnncompile and run by
+ONNX Runtime must agree.
+
+For every generated model:
+
+* every DynamicSign's bits, as the binary kernels consume them (the library's ``debug_signs``
+  entry), equal ONNX Runtime's signs exactly, except where ONNX Runtime's own ``x`` sits within
+  ``TIE_RTOL`` of its threshold (float statistics summed in another order);
+* integer accumulators (a binary layer's raw output) are bit-exact;
+* float outputs agree within ``RTOL`` of their magnitude: folded BN / scales and fused
+  multiply-adds round differently from ONNX Runtime's separate ops (measured <= 2e-6 relative);
+* every Conv / Gemm / MatMul the case meant to stay float (groups, transA) is not lowered as
+  binary, and every one it meant as binary is.
+
+Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (default, in ``scripts/test.sh``: a few hundred
+graphs, derandomized so CI is reproducible) and ``long`` (>= 5000 graphs, random seeds):
+``HYPOTHESIS_PROFILE=long bash scripts/test.sh tests/fuzz -p no:randomly``.  A failing model is
+saved as ONNX (with its inputs as ``.npz``) under ``$BNN_FUZZ_DIR`` (default ``.fuzz-failures/``)
+and its path printed; hypothesis prints the reproducing example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from bnncompile.custom_ops import dynamic_sign
+from hypothesis import HealthCheck, given, note, settings
+from onnx import TensorProto, helper, numpy_helper
+from testkit.fuzz_graphs import models
+from testkit.onnx_graphs import ort_run
+
+from bnncompile import targets
+from bnncompile.compiler import build_relax
+
+RTOL = 1e-5
+TIE_RTOL = 1e-5
+
+settings.register_profile("ci", max_examples=int(os.environ.get("BNN_FUZZ_EXAMPLES", 150)),
+                          deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=int(os.environ.get("BNN_FUZZ_EXAMPLES", 5000)),
+                          deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+FAILURES = Path(os.environ.get("BNN_FUZZ_DIR", ".fuzz-failures"))
+
+
+def _model(cases) -> tuple[onnx.ModelProto, dict]:
+    nodes = [n for c in cases for n in c.nodes]
+    feeds = {k: v for c in cases for k, v in c.inputs.items()}
+    inits = [numpy_helper.from_array(np.asarray(v), k) for c in cases for k, v in c.inits.items()]
+    graph = helper.make_graph(
+        nodes, "fuzz",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for c in cases for o in c.outputs],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    dynamic_sign.attach_function(model)
+    return model, feeds
+
+
+_saved: list[Path] = []
+
+
+def _save(model, feeds, why: str) -> Path:
+    """Save a failing model; only the latest is kept (hypothesis runs the final, shrunk
+    example last)."""
+    while _saved:
+        old = _saved.pop()
+        for suffix in (".onnx", ".npz", ".txt"):
+            old.with_suffix(suffix).unlink(missing_ok=True)
+    FAILURES.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(model.SerializeToString()).hexdigest()[:12]
+    path = FAILURES / f"fuzz-{digest}.onnx"
+    onnx.save(model, str(path))
+    np.savez(path.with_suffix(".npz"), **feeds)
+    path.with_suffix(".txt").write_text(why)
+    _saved.append(path)
+    return path
+
+
+def _ort_with_intermediates(model, feeds, names):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+            have.add(n)
+    outs = ort_run(m, feeds)
+    return dict(zip([o.name for o in m.graph.output], outs))
+
+
+def check(cases) -> None:
+    model, feeds = _model(cases)
+    signs = [n for n in model.graph.node if dynamic_sign.is_dynamic_sign(n)]
+    sign_io = {n.output[0]: (n.input[0], n.input[1] if len(n.input) > 1 and n.input[1] else None)
+               for n in signs}
+    wanted = [*sign_io, *[v for xt in sign_io.values() for v in xt if v]]
+    ref = _ort_with_intermediates(model, feeds, wanted)
+    outputs = [o.name for o in model.graph.output]
+    try:
+        ex, plan = build_relax(model, spec=targets.resolve("host"), debug_signs=True)
+        import tvm
+        from tvm import relax
+
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i.name])) for i in model.graph.input]
+        got = vm["debug_signs"](*args)
+        got = [got] if hasattr(got, "numpy") else list(got)
+        got = dict(zip([*outputs, *plan.debug_signs], (g.numpy() for g in got)))
+        main = vm["main"](*args)
+        main = [main] if hasattr(main, "numpy") else list(main)
+        for name, value in zip(outputs, main):
+            np.testing.assert_array_equal(value.numpy(), got[name], err_msg=f"main vs debug_signs: {name}")
+        _compare(cases, plan, got, ref, sign_io)
+    except BaseException as exc:
+        path = _save(model, feeds, "\n".join(d for c in cases for d in c.describe) + f"\n\n{exc}")
+        note(f"failing model saved to {path}")
+        raise
+
+
+def _compare(cases, plan, got, ref, sign_io) -> None:
+    tie_flips = False
+    for out, (x, t) in sign_io.items():
+        flipped = got[out] != ref[out]
+        if not flipped.any():
+            continue
+        xs = ref[x]
+        ts = np.broadcast_to(np.float32(0) if t is None else ref.get(t), xs.shape)
+        margin, bound = np.abs(xs - ts)[flipped], TIE_RTOL * (np.abs(ts)[flipped] + np.abs(xs)[flipped])
+        assert np.all(margin <= bound), (
+            f"DynamicSign {out}: {int(flipped.sum())} flips, not near-ties "
+            f"(max margin {float(margin.max()):.3g})")
+        tie_flips = True
+    for case in cases:
+        for name, word in case.float_nodes.items():
+            assert name not in plan.binary and word in plan.not_binary.get(name, ""), (
+                f"{name} should stay float ({word}); plan says {plan.not_binary.get(name)}")
+        for o in case.outputs:
+            if tie_flips:
+                continue  # a legitimate near-tie flip moves everything downstream
+            if o in case.exact:
+                np.testing.assert_array_equal(got[o], ref[o], err_msg=f"{o} (integer accumulators)")
+            else:
+                scale = float(np.max(np.abs(ref[o]))) if ref[o].size else 0.0
+                np.testing.assert_allclose(got[o], ref[o], rtol=RTOL, atol=RTOL * scale + 1e-6,
+                                           err_msg=o)
+
+
+@pytest.mark.fuzz
+@given(models())
+def test_compiled_equals_onnxruntime(cases):
+    for c in cases:
+        note(" | ".join(c.describe))
+    check(cases)
