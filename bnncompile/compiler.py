@@ -28,6 +28,8 @@ class CompileOptions:
     binary_kernels: bool = True
     fast_math: bool = True
     fuse_epilogues: bool = True
+    verify: bool = True
+    sign_zero: str = "plus"
     version: int = artifacts.SIDECAR_VERSION
 
     def __post_init__(self):
@@ -44,6 +46,22 @@ class CompileResult:
     exported_as: str  # "so" or "tar"
     runnable_here: bool
     notes: list[str] = field(default_factory=list)
+    #: Conv / Gemm / MatMul that stayed float -> why
+    not_binary: dict[str, str] = field(default_factory=dict)
+    verify: dict | None = None
+    #: what may differ from the file's own semantics (ONNX Sign sites compiled as 0 -> +1)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: how many layers became binary, and why the others did not."""
+        reasons: dict[str, int] = {}
+        for why in self.not_binary.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        text = f"{self.num_binary_layers} binary layers"
+        if reasons:
+            parts = "; ".join(f"{n}x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            text += f", {len(self.not_binary)} float Conv/Gemm/MatMul ({parts})"
+        return text
 
 
 def fast_math_legalize_map() -> dict:
@@ -88,7 +106,7 @@ def relax_pipeline(target, *, fast_math: bool = True):
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
-                fuse_epilogues: bool = True, debug_signs: bool = False):
+                fuse_epilogues: bool = True, debug_signs: bool = False, sign_zero: str = "plus"):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
@@ -100,7 +118,7 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
 
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
-                           fuse_epilogues=fuse_epilogues, debug_signs=debug_signs)
+                           fuse_epilogues=fuse_epilogues, debug_signs=debug_signs, sign_zero=sign_zero)
     session = None
     if tuning_db is not None:
         from .schedules import tuning
@@ -135,7 +153,8 @@ def _io_signature(model, batch: int) -> tuple[list[dict], list[dict]]:
 def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None, tuning_db=None,
                   pretuned: bool = True, fast_math: bool = True,
-                  fuse_epilogues: bool = True) -> CompileResult:
+                  fuse_epilogues: bool = True, verify: bool = True,
+                  sign_zero: str = "plus") -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``, or a ``.tar`` object
     archive when ``output`` ends in ``.tar``) and its sidecar ``.json``, both replaced together
     or not at all.
@@ -155,9 +174,17 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         tuning_db: MetaSchedule database directory (``bnncompile tune``); its records for the
             target replace the hand schedules. Default: the shipped pre-tuned records for the
             target's tag (``schedules/databases/<tag>``) if any, unless ``pretuned=False``.
+        verify: build a ``debug_signs`` entry into the library and, where the library runs on
+            this machine, check it against ONNX Runtime on random inputs before writing it
+            (every DynamicSign's bits and the outputs; :mod:`bnncompile.verify`); a mismatch
+            fails the compile naming the first divergent layer.  The result goes to the sidecar.
+        sign_zero: ONNX ``Sign`` maps 0 to 0, one bit cannot: "plus" compiles it as 0 -> +1 and
+            lists each site in ``CompileResult.notes`` (and the sidecar), "refuse" stops with an
+            error naming the node.
     """
     opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels,
-                          fast_math=fast_math, fuse_epilogues=fuse_epilogues)
+                          fast_math=fast_math, fuse_epilogues=fuse_epilogues, verify=verify,
+                          sign_zero=sign_zero)
     spec = targets.resolve(target)
     say = progress or (lambda msg: None)
     output = Path(output)
@@ -177,7 +204,8 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
 
         tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
     ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
-                          tuning_db=tuning_db, fast_math=fast_math, fuse_epilogues=fuse_epilogues)
+                          tuning_db=tuning_db, fast_math=fast_math, fuse_epilogues=fuse_epilogues,
+                          debug_signs=verify, sign_zero=sign_zero)
     notes = []
     say(f"linking {output.name}")
     side = artifacts.sidecar_path_for(output)
@@ -190,14 +218,46 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         ok, why = targets.runnable_here(spec)
         if not ok:
             notes.append(f"built, not runnable here: {why}")
+        checked = (_verify(tmp, plan, model, batch, spec.arch, ok and fmt == "so", why, say)
+                   if verify else None)
+        if checked is not None and checked.get("skipped"):
+            notes.append(f"not verified: {checked['skipped']}")
+        elif checked is not None and checked.get("message"):
+            notes.append(f"verify: {checked['message']}")
         if fmt == "tar":
             notes.append("wrote an object archive (.tar): link it on the device "
                          "(tvm.runtime.load_module after cc.create_shared)")
         sidecar = _sidecar(spec, opts, model, batch, output, fmt, tmp, onnx_path, onnx_sha256, plan,
                            tuning_db)
+        sidecar["verify"] = checked
         tmp_side.write_text(json.dumps(sidecar, indent=2))
         artifacts.replace_together([(tmp, output), (tmp_side, side)])
-    return CompileResult(output, side, time.perf_counter() - t0, len(plan.binary), fmt, ok, notes)
+    if not plan.binary:
+        notes.append("no layer of this model is binary: it compiled all-float (see `bnncompile "
+                     "inspect` for why each Conv/Gemm/MatMul is not)")
+    return CompileResult(output, side, time.perf_counter() - t0, len(plan.binary), fmt, ok, notes,
+                         dict(plan.not_binary), checked,
+                         [site.message() for site in plan.sign_zero_sites])
+
+
+def _verify(lib_path, plan, model, batch: int, arch: str, runnable: bool, why: str, say) -> dict:
+    """``compile --verify``: the freshly linked library against ONNX Runtime (bnncompile.verify)."""
+    if not runnable:
+        return {"skipped": why or "an object archive cannot be loaded here"}
+    import tvm
+    from tvm import relax
+
+    from .verify import verify_build
+
+    say("verifying against ONNX Runtime")
+    inputs, _ = _io_signature(model, batch)
+    device = tvm.cuda(0) if arch == "cuda" else tvm.cpu(0)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), device)
+    result = verify_build(vm, plan, inputs, batch, device=device)
+    if not result.ok:
+        raise CompileError(f"verification against ONNX Runtime failed: {result.message} "
+                           "(please report this with the model; --no-verify skips the check)")
+    return result.to_dict()
 
 
 def tvm_error_text(exc: BaseException, limit: int = 1200) -> str:
@@ -233,7 +293,9 @@ def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha
         "library_size": lib_tmp.stat().st_size,
         "library_sha256": artifacts.sha256_file(lib_tmp),
         "binary_layers": len(plan.binary),
+        "debug_signs": list(plan.debug_signs),  # what the debug_signs entry returns after the outputs
         "not_binary": dict(plan.not_binary),
+        "sign_zero_sites": [site.node for site in plan.sign_zero_sites],
         "kernels": plan.kernels,
         "tuning": _tuning_sidecar(tuning_db, getattr(plan, "tuning", None)),
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},

@@ -55,6 +55,26 @@ class ParityError(BnncompileError):
     exit_code = 6
 
 
+class Interrupted(BnncompileError):
+    """Ctrl-C (130) or SIGTERM (143) stopped the command (bnncompile.cli.interrupts)."""
+
+    exit_code = 130
+
+
+#: exit code -> what it means (README, ``bnncompile --help``)
+EXIT_CODES = {
+    0: "success",
+    1: "other error",
+    2: "usage (a wrong option, model or target name)",
+    3: "unreadable or mismatched input file",
+    4: "unsupported model (names the node)",
+    5: "build failure",
+    6: "parity failure (validate, outside tolerances)",
+    130: "interrupted (Ctrl-C)",
+    143: "terminated (SIGTERM)",
+}
+
+
 def node_label(node) -> str:
     """``'name' (domain::OpType)`` for error messages about an ONNX node."""
     domain = node.domain or "ai.onnx"

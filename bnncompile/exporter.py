@@ -9,6 +9,11 @@ After export the model gets the DynamicSign ONNX function body (so ONNX Runtime 
 version 10 (ONNX Runtime 1.31 loads at most 13), readable node names from the module paths, and
 ``onnx.checker``'s full check. Files are written to a temporary name and renamed, so a failure
 never leaves a half-written model behind.
+
+``portable=True`` (``export --portable``) inlines the DynamicSign function into standard
+``GreaterOrEqual`` + ``Where`` ops (:func:`make_portable`): the file then runs unchanged in any
+ONNX runtime, OpenVINO included (which refuses the ``com.bnncompile`` domain), and the compiler's
+canonicalize stage turns the inlined form back into the same binary layers.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import numpy as np
 import onnx
 import torch
 
-from . import artifacts
+from . import artifacts, limits
 from .custom_ops import dynamic_sign, registry
-from .errors import ExportError, UsageError
+from .errors import ExportError, InputFileError, UsageError
 from .nn.layers import freeze
 
 IR_VERSION = 10
@@ -37,13 +42,14 @@ OUTPUT_NAME = "logits"
 class ExportResult:
     model_path: Path
     golden_path: Path | None
-    num_dynamic_sign: int
+    num_dynamic_sign: int  # DynamicSign sites (inlined ones included when portable)
+    portable: bool = False
 
 
 def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
            golden_inputs: torch.Tensor | np.ndarray | None = None, dynamic_batch: bool = True,
            write_golden: bool = True, opset: int = OPSET,
-           metadata: dict[str, str] | None = None) -> ExportResult:
+           metadata: dict[str, str] | None = None, portable: bool = False) -> ExportResult:
     """Export a module built from ``bnncompile.nn`` (or any torch module) to ONNX.
 
     Args:
@@ -55,6 +61,9 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
         dynamic_batch: make the batch dimension symbolic (``"batch"``).
         metadata: extra ``metadata_props`` (e.g. ``bnncompile.zoo``: how to rebuild the PyTorch
             model, used by ``bench`` to time PyTorch eager on the same weights).
+        portable: inline DynamicSign into ``GreaterOrEqual`` + ``Where`` (:func:`make_portable`)
+            so OpenVINO and other runtimes without the custom domain read the file; the golden
+            file is the same as without it.
 
     Returns:
         :class:`ExportResult` with the written paths.
@@ -64,6 +73,9 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
     model = freeze(copy.deepcopy(module).eval())
     example_input = torch.as_tensor(example_input, dtype=torch.float32)
     onnx_model = to_onnx(model, example_input, dynamic_batch=dynamic_batch, opset=opset)
+    n_sign = sum(dynamic_sign.is_dynamic_sign(n) for n in onnx_model.graph.node)
+    if portable:
+        onnx_model = make_portable(onnx_model)
     for key, value in (metadata or {}).items():
         onnx_model.metadata_props.add(key=key, value=value)
     artifacts.atomic_write_bytes(path, onnx_model.SerializeToString())
@@ -74,8 +86,7 @@ def export(module: torch.nn.Module, example_input: torch.Tensor, path, *,
             outputs = model(inputs)
         golden_path = artifacts.golden_path_for(path)
         artifacts.save_golden(golden_path, inputs.numpy(), outputs.numpy())
-    n_sign = sum(dynamic_sign.is_dynamic_sign(n) for n in onnx_model.graph.node)
-    return ExportResult(path, golden_path, n_sign)
+    return ExportResult(path, golden_path, n_sign, portable)
 
 
 def to_onnx(model: torch.nn.Module, example_input: torch.Tensor, *, dynamic_batch: bool = True,
@@ -122,6 +133,68 @@ def postprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every ``com.bnncompile::DynamicSign`` node replaced by its ONNX
+    function body (``onnx.inliner.inline_local_functions``), in standard ai.onnx ops only.
+
+    Each site becomes ``Where(GreaterOrEqual(X, T), 1, -1)``: the body's ``CastLike`` of the two
+    float constants to ``X``'s type is folded away (DynamicSign's ``X`` is float32 by its type
+    constraint, so the cast is the identity), which is exactly the spelling the compiler's
+    canonicalize stage (``frontend/canonicalize/where_compare.py``) turns back into DynamicSign.
+    The inlined nodes are named ``<sign node name>/GreaterOrEqual`` etc.; the custom domain's
+    opset import is dropped once no node uses it. The result passes ``onnx.checker``'s full check
+    (:class:`ExportError` otherwise). A model without DynamicSign comes back as a plain copy.
+    """
+    import onnx.inliner
+
+    model = copy.deepcopy(model)
+    if not any(dynamic_sign.is_dynamic_sign(n) for n in model.graph.node):
+        return model
+    dynamic_sign.attach_function(model)  # the body in the model's opset; an explicit T everywhere
+    sites = {n.output[0]: n.name or f"DynamicSign_{i}"
+             for i, n in enumerate(model.graph.node) if dynamic_sign.is_dynamic_sign(n)}
+    try:
+        inlined = onnx.inliner.inline_local_functions(model)
+    except Exception as exc:  # the C++ inliner raises plain RuntimeErrors
+        raise ExportError(f"inlining DynamicSign failed: {artifacts.first_line(exc)}") from exc
+    graph = inlined.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    drop: set[int] = set()
+    for where in graph.node:
+        if where.op_type != "Where" or where.domain not in ("", "ai.onnx") or where.output[0] not in sites:
+            continue
+        name = sites[where.output[0]]
+        where.name = f"{name}/Where"
+        cond = producer.get(where.input[0])
+        if cond is not None and cond.op_type == "GreaterOrEqual":
+            cond.name = f"{name}/GreaterOrEqual"
+        for slot, suffix in ((1, "Constant"), (2, "Constant_1")):
+            cast = producer.get(where.input[slot])
+            if cast is None or cast.op_type != "CastLike":
+                continue
+            const = producer.get(cast.input[0])
+            if const is None or const.op_type != "Constant":
+                continue
+            const.name = f"{name}/{suffix}"
+            where.input[slot] = const.output[0]
+            drop.add(id(cast))
+    kept = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {n.domain for n in graph.node}
+    for f in inlined.functions:
+        used |= {n.domain for n in f.node}
+    if dynamic_sign.DOMAIN not in used:
+        imports = [o for o in inlined.opset_import if o.domain != dynamic_sign.DOMAIN]
+        del inlined.opset_import[:]
+        inlined.opset_import.extend(imports)
+    try:
+        onnx.checker.check_model(inlined, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"portable model failed onnx.checker: {artifacts.first_line(exc)}") from exc
+    return inlined
+
+
 def _module_path(node: onnx.NodeProto) -> str | None:
     """Module path of a node from the exporter's ``namespace`` metadata (``blocks.3.sign1``)."""
     for prop in node.metadata_props:
@@ -161,7 +234,7 @@ def _explain_conversion_failure(exc: Exception, program) -> str:
 
 def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = None,
                      input_size: int | None = None, num_classes: int | None = None, seed: int = 0,
-                     golden_images: int | None = None, log=None):
+                     golden_images: int | None = None, log=None, portable: bool = False):
     """Build zoo model ``name`` (optionally load ``checkpoint``) and export it.
 
     Args:
@@ -169,6 +242,7 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = 
             specialises a batch of 1 to a constant); an int fixes the batch of the graph.
         golden_images: real photos (``bnncompile.data.real_images``, seeded) recorded with their
             PyTorch outputs; default ``batch`` if fixed, else 2. Must equal ``batch`` if fixed.
+        portable: inline DynamicSign into standard ops (see :func:`export`).
 
     Returns :class:`bnncompile.exporter.ExportResult`.
     """
@@ -180,9 +254,12 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = 
     log = log or (lambda msg: None)
     if golden_images is None:
         golden_images = batch or 2
-    for opt, v in (("batch", batch), ("golden-images", golden_images)):
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise UsageError(f"Expected --{opt} >= 1, got {v!r}")
+    for flag, v, top in (("--batch", batch, limits.MAX_BATCH), ("--golden-images", golden_images, limits.MAX_BATCH),
+                         ("--input-size", input_size, limits.MAX_INPUT_SIZE),
+                         ("--num-classes", num_classes, limits.MAX_CLASSES)):
+        limits.check_size(flag, v, top)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputFileError(f"--checkpoint {checkpoint}: no such file")
     if batch is not None and golden_images != batch:
         raise UsageError(f"with a fixed --batch {batch}, --golden-images must be {batch}, got {golden_images}")
     zoo.get_spec(name)  # unknown name -> UsageError listing the known models
@@ -203,4 +280,5 @@ def export_zoo_model(name: str, output, *, checkpoint=None, batch: int | None = 
     meta = {"name": name, "input_size": h, "num_classes": model.zoo_config["num_classes"],
             "seed": seed, "checkpoint": None if checkpoint is None else str(checkpoint)}
     return export(model, example, output, golden_inputs=images[:golden_images],
-                  dynamic_batch=batch is None, metadata={artifacts.ZOO_METADATA_KEY: json.dumps(meta)})
+                  dynamic_batch=batch is None, metadata={artifacts.ZOO_METADATA_KEY: json.dumps(meta)},
+                  portable=portable)

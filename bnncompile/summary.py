@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from onnx import shape_inference
 
 from .custom_ops.dynamic_sign import is_dynamic_sign
 from .errors import InputFileError, UsageError
-from .frontend.binary_layers import find_binary_layers
+from .frontend.binary_layers import find_binary_layers, layer_report
 from .frontend.graph import GraphIndex
 
 _MAC_OPS = ("Conv", "Gemm", "MatMul")
@@ -65,6 +65,8 @@ class LayerCost:
     params: int = 0
     param_bits: int = 32
     dynamic: bool = False  # part of a dynamic-threshold / dynamic-activation sub-graph
+    #: Conv / Gemm / MatMul only: "yes (via <spelling>)" or "no (<reason>)"
+    binary_verdict: str = ""
 
 
 @dataclass
@@ -106,6 +108,8 @@ class ModelSummary:
     packed_bytes: int = 0
     fp32_bytes: int = 0
     other_ops: int = 0
+    #: nodes in custom domains bnncompile does not know (it cannot compile the model)
+    unknown_ops: list[str] = field(default_factory=list)
 
     @property
     def float_params(self) -> int:
@@ -158,26 +162,19 @@ class ModelSummary:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
-    def render(self, *, all_nodes: bool = False) -> str:
-        """Text table. By default only nodes with MACs or parameters and DynamicSign nodes."""
-        rows = [("node", "op", "in", "out", "kind", "BMACs", "FMACs", "params", "bits")]
-        for la in self.layers:
-            if not (all_nodes or la.binary_macs or la.float_macs or la.params or la.op_type == "DynamicSign"):
-                continue
-            kind = "binary" if la.binary else ("dynamic" if la.dynamic else "float")
-            shape = lambda s: "x".join(map(str, s[0])) if s and s[0] is not None else "?"
-            rows.append((la.name, la.op_type, shape(la.input_shapes), shape(la.output_shapes), kind,
-                         _eng(la.binary_macs), _eng(la.float_macs), _eng(la.params),
-                         str(la.param_bits) if la.params else ""))
-        widths = [min(48, max(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
-        lines = ["  ".join(c[:48].ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in rows]
-        lines.insert(1, "-" * len(lines[0]))
+    def verdicts(self) -> list[LayerCost]:
+        return [la for la in self.layers if la.binary_verdict]
+
+    def render(self, *, verbose: bool = False, all_nodes: bool = False) -> str:
+        """Totals first, then one line per Conv / Gemm / MatMul saying whether it is binary and
+        why; ``verbose`` adds the per-node cost table (``all_nodes``: every node in it)."""
         d = self.dynamic
-        lines += [
-            "",
+        layers = self.verdicts()
+        n_float = sum(not la.binary for la in layers)
+        lines = [
             f"model {self.name}  batch {self.batch}  inputs {self.input_shapes}",
-            f"binary layers {self.num_binary_layers}  DynamicSign nodes {self.num_dynamic_sign}",
+            f"binary layers {self.num_binary_layers} of {len(layers)} Conv/Gemm/MatMul "
+            f"({n_float} float)  DynamicSign nodes {self.num_dynamic_sign}",
             f"BOPs  {self.bops:.4g}   FLOPs {self.flops:.4g}   OPs (BOPs/64 + FLOPs) {self.ops:.4g}",
             f"params {self.params:,} ({self.binary_params:,} 1-bit, {self.float_params:,} fp32)   "
             f"size packed {_mb(self.packed_bytes)}  fp32 {_mb(self.fp32_bytes)}",
@@ -185,6 +182,32 @@ class ModelSummary:
             f"(in FLOPs), reductions {d.reduction_adds:.4g} + element-wise {d.elementwise_ops:.4g} "
             f"(not in FLOPs); OPs incl. these {self.ops_with_dynamic:.4g}",
         ]
+        if self.unknown_ops:
+            lines.append(f"warning: {len(self.unknown_ops)} node(s) in custom domains bnncompile does "
+                         f"not know (it cannot compile this model): {', '.join(self.unknown_ops[:8])}")
+        if not self.num_binary_layers:
+            lines.append("warning: no binary layer: this model would compile all-float")
+        width = max((len(la.name) for la in layers), default=0)
+        lines += ["", "layers (binary: yes/no, and why):"]
+        lines += [f"  {la.name:<{width}}  {la.op_type:<7} binary: {la.binary_verdict}" for la in layers]
+        if verbose or all_nodes:
+            lines += ["", self._table(all_nodes)]
+        return "\n".join(lines)
+
+    def _table(self, all_nodes: bool) -> str:
+        rows = [("node", "op", "in", "out", "kind", "BMACs", "FMACs", "params", "bits")]
+        for la in self.layers:
+            if not (all_nodes or la.binary_macs or la.float_macs or la.params or la.op_type == "DynamicSign"):
+                continue
+            kind = "binary" if la.binary else ("dynamic" if la.dynamic else "float")
+            shape = lambda s: "x".join(map(str, s[0])) if s and s[0] is not None else "?"  # noqa: E731
+            rows.append((la.name, la.op_type, shape(la.input_shapes), shape(la.output_shapes), kind,
+                         _eng(la.binary_macs), _eng(la.float_macs), _eng(la.params),
+                         str(la.param_bits) if la.params else ""))
+        widths = [min(48, max(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
+        lines = ["  ".join(c[:48].ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
         return "\n".join(lines)
 
 
@@ -345,15 +368,26 @@ def _dynamic_nodes(model: onnx.ModelProto, dep: set[str]) -> tuple[set[int], int
     return dynamic, sites
 
 
+def _unknown_custom_ops(model: onnx.ModelProto) -> list[str]:
+    from .custom_ops import registry
+
+    return [f"{n.name} ({n.domain}::{n.op_type})" for n in model.graph.node
+            if n.domain not in ("", "ai.onnx") and registry.lookup(n.domain, n.op_type) is None]
+
+
 def summarize(model_or_path, *, batch: int = 1) -> ModelSummary:
     """Cost summary of an exported model (path or ModelProto); see the module docstring."""
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise UsageError(f"Expected batch to be a positive integer, got {batch!r}")
+    from .frontend import prepare
+
     model, name = _load(model_or_path)
-    inferred = _with_batch(model, batch)
+    # every spelling of a sign canonicalised, as compile sees it; unknown custom ops reported
+    inferred = _with_batch(prepare(model, check_custom=False), batch)
     shapes = _shapes(inferred)
     index = GraphIndex(inferred)
     binary = find_binary_layers(inferred, index)
+    verdicts = layer_report(inferred, index)
     binary_weights = {layer.node.input[1] for layer in binary.values() if layer.weight is not None}
     float_inits = {t.name: t for t in inferred.graph.initializer
                    if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
@@ -385,6 +419,7 @@ def summarize(model_or_path, *, batch: int = 1) -> ModelSummary:
             output_shapes=[list(shapes[x]) if shapes.get(x) is not None else None for x in node.output],
             binary=is_bin, binary_macs=macs if is_bin else 0, float_macs=0 if is_bin else macs,
             other_ops=other, params=params, param_bits=bits, dynamic=i in dyn_idx,
+            binary_verdict=verdicts.get(node.name, ""),
         )
         layers.append(layer)
         totals["bops"] += layer.binary_macs
@@ -411,6 +446,7 @@ def summarize(model_or_path, *, batch: int = 1) -> ModelSummary:
         layers=layers, dynamic=dyn,
         num_dynamic_sign=sum(is_dynamic_sign(n) for n in inferred.graph.node),
         num_binary_layers=len(binary),
+        unknown_ops=_unknown_custom_ops(inferred),
         packed_bytes=(totals["binary_params"] + 7) // 8 + 4 * float_params,
         fp32_bytes=4 * totals["params"],
         **totals,

@@ -118,9 +118,37 @@ def resolve(name_or_json: str) -> TargetSpec:
         host = target.pop("host", None)
         if target["kind"] == "cuda" and host is None:
             host = {**_X86_HOST, "mcpu": "x86-64"}
-        return TargetSpec("custom", target, "raw TVM target JSON", host=host)
+        spec = TargetSpec("custom", target, "raw TVM target JSON", host=host)
+        _check_raw(spec)
+        return spec
     raise UsageError(f"unknown target {name_or_json!r}; known: {', '.join(names())}, "
                      "or raw TVM target JSON")
+
+
+def _check_raw(spec: TargetSpec) -> None:
+    """Raw JSON must make a TVM target whose LLVM cpu exists: LLVM would otherwise print ~100
+    lines and silently build for a generic CPU."""
+    import difflib
+
+    mcpu = spec.target.get("mcpu")
+    # without the cpu first: LLVM logs an error line for an unknown one
+    bare = TargetSpec(spec.name, {k: v for k, v in spec.target.items() if k != "mcpu"}, "", host=spec.host)
+    try:
+        tgt = tvm_target(bare)
+    except Exception as exc:  # tvm raises ValueError / TVMError with a multi-line message
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"--target: {first}; known kinds include llvm and cuda") from exc
+    if spec.kind != "llvm" or not mcpu:
+        return
+    from tvm.target import codegen
+
+    valid = [str(c) for c in codegen.llvm_get_cpu_archlist(tgt)]
+    if valid and mcpu not in valid:
+        near = difflib.get_close_matches(str(mcpu), valid, n=4)
+        raise UsageError(f"--target: LLVM knows no cpu {mcpu!r} for "
+                         f"{spec.target.get('mtriple') or 'this triple'}"
+                         + (f"; did you mean {', '.join(near)}?" if near else "")
+                         + " (`bnncompile targets` shows this machine's)")
 
 
 def tvm_target(spec: TargetSpec, *, num_cores: int | None = None):

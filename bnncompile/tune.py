@@ -17,7 +17,6 @@ nothing left to do returns before any tuning machinery starts.  Records are appe
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from . import targets
 from .artifacts import load_onnx
 from .errors import CompileError, InputFileError, UsageError
+from .remote import check_tracker, parse_hostport
 from .schedules.target_identity import identify
 
 #: ops tuned by default (the binary kernels); "bitpack", "bitpack_last", "fconv2d" may be added
@@ -68,10 +68,7 @@ class TuneOptions:
 
 
 def parse_tracker(text: str) -> tuple[str, int]:
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"Expected --rpc-tracker as HOST:PORT, got {text!r}")
-    return host, int(port)
+    return parse_hostport(text, "--rpc-tracker")
 
 
 @dataclass
@@ -105,25 +102,6 @@ def default_cost_model() -> str:
     except ImportError:
         return "random"
     return "xgb"
-
-
-def check_tracker(host: str, port: int, key: str, timeout: float = 5.0) -> None:
-    """Fail fast (CompileError, one line) when the tracker is unreachable or serves no ``key``."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        raise CompileError(f"cannot reach RPC tracker {host}:{port}: {exc.strerror or exc}") from exc
-    from tvm import rpc
-
-    try:
-        summary = rpc.connect_tracker(host, port).summary()
-    except Exception as exc:  # tvm raises RuntimeError/TVMError with multi-line text
-        raise CompileError(f"RPC tracker {host}:{port} did not answer: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
-    keys = {str(s.get("key", "")).split(":")[-1] for s in summary.get("server_info", [])}
-    if key not in keys:
-        raise CompileError(f"RPC tracker {host}:{port} has no server with key {key!r} "
-                           f"(registered: {', '.join(sorted(keys)) or 'none'})")
 
 
 def _silence_ms_console() -> None:

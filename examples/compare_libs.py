@@ -5,8 +5,10 @@
     .venv/bin/python examples/compare_libs.py fused.so unfused.so [--rounds 9] [--number 10]
 
 Every round runs each library ``--number`` times in turn (1 thread unless TVM_NUM_THREADS says
-otherwise), so slow drifts of a shared machine hit all of them alike; prints the median and the
-range of the per-round means, and each library's time relative to the first one.
+otherwise), so slow drifts of a shared machine hit all of them alike; prints the machine (CPU,
+load average), the median and the range of the per-round means, each library's time relative to
+the first one, its Relax VM builtin calls per inference, and a warning when a library's rounds
+disagree by more than ``bnncompile.bench.ROUND_SPREAD_WARN``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import numpy as np
 
+from bnncompile import bench
 from bnncompile.errors import BnncompileError
 from bnncompile.runtime import load
 
@@ -39,6 +42,10 @@ def main() -> int:
         print(f"the libraries take different inputs: {sorted(shapes)}", file=sys.stderr)
         return 2
     x = np.random.default_rng(0).standard_normal(shapes.pop()).astype(np.float32)
+    env = bench.environment(runners[0].meta)
+    for line in bench.format_environment(env):
+        print(line)
+    builtins = [bench.profile(r, x, repeats=1).builtins["calls"] for r in runners]
     for r in runners:
         r(x)  # warm-up
     times = [[] for _ in runners]
@@ -49,9 +56,15 @@ def main() -> int:
                 r(x)
             ts.append((time.perf_counter() - t0) / args.number * 1e3)
     base = float(np.median(times[0]))
-    for path, ts in zip(args.libs, times):
+    for path, ts, calls in zip(args.libs, times, builtins):
         med = float(np.median(ts))
-        print(f"{path:40s} median {med:8.3f} ms  ({min(ts):.3f}-{max(ts):.3f})  {med / base:5.2f}x first")
+        print(f"{path:40s} median {med:8.3f} ms  ({min(ts):.3f}-{max(ts):.3f})  {med / base:5.2f}x first"
+              f"  {calls} VM builtin calls")
+    timings = [bench.EngineTiming(path, 1, float(np.median(ts)), min(ts), max(ts), len(ts),
+                                  round_medians_ms=list(ts)) for path, ts in zip(args.libs, times)]
+    for w in bench.round_spread_warnings(timings):
+        print(f"warning: {w}")
+    print(f"load average at the end: {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 TVM 0.27's CPU pipeline leaves legalized PrimFuncs (stem conv, BN, PReLU, pooling, residual adds,
 FC, threshold generators) unscheduled: one thread, no explicit vectorization. Once the binary
-layers are fast this glue dominates (Amdahl; anchors.md §4.2), so every such PrimFunc gets a
+layers are fast this glue dominates (Amdahl), so every such PrimFunc gets a
 dlight-style rule here:
 
 * :class:`SpatialReduction` — one reduction block ``S..S R..R`` (conv2d, matmul, pooling, mean)

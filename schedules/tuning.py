@@ -204,7 +204,26 @@ def open_database(db, *, create: bool = False):
                                 "create one with `bnncompile tune`)")
     if not create and not (d / "database_workload.json").is_file():
         return _load_gz_database(d)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        _drop_torn_line(d / name)
     return ms.database.JSONDatabase(work_dir=str(d), allow_missing=create)
+
+
+def _drop_torn_line(path: Path) -> None:
+    """A tuning run killed while appending a record leaves a partial last line, which would
+    make the database unreadable: cut it (the records before it are complete)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    import json
+
+    head, _, last = data.rpartition(b"\n")
+    try:
+        json.loads(last)
+    except ValueError:
+        path.write_bytes(head + b"\n" if head else b"")
 
 
 def _records_for(db, mod: tvm.IRModule, tag: str, k: int = 1) -> list:

@@ -12,6 +12,6 @@ stamp=.venv/.bnncompile-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[test]"
+  python -m pip install -q -e ".[test,openvino]"
   touch "$stamp"
 fi

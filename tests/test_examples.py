@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from bnncompile.exporter import export_zoo_model
 
@@ -55,3 +57,28 @@ def test_tune_zoo_rejects_unknown_models(tmp_path, capsys):
 def test_bench_micro_rejects_unknown_sections(capsys):
     assert _load("bench_micro").main(["peak", "fconvs"]) == 2
     assert "fconvs" in capsys.readouterr().err
+
+
+def test_gpu_check_target_per_compute_capability():
+    gpu_check = _load("gpu_check")
+    assert gpu_check.cuda_target("8.0") == "cuda-sm80"
+    assert gpu_check.cuda_target("9.0") == "cuda-sm90"
+    assert json.loads(gpu_check.cuda_target("8.9")) == {"kind": "cuda", "arch": "sm_89"}
+    with pytest.raises(ValueError):
+        gpu_check.cuda_target("ampere")
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path, capsys):
+    """The parts of scripts/gpu_check.sh a GPU-less machine can run: exports, then exit 3 with
+    the reason (the compile/validate/bench half needs the GPU: not run here)."""
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(_EXAMPLES.parent / "scripts" / "gpu_check.sh")]).returncode == 0
+    gpu_check = _load("gpu_check")
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is present: the real run is scripts/gpu_check.sh")
+    assert gpu_check.main(["--out", str(tmp_path), "--models", "binary_cct_7_3x1"]) == 3
+    assert "no CUDA GPU" in capsys.readouterr().out
+    assert (tmp_path / "binary_cct_7_3x1.onnx").is_file()

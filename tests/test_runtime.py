@@ -101,9 +101,11 @@ def test_wrong_input_shape_names_input_and_shape(lib):
 
 def test_wrong_dtype(lib):
     runner = bnncompile.load(lib.library)
-    with pytest.raises(UsageError, match=r"input 'input': expected dtype float32, got complex64"):
+    with pytest.raises(UsageError, match=r"input 'input': expected float32, got complex64"):
         runner(np.zeros((2, 4, 5, 5), np.complex64))
-    # integers and float64 are converted, not refused
+    # integers are refused (unnormalised data, almost always), other float widths converted
+    with pytest.raises(UsageError, match=r"input 'input': expected float32, got int64 \(convert it"):
+        runner(np.ones((2, 4, 5, 5), np.int64))
     y64 = runner(np.ones((2, 4, 5, 5), np.float64))
     assert np.array_equal(y64, runner(np.ones((2, 4, 5, 5), np.float32)))
 

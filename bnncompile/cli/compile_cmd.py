@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .. import targets
+from ..errors import InputFileError
 
 
 @click.command("compile")
@@ -25,19 +28,34 @@ from .. import targets
 @click.option("--no-fuse-epilogues", is_flag=True,
               help="leave BN / residual / RPReLU after binary convs to separate float passes "
                    "(default: run them in the binary kernel's epilogue)")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="check the new library against ONNX Runtime on random inputs (every "
+                   "DynamicSign's bits and the outputs) before writing it")
+@click.option("--sign-zero", type=click.Choice(["plus", "refuse"]), default="plus", show_default=True,
+              help="ONNX Sign maps 0 to 0, one bit cannot: compile it as 0 -> +1 (a warning names "
+                   "each site) or refuse")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def command(model, target, output, batch, float_only, tuning_db, no_pretuned, exact_math,
-            no_fuse_epilogues, quiet):
+            no_fuse_epilogues, verify, sign_zero, quiet):
     """Compile an exported ONNX model into a native library plus a JSON sidecar."""
+    from .. import artifacts
     from ..compiler import compile_model
     from .progress import stages
 
-    with stages(3, "compile", enabled=not quiet) as say:
+    # the arguments first, then the minute-long build (and its progress bar)
+    artifacts.check_writable(output, flag="--output")
+    if not Path(model).is_file():
+        raise InputFileError(f"{model}: no such file")
+    targets.resolve(target)
+
+    with stages(4 if verify else 3, "compile", enabled=not quiet) as say:
         res = compile_model(model, output=output, target=target, batch=batch,
                             binary_kernels=not float_only, progress=say, tuning_db=tuning_db,
                             pretuned=not no_pretuned, fast_math=not exact_math,
-                            fuse_epilogues=not no_fuse_epilogues)
-    click.echo(f"wrote {res.library} and {res.sidecar.name} ({res.num_binary_layers} binary layers, "
-               f"{res.seconds:.1f} s)")
+                            fuse_epilogues=not no_fuse_epilogues, verify=verify,
+                            sign_zero=sign_zero)
+    click.echo(f"wrote {res.library} and {res.sidecar.name} ({res.seconds:.1f} s): {res.summary()}")
+    for warning in res.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for note in res.notes:
         click.echo(f"note: {note}", err=True)

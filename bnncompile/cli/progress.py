@@ -11,7 +11,8 @@ def stages(total: int, desc: str, enabled: bool = True):
     """Yield a ``say(message)`` callable that advances a bar of ``total`` stages."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False,
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, pipes, tests)
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, disable=None if enabled else True, leave=False,
                bar_format="{desc}: {n_fmt}/{total_fmt} {postfix} [{elapsed}]")
 
     def say(message: str) -> None:

@@ -32,13 +32,15 @@ def command(model, target, trials, db_dir, batch, rpc_tracker, rpc_key, cost_mod
     from tqdm import tqdm
 
     from ..tune import ALL_OPS, DEFAULT_OPS, tune_model
+    from . import interrupts
 
+    interrupts.kept = f"the records measured so far stay in {db_dir} (a rerun resumes)"
     bars = []  # created at the first progress report, so usage errors print alone
 
     def progress(done, total, msg):
         if not bars:
             bars.append(tqdm(total=total, desc="tune", unit="trial", file=sys.stderr,
-                             disable=quiet, leave=False))
+                             disable=True if quiet else None, leave=False))
         bar = bars[0]
         if bar.total != total:
             bar.total = total

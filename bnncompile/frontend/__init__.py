@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import UnsupportedModelError, node_label
+from ..limits import MAX_ELEMENTS
 
 __all__ = ["FrontendOptions", "check_custom_nodes", "from_onnx", "static_input_shapes"]
 
@@ -36,6 +37,9 @@ class FrontendOptions:
     extra_outputs: tuple[str, ...] = ()
     #: run BN / residual / RPReLU chains after binary convs in the conv's epilogue
     fuse_epilogues: bool = True
+    #: ONNX ``Sign`` (0 -> 0): "plus" compiles it as DynamicSign (0 -> +1) and reports each site,
+    #: "refuse" stops with an error naming it (canonicalize.sign_zero_sites)
+    sign_zero: str = "plus"
     #: also build a ``debug_signs`` function returning the outputs followed by every
     #: DynamicSign's ±1 as the binary kernels consume it (one build serves ``main`` and the
     #: per-layer parity checks of ``compile --verify`` and ``validate``)
@@ -70,6 +74,18 @@ def static_input_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[in
                 raise UnsupportedModelError(
                     f"input '{inp.name}' has symbolic dimension {i} ('{d.dim_param}'); only the "
                     "batch dimension may be symbolic")
+        n = 1
+        for d in dims:
+            n *= max(int(d), 0)
+        if not dims or min(dims) < 1 or n > MAX_ELEMENTS:
+            raise UnsupportedModelError(
+                f"input '{inp.name}' has shape {dims}: every dimension must be >= 1 and the tensor "
+                f"at most {MAX_ELEMENTS:,} elements (TVM indexes with int32)")
+        elem = inp.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            raise UnsupportedModelError(
+                f"input '{inp.name}' is {onnx.helper.tensor_dtype_to_np_dtype(elem)}; bnncompile "
+                "compiles float32 inputs (insert a Cast after the input, or export in float32)")
         shapes[inp.name] = dims
     return shapes
 
@@ -113,17 +129,20 @@ def _unique_names(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
-def prepare(model: onnx.ModelProto, *, extra_outputs=()) -> onnx.ModelProto:
+def prepare(model: onnx.ModelProto, *, extra_outputs=(), check_custom: bool = True,
+            sign_zero: str = "plus") -> onnx.ModelProto:
     """A canonical copy of ``model``: unique node names, binarizers as DynamicSign, custom ops
-    checked, ``extra_outputs`` exposed."""
+    checked (unless ``check_custom=False``: ``inspect`` reports unknown ones instead),
+    ``extra_outputs`` exposed."""
     from .canonicalize import canonicalize
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _unique_names(m)
     _tensor_constants(m)
-    canonicalize(m)
-    check_custom_nodes(m)
+    canonicalize(m, sign_zero=sign_zero)
+    if check_custom:
+        check_custom_nodes(m)
     for name in extra_outputs:
         m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return m
@@ -135,6 +154,7 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
 
     ``tuning``: a ``schedules.tuning`` session handed to every kernel builder (a database whose
     records replace hand schedules, or a workload collector); None keeps the hand schedules."""
+    from .canonicalize import sign_zero_sites
     from .converters import CONVERTERS
     from .converters.base import op_type
     from .graph import GraphIndex
@@ -142,7 +162,7 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
     from .plan import plan_lowering
 
     options = options or FrontendOptions()
-    m = prepare(model, extra_outputs=options.extra_outputs)
+    m = prepare(model, extra_outputs=options.extra_outputs, sign_zero=options.sign_zero)
     n_outputs = len(m.graph.output)
     if options.debug_signs:
         from ..custom_ops.dynamic_sign import is_dynamic_sign
@@ -152,7 +172,10 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
         options = dataclasses.replace(options, extra_outputs=(*options.extra_outputs, *signs))
     index = GraphIndex(m)
-    plan = plan_lowering(m, index, switches=options.switches(target), keep=set(options.extra_outputs))
+    plan = plan_lowering(m, index, CONVERTERS, switches=options.switches(target),
+                         keep=set(options.extra_outputs))
+    plan.canonical, plan.outputs = m, [o.name for o in m.graph.output[:n_outputs]]
+    plan.sign_zero_sites = sign_zero_sites(m)
     # TVM's importer sees a copy whose claimed nodes carry their converter's op type; the plan
     # and the converters keep reading the canonical graph.
     by_name = {c.name: c for c in CONVERTERS}

@@ -1,7 +1,7 @@
 """Which Conv / Gemm / MatMul nodes are binary layers, proven from the graph, and why the others
 are not.
 
-A layer is *binary* only when the graph proves it (ARCHITECTURE.md, "Binary layers"):
+A layer is *binary* only when the graph proves it (README, "Semantics users must know"):
 
 * ``Conv`` whose data input is a DynamicSign output (directly, or through a constant ``Pad`` with
   value 0 or 1) and whose weight is an initializer holding exactly ±1 → ``"conv"``;
@@ -155,14 +155,23 @@ def find_binary_layers(model: onnx.ModelProto, index: GraphIndex | None = None) 
     return found
 
 
+def describe(layer: BinaryLayer) -> str:
+    """``"yes (via <spelling>)"``: how the layer's signs were written in the file."""
+    from .canonicalize import via
+
+    spellings = sorted({via(s) or "DynamicSign" for s in layer.signs})
+    return f"yes (via {', '.join(spellings)})"
+
+
 def layer_report(model: onnx.ModelProto, index: GraphIndex | None = None) -> dict[str, str]:
-    """Every Conv / Gemm / MatMul → ``"yes"`` or ``"no (<reason>)"``, in graph order."""
+    """Every Conv / Gemm / MatMul → ``"yes (via ...)"`` or ``"no (<reason>)"``, in graph order
+    (``model`` canonicalized)."""
     index = index or GraphIndex(model)
     out = {}
     for node in model.graph.node:
         if is_standard(node, *LAYER_OPS):
             layer, why = classify(index, node)
-            out[node.name] = "yes" if layer is not None else f"no ({why})"
+            out[node.name] = describe(layer) if layer is not None else f"no ({why})"
     return out
 
 

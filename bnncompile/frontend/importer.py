@@ -191,7 +191,19 @@ def import_graph(model: onnx.ModelProto, shapes: dict, *, plan, nodes_by_name, i
         try:
             return importer.from_onnx(model.graph, opset)
         except UnsupportedModelError:
+            _close_blocks(importer.bb)
             raise
         except Exception as exc:
+            _close_blocks(importer.bb)
             raise UnsupportedModelError(
                 f"TVM's ONNX frontend failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def _close_blocks(bb) -> None:
+    """End the blocks an import abandoned: TVM logs "BlockBuilder destroyed with remaining
+    blocks!" to the user's terminal otherwise, after the real error."""
+    for _ in range(8):
+        try:
+            bb._end_block()
+        except Exception:
+            break

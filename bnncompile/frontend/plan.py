@@ -1,7 +1,7 @@
 """The lowering plan: which node each converter claims, and what it needs to convert it.
 
-:func:`plan_lowering` runs every converter of :data:`bnncompile.frontend.converters.CONVERTERS`
-in registry order; each claims nodes (``ctx.claim``) and records its decisions in the plan.
+:func:`plan_lowering` runs every converter of the registry it is given
+(:data:`bnncompile.frontend.converters.CONVERTERS`) in order; each claims nodes (``ctx.claim``) and records its decisions in the plan.
 Later converters see what earlier ones claimed (the epilogue fusion needs the binary convs,
 the fused PReLU statistics need the power means), and a node is claimed at most once.  The plan
 also keeps, for every Conv / Gemm / MatMul that is *not* binary, the reason why.
@@ -64,6 +64,11 @@ class LoweringPlan:
     tuning: object | None = None
     #: the DynamicSign outputs ``debug_signs`` returns after the model outputs (in this order)
     debug_signs: list[str] = field(default_factory=list)
+    #: the canonical model the plan describes (set by ``from_onnx``) and its own outputs
+    canonical: onnx.ModelProto | None = None
+    outputs: list[str] = field(default_factory=list)
+    #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
+    sign_zero_sites: list = field(default_factory=list)
 
     def claimed(self, converter_name: str) -> set[str]:
         return {n for n, c in self.claims.items() if c == converter_name}
@@ -124,15 +129,13 @@ class PlanContext:
         self._by_name = {n.name: n for n in self.model.graph.node}
 
 
-def plan_lowering(model: onnx.ModelProto, index: GraphIndex, *, switches, keep=frozenset(),
-                  converters=None) -> LoweringPlan:
-    """Run every converter's ``plan`` in registry order (``converters``: the registry by
-    default); converters whose ``requires`` are not all in ``switches`` are skipped."""
-    from .converters import CONVERTERS
-
+def plan_lowering(model: onnx.ModelProto, index: GraphIndex, converters, *, switches,
+                  keep=frozenset()) -> LoweringPlan:
+    """Run every converter's ``plan`` in registry order; converters whose ``requires`` are not
+    all in ``switches`` are skipped."""
     ctx = PlanContext(model, index, LoweringPlan(), frozenset(switches),
                       set(keep) | {o.name for o in model.graph.output})
-    for conv in CONVERTERS if converters is None else converters:
+    for conv in converters:
         if conv.requires <= ctx.switches:
             conv.plan(ctx)
     return ctx.plan

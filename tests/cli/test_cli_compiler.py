@@ -221,7 +221,7 @@ def test_unknown_custom_op_names_node(tmp_path, capsys):
 def test_run_wrong_input_shape(work, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((1, 3, 9, 8), np.float32))
     code = main(["run", str(work / "tiny.so"), "-i", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "y.npy")])
-    _err_one_line(capsys, code, 2, "'input'", "[1, 3, 8, 8]", "[1, 3, 9, 8]")
+    _err_one_line(capsys, code, 2, "'input'", "[N, 3, 8, 8]", "[1, 3, 9, 8]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy"]
 
 

@@ -17,9 +17,9 @@ from bnncompile.frontend.plan import plan_lowering
 ALL = frozenset({"binary_kernels", "cpu", "fuse_epilogues"})
 
 
-def _plan(model, switches=ALL, converters=None):
+def _plan(model, switches=ALL, converters=CONVERTERS):
     m = prepare(model)
-    return plan_lowering(m, GraphIndex(m), switches=switches, converters=converters)
+    return plan_lowering(m, GraphIndex(m), converters, switches=switches)
 
 
 def _block(rng):

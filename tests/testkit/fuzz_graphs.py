@@ -288,7 +288,7 @@ def dense_case(draw, prefix: str) -> Case:
 def bmm_case(draw, prefix: str) -> Case:
     b = Builder(prefix, draw(st.integers(0, 2**31 - 1)))
     b.case = case = Case("bmm")
-    form = draw(st.sampled_from(["kn", "transposed", "heads", "broadcast"]))
+    form = draw(st.sampled_from(["kn", "transposed", "heads", "broadcast", "a_transposed"]))
     m, n_, k = (draw(st.sampled_from([1, 2, 5, 8, 17, 64, 65])) for _ in range(3))
     batch = [draw(st.sampled_from([1, 2, 3]))]
     if form in ("kn", "transposed") and draw(st.booleans()):
@@ -311,8 +311,13 @@ def bmm_case(draw, prefix: str) -> Case:
         a_shape = (*batch, m, k)
         if form == "broadcast":  # A without batch dims, B with: a broadcast MatMul
             a_shape = (m, k)
-        xa = b.input("a", a_shape)
-        sa = sign(b, xa, threshold(b, xa, tkind, a_shape, channel_axis=len(a_shape) - 1))
+        if form == "a_transposed":  # A = Transpose(DS(x [.., K, M])): not a sign output, float
+            xa = b.input("a", (*batch, k, m))
+            st_ = sign(b, xa, threshold(b, xa, tkind, (*batch, k, m), channel_axis=len(batch)))
+            (sa,) = b.node("Transpose", [st_], perm=[*range(len(batch)), len(batch) + 1, len(batch)])
+        else:
+            xa = b.input("a", a_shape)
+            sa = sign(b, xa, threshold(b, xa, tkind, a_shape, channel_axis=len(a_shape) - 1))
         if form == "transposed":
             xb = b.input("b", (*batch, n_, k))
             sb = sign(b, xb, threshold(b, xb, tkind, (*batch, n_, k), channel_axis=len(batch) + 1))

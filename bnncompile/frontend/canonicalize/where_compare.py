@@ -10,12 +10,24 @@ to the same binary layers.  Recognised, each exactly:
   ``x`` gives +1 here and -1 in DynamicSign (``validate`` warns on NaN inputs).
 
 The 1 / -1 may be initializers or Constant nodes of any rank up to x's (no broadcast up a
-rank); ``t`` must broadcast onto ``x`` (DynamicSign's contract), else the node stays as it is.
+rank), or ``CastLike(c, x)`` of such a constant: DynamicSign's own function body casts its 1 / -1
+to X's type, so a file passed through ``onnx.inliner.inline_local_functions`` (what OpenVINO
+needs) reads ``Where(GreaterOrEqual(X, T), CastLike(Constant(1), X), CastLike(Constant(-1), X))``;
+±1 is exact in every float type and the result has X's type either way.  ``t`` must broadcast
+onto ``x`` (DynamicSign's contract), else the node stays as it is.
 """
 
 from __future__ import annotations
 
-from .base import SignRule, broadcasts_onto, is_scalar, rank
+from .base import SignRule, broadcasts_onto, is_scalar, producer, rank
+
+
+def _branch(value, x):
+    """The constant behind a Where branch: itself, or ``c`` of ``CastLike(c, x)``."""
+    cast = producer(value, "CastLike")
+    if cast is not None and len(cast.inputs) == 2 and cast.inputs[1] is x:
+        return cast.inputs[0]
+    return value
 
 
 class _WhereCompare(SignRule):
@@ -33,6 +45,7 @@ class _WhereCompare(SignRule):
         x, t = self._xt(a, b)
         r = rank(x)
         r = 8 if r is None else r
+        hi, lo = _branch(hi, x), _branch(lo, x)
         if not (is_scalar(hi, self.if_true, r) and is_scalar(lo, -self.if_true, r)):
             return False
         return broadcasts_onto(t, x) and self.matched(context)

@@ -64,3 +64,18 @@ def test_token_matmul_is_binary(rng):
     (y,), _ = build_and_run(model, {"x": x}, batch=b)
     np.testing.assert_array_equal(y, ort_run(model, {"x": x})[0])
 
+
+
+@pytest.mark.parametrize("alpha,beta,bias_shape", [(0.5, 2.0, (7,)), (-1.5, 1.0, (1, 7)), (1.0, 0.0, (7,)),
+                                                   (0.37, -0.25, ())])
+def test_gemm_alpha_beta_fold_into_the_epilogue(alpha, beta, bias_shape, rng):
+    """A standard Gemm (transB=1, alpha, beta, C) with a binary input: alpha scales the integer
+    sum and beta * C becomes the bias (was refused with "Gemm alpha/beta != 1")."""
+    nodes = [ds("x", None, "s"),
+             helper.make_node("Gemm", ["s", "w", "c"], ["y"], name="fc", transB=1, alpha=alpha, beta=beta)]
+    inits = {"w": pm1(rng, (7, 65)), "c": rng.standard_normal(bias_shape).astype(np.float32)}
+    model = make_model(nodes, {"x": [3, 65]}, {"y": None}, inits)
+    feeds = {"x": int_inputs(rng, (3, 65))}
+    (y,), plan = build_and_run(model, feeds, batch=3)
+    assert plan.binary["fc"].kind == "dense"
+    np.testing.assert_allclose(y, ort_run(model, feeds)[0], rtol=RTOL, atol=ATOL)

@@ -1,0 +1,168 @@
+"""The machine a benchmark ran on: CPU model and the flags our kernels and the other engines
+use, versions, load, and the popcount roofline (clock and binary-MAC ceiling) per-layer rates
+are held against."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+
+#: CPU flags recorded by :func:`environment` (what the kernels and the other engines can use)
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx512_bf16",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if out:
+                        break
+                    continue
+                k, _, v = line.partition(":")
+                out.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    return out
+
+
+def _lscpu_model() -> str | None:
+    import shutil
+    import subprocess
+
+    if not shutil.which("lscpu"):
+        return None
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                 if ln.startswith("Model name:")), None)
+
+
+def cpu_info() -> dict:
+    """CPU model, vendor/family/model numbers, LLVM's name for it and the flags that matter here."""
+    import platform
+
+    from ..targets import cpu_flags
+
+    info = _cpuinfo()
+    flags = cpu_flags() or frozenset(info.get("Features", "").split())
+    model = info.get("model name") or _lscpu_model() or platform.processor() or platform.machine()
+    out = {"model_name": model, "vendor": info.get("vendor_id"), "family": info.get("cpu family"),
+           "model": info.get("model"), "logical_cpus": os.cpu_count(), "machine": platform.machine(),
+           "flags": {f: f in flags for f in CPU_FLAGS}}
+    out["amx"] = any(out["flags"][f] for f in ("amx_tile", "amx_bf16", "amx_int8"))
+    try:
+        from ..targets import host_spec
+
+        out["llvm_cpu"] = host_spec().target.get("mcpu")
+    except Exception:  # no TVM codegen at hand: the model name is enough
+        out["llvm_cpu"] = None
+    return out
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    return {"bnncompile": _version("bnncompile"), "tvm": _version("apache-tvm"),
+            "onnxruntime": _version("onnxruntime"), "torch": _version("torch"),
+            "openvino": _version("openvino"), "onnx": _version("onnx"), "numpy": np.__version__}
+
+
+def environment(meta: dict | None = None) -> dict:
+    """What a benchmark figure depends on: CPU, load, versions, the library's target."""
+    env = {"cpu": cpu_info(), "load_average": {"start": list(os.getloadavg())},
+           "versions": versions()}
+    if meta is not None:
+        env["target"] = {"name": meta.get("target_name"), "target": meta.get("target"),
+                         "identity": meta.get("identity"),
+                         "tuned_kernels": len((meta.get("tuning") or {}).get("tuned_kernels", []))}
+    return env
+
+
+def format_environment(env: dict) -> list[str]:
+    if not env:
+        return []
+    cpu = env.get("cpu", {})
+    have = [f for f, v in cpu.get("flags", {}).items() if v and not f.startswith("amx")]
+    have += ["amx"] if cpu.get("amx") else []
+    lack = [f for f in ("avx512f", "avx512_vpopcntdq", "avx512_bf16") if not cpu.get("flags", {}).get(f)]
+    lack += [] if cpu.get("amx") else ["amx"]
+    lines = [f"CPU: {cpu.get('model_name')} (LLVM {cpu.get('llvm_cpu')}, family {cpu.get('family')} "
+             f"model {cpu.get('model')}), {cpu.get('logical_cpus')} logical CPUs; has "
+             f"{' '.join(have) or '-'}; lacks {' '.join(lack) or '-'}"]
+    load = env.get("load_average", {})
+    la = " -> ".join("/".join(f"{v:.2f}" for v in load[k]) for k in ("start", "end") if k in load)
+    tgt = env.get("target") or {}
+    ident = tgt.get("identity") or {}
+    lines.append(f"target: {tgt.get('name')} (tag {ident.get('tag')}); load average (1/5/15 min) {la}")
+    return lines
+
+
+def binary_ceiling_gbmacs() -> tuple[float, str]:
+    """Per-thread binary-MAC/s ceiling of this CPU, with where the number comes from."""
+    from ..targets import cpu_flags
+
+    if "avx512_vpopcntdq" in cpu_flags():
+        ghz, how = cpu_ghz()
+        # vpxor + vpopcntq + vpaddq per 512 bits on two vector ports: ~1.5 cycles -> 341 bMAC/cycle
+        return 341 * ghz, f"model: 512 bits / 1.5 cycles (AVX-512 VPOPCNTDQ) at {ghz:.2f} GHz {how}"
+    return 280.0, "measured AVX2 vpshufb popcount on Zen 3 (docs/benchmarks.md)"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_ghz() -> tuple[float, str]:
+    """The clock one busy core actually runs at, and how it was found.
+
+    Measured: a chain of dependent 64-bit multiplies (3 cycles each on every x86 core since
+    Nehalem and on Zen), compiled with TVM and timed.  /proc/cpuinfo's "cpu MHz" is a guess on VMs
+    (the development VM says 2300 while its cores turbo to ~3.8 GHz), so it is only the fallback."""
+    try:
+        import tvm
+        from tvm.script import tirx as T
+
+        @T.prim_func
+        def chain(a: T.Buffer((2,), "int64"), n: T.int32):
+            T.func_attr({"global_symbol": "chain", "tirx.noalias": True})
+            x = T.alloc_buffer((1,), "int64", scope="local")
+            x[0] = a[0]
+            for i in range(n):
+                x[0] = x[0] * x[0]
+            a[1] = x[0]
+
+        f = tvm.compile(chain, target={"kind": "llvm"}).jit()["chain"]
+        buf = tvm.runtime.tensor(np.array([3, 0], np.int64))
+        n = 10_000_000  # ~3 ms a sample
+        f(buf, n)  # warm-up: page in, let the clock ramp up
+        # the fastest of several short samples: a shared VM's host may preempt any one of them
+        best = min(_timed(f, buf, n) for _ in range(9))
+        return 3 * n / best / 1e9, "(measured: dependent imul chain)"
+    except Exception:  # no compiler at hand: the OS's figure
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) / 1e3, "(/proc/cpuinfo)"
+    except (OSError, ValueError):
+        pass
+    return 2.0, "(assumed)"
+
+def _timed(f, *args) -> float:
+    t0 = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t0
