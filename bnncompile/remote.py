@@ -45,23 +45,39 @@ class Endpoint:
     def __str__(self) -> str:
         return self.rpc if self.rpc is not None else f"{self.key}@{self.tracker}"
 
-    def connect(self, session_timeout: int = 600):
-        """An RPC session; CompileError naming the endpoint when it cannot be reached."""
+    def connect(self, session_timeout: int = 600, wait: float = 120.0):
+        """An RPC session; CompileError naming the endpoint when it cannot be reached, or when
+        no session opens within ``wait`` seconds (a TVM server serves one session at a time)."""
+        import threading
+
         from tvm import rpc
 
         flag, text = ("--rpc", self.rpc) if self.rpc is not None else ("--rpc-tracker", self.tracker)
         host, port = parse_hostport(text, flag)
         _reachable(host, port, flag)
-        try:
-            if self.rpc is not None:
-                return rpc.connect(host, port, session_timeout=session_timeout)
+        if self.tracker is not None:
             check_tracker(host, port, self.key)
-            return rpc.connect_tracker(host, port).request(self.key, session_timeout=session_timeout)
-        except CompileError:
-            raise
-        except Exception as exc:  # tvm raises RuntimeError / TVMError with multi-line text
+        box: dict = {}
+
+        def go():
+            try:
+                box["session"] = (rpc.connect(host, port, session_timeout=session_timeout)
+                                  if self.rpc is not None else
+                                  rpc.connect_tracker(host, port).request(self.key, session_timeout=session_timeout))
+            except Exception as exc:  # tvm raises RuntimeError / TVMError with multi-line text
+                box["error"] = exc
+
+        thread = threading.Thread(target=go, daemon=True)
+        thread.start()
+        thread.join(wait)
+        if "session" in box:
+            return box["session"]
+        if "error" in box:
+            exc = box["error"]
             raise CompileError(f"{flag} {text}: the RPC session failed: "
                                f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+        raise CompileError(f"{flag} {text}: no RPC session within {wait:.0f} s (the server serves one "
+                           "session at a time: is another client connected?)")
 
 
 def _reachable(host: str, port: int, flag: str, timeout: float = 5.0) -> None:

@@ -51,6 +51,22 @@ class Runner:
                                 if list(arr.shape[1:]) == list(spec["shape"][1:]) else ""))
         return np.ascontiguousarray(arr)
 
+    def close(self) -> None:
+        """Release the library (and the RPC session of a board, which serves one at a time)."""
+        self._vm = None
+        self._staged = None
+        session, self.session = self.session, None
+        del session
+        import gc
+
+        gc.collect()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     @property
     def vm(self):
         """The Relax VM (``vm["main"]``; ``vm["debug_signs"]`` when compiled with --verify)."""

@@ -176,7 +176,7 @@ class ModelSummary:
             f"binary layers {self.num_binary_layers} of {len(layers)} Conv/Gemm/MatMul "
             f"({n_float} float)  DynamicSign nodes {self.num_dynamic_sign}",
             f"BOPs  {self.bops:.4g}   FLOPs {self.flops:.4g}   OPs (BOPs/64 + FLOPs) {self.ops:.4g}",
-            f"params {self.params:,} ({self.binary_params:,} 1-bit, {self.float_params:,} fp32)   "
+            f"params in the file {self.params:,} ({self.binary_params:,} 1-bit, {self.float_params:,} fp32)   "
             f"size packed {_mb(self.packed_bytes)}  fp32 {_mb(self.fp32_bytes)}",
             f"dynamic overhead: {d.sites} sites, {d.params:,} params, MLP MACs {d.mlp_macs:.4g} "
             f"(in FLOPs), reductions {d.reduction_adds:.4g} + element-wise {d.elementwise_ops:.4g} "

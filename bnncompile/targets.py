@@ -49,6 +49,10 @@ class TargetSpec:
 
 
 _X86_HOST = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
+#: what TVM would otherwise warn it has to assume (48 KB static shared memory, as on every
+#: NVIDIA GPU since Volta; 1024 threads per block; 32-thread warps)
+_CUDA_LIMITS = {"max_shared_memory_per_block": 49152, "max_threads_per_block": 1024,
+                "thread_warp_size": 32}
 
 TARGETS: dict[str, TargetSpec] = {
     spec.name: spec
@@ -61,9 +65,9 @@ TARGETS: dict[str, TargetSpec] = {
                    requires=("avx512f", "avx512_vpopcntdq")),
         TargetSpec("aarch64-neon", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
                    "64-bit ARM with NEON (Cortex-A53+, Graviton, Apple M via Linux); cnt.16b"),
-        TargetSpec("cuda-sm80", {"kind": "cuda", "arch": "sm_80"}, "NVIDIA Ampere (A100), __popcll",
+        TargetSpec("cuda-sm80", {"kind": "cuda", "arch": "sm_80", **_CUDA_LIMITS}, "NVIDIA Ampere (A100), __popcll",
                    host={**_X86_HOST, "mcpu": "x86-64"}),
-        TargetSpec("cuda-sm90", {"kind": "cuda", "arch": "sm_90"}, "NVIDIA Hopper (H100/H200), __popcll",
+        TargetSpec("cuda-sm90", {"kind": "cuda", "arch": "sm_90", **_CUDA_LIMITS}, "NVIDIA Hopper (H100/H200), __popcll",
                    host={**_X86_HOST, "mcpu": "x86-64"}),
     ]
 }

@@ -304,7 +304,7 @@ def _run_tuning(todo, tgt, db, db_dir, opts, report, total, results):
         strategy = ms.search_strategy.EvolutionarySearch(
             population_size=max(64, 4 * per_iter), init_min_unmeasured=max(16, per_iter),
             genetic_num_iters=1 if cm == "random" else 3, max_fail_count=3)
-        tasks = [ms.TuneContext(mod=w.mod, target=tgt, space_generator=tuning.hand_space(w.hand),
+        tasks = [ms.TuneContext(mod=w.mod, target=tgt, space_generator=tuning.hand_space(w.hand, tgt.kind.name),
                                 search_strategy=strategy, task_name=w.symbol,
                                 rand_state=opts.seed + i, num_threads=opts.num_tuning_cores,
                                 logger=logger_of[w.symbol]).clone()

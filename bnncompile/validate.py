@@ -329,6 +329,9 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
                                "ONNX Runtime on the original file, not this report, to see the effect)")
         _judge(s, y, ref if ref is not None else y_ort, tol)
         report.sets.append(s)
+    del build  # it holds the library's VM (and a board's session)
+    if runner is not None:
+        runner.close()  # a board's RPC server serves one session at a time
     return report
 
 

@@ -255,31 +255,28 @@ class SignReport:
     #: per digit: the first layer whose signs differ from ONNX Runtime (compiled or PyTorch side)
     #: and whether all of that layer's flips for the digit are near-ties
     first_flip: dict[int, dict] = field(default_factory=dict)
-    debug_main_vs_library: float = 0.0
+    #: max |logits| difference between the signs entry's outputs and the library's ``main``
+    debug_vs_main: float = 0.0
+    source: str = ""  # where the compiled signs came from: "library" or "debug build"
     acc_ort: float = 0.0
     ort_logits: np.ndarray | None = None
 
 
-def sign_report(model: nn.Module, onnx_path: Path, x: np.ndarray, lib_logits: np.ndarray,
-                debug_batch: int = 200) -> SignReport:
-    """Sign flips of every DynamicSign: the compiled kernels' ±1 (an in-memory debug build of the
-    same ONNX file exposing every DynamicSign as the binary kernels consume it) and PyTorch's
-    (``parity.torch_sign_outputs``), each against ONNX Runtime; margins from ONNX Runtime's X, T."""
+def compiled_signs(runner, m: onnx.ModelProto, x: np.ndarray, debug_batch: int = 200):
+    """Every DynamicSign's ±1 as the binary kernels consume it, plus the model outputs:
+    ``(names, [outputs..., signs...])``. From the library's own ``debug_signs`` entry (built in
+    by ``compile_model``'s default verify) when its sidecar lists one; else from an in-memory
+    debug build of the same ONNX model (``build_relax(debug_signs=True)``, same lowering)."""
     import tvm
     from tvm import relax
 
-    m = onnx.load(str(onnx_path))
-    nodes = {n.output[0]: n for n in m.graph.node if n.op_type == "DynamicSign"}
-    consts = _constants(m)
-    # ONNX Runtime: logits, every sign, and the X / T each sign compares
-    wanted = list(nodes)
-    for n in nodes.values():
-        wanted += [i for i in n.input[:2] if i and i not in consts and i not in wanted]
-    ort = onnx_intermediates(m, x, wanted)
-    # compiled: debug build (same lowering as the library, every sign exposed)
-    b = min(debug_batch, len(x))
-    ex, plan = build_relax(m, spec=resolve("host"), batch=b, debug_signs=True)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
+    names = list(runner.meta.get("debug_signs") or [])
+    if names:
+        vm, b, source = runner.vm, runner.batch, "library"
+    else:
+        b = min(debug_batch, len(x))
+        ex, plan = build_relax(m, spec=resolve("host"), batch=b, debug_signs=True)
+        vm, names, source = relax.VirtualMachine(ex, tvm.cpu()), plan.debug_signs, "debug build"
     chunks: list[list[np.ndarray]] = []
     for i in range(0, len(x), b):
         chunk = x[i:i + b]
@@ -288,16 +285,32 @@ def sign_report(model: nn.Module, onnx_path: Path, x: np.ndarray, lib_logits: np
             chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
         outs = vm["debug_signs"](tvm.runtime.tensor(np.ascontiguousarray(chunk)))
         chunks.append([o.numpy()[:n] for o in outs])
-    debug = [np.concatenate(parts) for parts in zip(*chunks)]
+    return names, [np.concatenate(parts) for parts in zip(*chunks)], source
+
+
+def sign_report(model: nn.Module, onnx_path: Path, x: np.ndarray, runner, lib_logits: np.ndarray,
+                debug_batch: int = 200) -> SignReport:
+    """Sign flips of every DynamicSign: the compiled kernels' ±1 (:func:`compiled_signs`) and
+    PyTorch's (``parity.torch_sign_outputs``), each against ONNX Runtime, the reference; margins
+    ``|x - t|`` from ONNX Runtime's X and T of each flipped element."""
+    m = onnx.load(str(onnx_path))
+    nodes = {n.output[0]: n for n in m.graph.node if n.op_type == "DynamicSign"}
+    consts = _constants(m)
+    # ONNX Runtime: logits, every sign, and the X / T each sign compares
+    wanted = list(nodes)
+    for n in nodes.values():
+        wanted += [i for i in n.input[:2] if i and i not in consts and i not in wanted]
+    ort = onnx_intermediates(m, x, wanted)
+    names, debug, source = compiled_signs(runner, m, x, debug_batch)
     n_out = len(m.graph.output)
-    tvm_signs = dict(zip(plan.debug_signs, debug[n_out:]))
+    tvm_signs = dict(zip(names, debug[n_out:]))
     # PyTorch's signs, keyed by module path → ONNX output name
     t_signs = torch_sign_outputs(model, x)
     t_by_name = {name: t_signs[path] for path, name in dynamic_sign_outputs(m).items()}
 
-    rep = SignReport(debug_main_vs_library=float(np.max(np.abs(debug[0] - lib_logits))))
+    rep = SignReport(debug_vs_main=float(np.max(np.abs(debug[0] - lib_logits))), source=source)
     rep.ort_logits = ort[m.graph.output[0].name]
-    for name in plan.debug_signs:
+    for name in names:
         node = nodes[name]
         xs = ort[node.input[0]]
         tn = node.input[1] if len(node.input) > 1 else ""
@@ -360,7 +373,7 @@ def latencies(libs: dict[str, Path], rounds: int, number: int,
     timers = {}
     for k, r in runners.items():
         args = r.set_inputs(np.zeros(r.inputs[0]["shape"], np.float32))
-        r._vm["main"](*args)  # warm up
+        r.vm["main"](*args)  # warm up
         timers[k] = (r.time_evaluator(number=number, repeat=1), args)
     samples: dict[str, list[float]] = {k: [] for k in runners}
     for _ in tqdm(range(rounds), desc="latency rounds", leave=False, disable=not progress):
@@ -377,8 +390,9 @@ def evaluate_deployed(model: nn.Module, tag: str, x: np.ndarray, y: np.ndarray, 
     flips per layer and every PyTorch-vs-compiled disagreement traced to its first flip."""
     logits_t = torch_logits(model, x)
     onnx_path, built = deploy(model, x, out_dir, tag)
-    logits_c = run_library(load(built.library), x)
-    rep = sign_report(model, onnx_path, x, logits_c, debug_batch)
+    runner = load(built.library)
+    logits_c = run_library(runner, x)
+    rep = sign_report(model, onnx_path, x, runner, logits_c, debug_batch)
     pt, pc, po = logits_t.argmax(1), logits_c.argmax(1), rep.ort_logits.argmax(1)
     dis = explain_disagreements(pt, pc, rep, logits_t)
     first = list(rep.first_flip.values())
@@ -387,7 +401,7 @@ def evaluate_deployed(model: nn.Module, tag: str, x: np.ndarray, y: np.ndarray, 
         "acc_compiled": float(np.mean(pc == y)), "agreement": float(np.mean(pt == pc)),
         "agreement_ort": float(np.mean(po == pc)),
         "max_abs_logit_diff": float(np.max(np.abs(logits_c - logits_t))),
-        "debug_build_vs_library": rep.debug_main_vs_library,
+        "signs_from": rep.source, "signs_entry_vs_main": rep.debug_vs_main,
         "flips_compiled": sum(layer.get("flips_compiled", 0) for layer in rep.layers),
         "flips_torch": sum(layer.get("flips_torch", 0) for layer in rep.layers),
         "digits_with_flips": len(first),

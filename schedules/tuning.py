@@ -396,14 +396,18 @@ def light_tensor_intrin(target) -> None:
             sys.modules.pop(f"{name}.{sub}", None)
 
 
-def hand_space(hand: Callable):
+def hand_space(hand: Callable, kind: str = "llvm"):
     """Design space = MetaSchedule's default post-order-apply space + the hand schedule, so the
-    hand schedule is always measured as one candidate."""
+    hand schedule is always measured as one candidate.  The default rules minus
+    ``ApplyCustomRule``: it looks up a registered rule for every ``schedule_rule`` attribute of
+    our computes (``bnn_bconv2d`` ...) and logs "Unknown schedule rule" for each; the hand
+    schedule enters the space through ``ScheduleFn`` instead."""
     from tvm.s_tir import meta_schedule as ms
 
     def _hand(sch):
         hand(sch)
         return sch
 
+    rules = [r for r in ms.ScheduleRule.create(kind) if type(r).__name__ != "ApplyCustomRule"]
     return ms.space_generator.SpaceGeneratorUnion(
-        [ms.space_generator.PostOrderApply(), ms.space_generator.ScheduleFn(_hand)])
+        [ms.space_generator.PostOrderApply(sch_rules=rules), ms.space_generator.ScheduleFn(_hand)])

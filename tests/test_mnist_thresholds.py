@@ -67,8 +67,8 @@ def _check_fidelity(mt, r, n_digits):
     m = onnx.load(r["onnx"])
     signs = [n for n in m.graph.node if n.op_type == "DynamicSign" and n.domain == "com.bnncompile"]
     assert len(signs) == r["dynamic_signs"] == r["binary_layers"] == 3
-    # the debug build (per-layer signs) computes what the library computes
-    assert r["debug_build_vs_library"] < 1e-4
+    # the per-layer signs come from a build that computes what the library computes
+    assert r["signs_entry_vs_main"] < 1e-4
     # each digit's first divergent layer flips only near-ties, on either side
     assert r["first_flips_near_tie"] == r["digits_with_flips"], r["first_flips"]
     for f in r["first_flips"].values():
@@ -86,7 +86,26 @@ def test_trained_dysign_compiles_to_pytorch_predictions(mt, digits, trained, tmp
     _, _, xte, yte = digits
     r = mt.evaluate_deployed(trained, "dysign", xte, yte, tmp_path)
     assert r["acc_torch"] > 0.5, "the few steps should already learn something"
+    assert r["signs_from"] == "library"  # compile_model builds the debug_signs entry in
     _check_fidelity(mt, r, len(xte))
+
+
+def test_library_signs_match_an_in_memory_debug_build(mt, digits, trained, tmp_path):
+    """The example reads per-layer signs from the library's debug_signs entry; without one it
+    compiles an in-memory debug build: both give the same bits (up to a rare near-tie)."""
+    from types import SimpleNamespace
+
+    from bnncompile.runtime import load
+
+    x = digits[2][:200]
+    onnx_path, built = mt.deploy(trained, x, tmp_path, "dysign")
+    m = onnx.load(str(onnx_path))
+    names_l, outs_l, src_l = mt.compiled_signs(load(built.library), m, x)
+    names_d, outs_d, src_d = mt.compiled_signs(SimpleNamespace(meta={}), m, x, debug_batch=100)
+    assert (src_l, src_d) == ("library", "debug build") and names_l == names_d and len(names_l) == 3
+    differ = sum(int(np.count_nonzero(a != b)) for a, b in zip(outs_l[1:], outs_d[1:]))
+    assert differ <= 1e-4 * sum(a.size for a in outs_l[1:])
+    np.testing.assert_allclose(outs_l[0], outs_d[0], atol=1e-4 if differ == 0 else 1.0)
 
 
 def test_planted_ties_flip_and_are_traced(mt, digits, trained, tmp_path):

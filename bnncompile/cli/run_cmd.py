@@ -29,9 +29,10 @@ def command(library, input_path, output, rpc, rpc_tracker, rpc_key):
     artifacts.check_writable(output, flag="--output")
     from ..runtime import load  # TVM: only once the arguments are known to be good
 
-    runner = load(library, remote=remote)
-    y = runner.run_batches(x)
+    with load(library, remote=remote) as runner:
+        y = runner.run_batches(x)
+        batch = runner.batch
     artifacts.save_npy(output, y)
     top1 = y.reshape(y.shape[0], -1)[0].argmax() if y.ndim > 1 else y[0]
     click.echo(f"wrote {output} {list(y.shape)} ({x.shape[0]} samples in batches of "
-               f"{runner.batch}; top-1 of sample 0: {int(top1)})")
+               f"{batch}; top-1 of sample 0: {int(top1)})")

@@ -43,7 +43,7 @@ def command(as_json: bool):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "family", "input", "classes", "params", "description")
+    header = ("name", "family", "input", "classes", "torch params", "description")
     table = [header] + [
         (r["name"], r["family"], f"{r['in_channels']}x{r['input_size']}x{r['input_size']}",
          str(r["num_classes"]), f"{r['params'] / 1e6:.2f}M", r["description"]) for r in rows
@@ -51,3 +51,5 @@ def command(as_json: bool):
     widths = [max(len(t[i]) for t in table) for i in range(len(header) - 1)]
     for t in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(t, widths)) + "  " + t[-1])
+    click.echo("torch params: the PyTorch model's parameters; `bnncompile inspect` counts the exported "
+               "file's float initializers, after the exporter folds BN and merges equal constants")
