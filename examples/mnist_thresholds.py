@@ -258,7 +258,6 @@ class SignReport:
     #: max |logits| difference between the signs entry's outputs and the library's ``main``
     debug_vs_main: float = 0.0
     source: str = ""  # where the compiled signs came from: "library" or "debug build"
-    acc_ort: float = 0.0
     ort_logits: np.ndarray | None = None
 
 

@@ -61,7 +61,8 @@ from .report import ROUND_SPREAD_WARN, BenchReport, EngineTiming, plot, round_sp
 
 __all__ = [
     "AGAINST_CHOICES", "CPU_FLAGS", "OPENVINO_EXTRA", "ROUND_SPREAD_WARN", "SETTLE_S", "BenchReport",
-    "EngineTiming", "LayerTiming", "VMProfile", "benchmark", "binary_ceiling_gbmacs", "check_pairing",
+    "EngineTiming", "LayerTiming", "VMProfile", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
+    "check_pairing",
     "cpu_ghz", "cpu_info", "environment", "format_environment", "format_layers", "plot", "profile",
     "profile_layers", "require_openvino", "round_spread_warnings", "versions",
 ]
@@ -102,6 +103,36 @@ def _checked_library(lib, onnx_path, what: str):
         raise UsageError(f"{what} {lib}: bench times single-input models; this one takes "
                          f"{[i['name'] for i in runner.inputs]}")
     return runner
+
+
+def benchmark_remote(onnx_path, *, lib, remote, rounds: int = 5, number: int = 10,
+                     progress=None) -> BenchReport:
+    """Time ``lib`` on a board (``remote``: :class:`bnncompile.remote.Endpoint`) with TVM's
+    timer on the device; the other engines are not run (they would run here, not on the board)."""
+    from ..runtime import load
+
+    check_pairing(onnx_path, lib)
+    say = progress or (lambda msg: None)
+    with load(lib, remote=remote) as runner:
+        shape = runner.inputs[0]["shape"]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        staged = runner.set_inputs(x)
+        timer = runner.time_evaluator(number=number, repeat=1)
+        runner.vm["main"](*staged)  # warm-up: the first call uploads constants
+        medians = []
+        for i in range(rounds):
+            say(f"round {i + 1}/{rounds} on {remote}")
+            medians.append(float(timer(*staged).mean) * 1e3)
+    report = BenchReport(str(onnx_path), str(lib), shape[0], rounds, number=number, threads=[0],
+                         environment={"board": str(remote), "target": runner.meta.get("target_name"),
+                                      "identity": runner.meta.get("identity")})
+    s = sorted(medians)
+    report.timings.append(EngineTiming(f"bnncompile@{remote}", 0, float(np.median(s)), s[0], s[-1],
+                                       rounds * number, shape[0], shape[0], "f32", medians))
+    report.notes.append("timed on the board with TVM's time_evaluator (threads: the board's "
+                        "TVM_NUM_THREADS); ONNX Runtime and PyTorch run here, so they are not compared")
+    report.warnings += round_spread_warnings(report.timings)
+    return report
 
 
 def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 10,

@@ -8,6 +8,7 @@ import json
 import click
 
 from ..errors import UsageError
+from .options import endpoint, remote_options
 
 
 def _threads(text: str) -> tuple[int, ...]:
@@ -51,8 +52,9 @@ def _against(values) -> tuple[str, ...]:
 @click.option("--layers/--no-layers", default=True, show_default=True,
               help="per-kernel breakdown (1 thread) with achieved G binary-MAC/s, and the Relax VM "
                    "builtin calls per inference")
+@remote_options
 def command(model, lib, threads, rounds, number, against, throughput_lib, as_json, json_out, plot,
-            layers):
+            layers, rpc, rpc_tracker, rpc_key):
     """Latency of the compiled model vs ONNX Runtime FP32 and PyTorch eager FP32 (and OpenVINO
     with --against openvino), same interleaved run; the CPU, load and versions are recorded."""
     from .. import artifacts
@@ -76,11 +78,18 @@ def command(model, lib, threads, rounds, number, against, throughput_lib, as_jso
     from ..bench import plot as plot_report
     from .progress import stages
 
+    remote = endpoint(rpc, rpc_tracker, rpc_key)
     total = rounds * len(counts) * (2 if throughput_lib else 1)
     with stages(total, "bench") as say:
-        report = benchmark(model, lib=lib, threads=counts, rounds=rounds, number=number,
-                           progress=say, against=engines, throughput_lib=throughput_lib,
-                           profile_vm=layers)
+        if remote is not None:
+            from ..bench import benchmark_remote
+
+            report = benchmark_remote(model, lib=lib, remote=remote, rounds=rounds, number=number,
+                                      progress=say)
+        else:
+            report = benchmark(model, lib=lib, threads=counts, rounds=rounds, number=number,
+                               progress=say, against=engines, throughput_lib=throughput_lib,
+                               profile_vm=layers)
     data = report.to_dict()
     if json_out:
         artifacts.atomic_write_bytes(json_out, (json.dumps(data, indent=2) + "\n").encode())

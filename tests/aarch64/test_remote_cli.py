@@ -64,3 +64,11 @@ def test_unreachable_board_is_one_line(libs, tmp_path, capsys):
                  "--rpc", "127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 5 and "cannot reach --rpc 127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_bench_on_the_board(board, libs, tiny_onnx, capsys):
+    """bench --rpc times the library on the board (TVM's timer there); nothing else is compared."""
+    code = main(["bench", str(tiny_onnx), "--lib", str(libs / "a64.so"), "--rpc", board,
+                 "--rounds", "2", "--number", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"bnncompile@{board}" in out and "not compared" in out, out

@@ -370,3 +370,32 @@ __all__ = [
     "rank",
     "via",
 ]
+
+
+def producer_cone(value, ops, *, limit: int, stop=None, scalar_constants: bool = False) -> list | None:
+    """The nodes computing ``value`` (in graph order) from constants — and ``stop``, a value the
+    cone may read — through standard ``ops`` only, at most ``limit`` of them; None otherwise.
+    ``scalar_constants``: every constant read must hold one element."""
+    nodes, seen, stack = [], set(), [value]
+    while stack:
+        v = stack.pop()
+        if v is None or (stop is not None and v is stop):
+            continue
+        a = const_array(v)
+        if a is not None:
+            if scalar_constants and a.size != 1:
+                return None
+            continue
+        node = v.producer()
+        if node is None or node.domain not in STANDARD or node.op_type not in ops:
+            return None
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        if len(nodes) > limit:
+            return None
+        stack.extend(node.inputs)
+    order = {id(n): i for i, n in enumerate(nodes[0].graph)} if nodes else {}
+    return sorted(nodes, key=lambda n: order.get(id(n), 0))
+

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import STANDARD, VIA_KEY, SignRule, const_array, sign_producer, threshold
+from .base import VIA_KEY, SignRule, const_array, producer_cone, sign_producer, threshold
 
 F32 = np.float32
 INF = F32(np.inf)
@@ -48,28 +48,7 @@ _OPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Cast", "Where", "Mi
 
 def surrogate_cone(p, x) -> list | None:
     """The nodes computing ``p`` from ``x`` and scalar constants only (graph order), or None."""
-    nodes, seen, stack = [], set(), [p]
-    while stack:
-        v = stack.pop()
-        if v is None or v is x:
-            continue
-        a = const_array(v)
-        if a is not None:
-            if a.size != 1:
-                return None
-            continue
-        node = v.producer()
-        if node is None or node.domain not in STANDARD or node.op_type not in _OPS:
-            return None
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        if len(nodes) > MAX_CONE:
-            return None
-        stack.extend(node.inputs)
-    order = {id(n): i for i, n in enumerate(nodes[0].graph)} if nodes else {}
-    return sorted(nodes, key=lambda n: order.get(id(n), 0))
+    return producer_cone(p, _OPS, limit=MAX_CONE, stop=x, scalar_constants=True)
 
 
 def _breakpoints(extra) -> np.ndarray:

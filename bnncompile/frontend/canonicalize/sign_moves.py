@@ -125,7 +125,10 @@ def _transpose(rule, op, x, perm, name):
 
 
 class _ReshapeLike(_Move):
-    def check_scalar_threshold(self, context) -> bool:
+    """A shape change of the sign's output (Reshape / Flatten): moved with a scalar threshold
+    only (a per-channel one would need its own reshape)."""
+
+    def check(self, context, x, **_):
         if not leads_to_layer(context.root.outputs[0]):
             return False
         self._sign = self.sign_of(context)
@@ -139,31 +142,20 @@ class _ReshapeLike(_Move):
                 self._t_new = a.reshape(())
         return self.matched(context)
 
+    def rewrite(self, op, x, shape=None, **_):
+        y = self.clone(op, self._root, [x] if shape is None else [x, shape])
+        t = self._t if self._t_new is None else self.threshold_const(op, self._t_new)
+        return self.moved_sign(op, y, t)
+
 
 class ReshapeOfSign(_ReshapeLike):
     def pattern(self, op, x, shape):
         return op.Reshape(op.DynamicSign(x, _domain=DOMAIN, _allow_other_inputs=True), shape)
 
-    def check(self, context, x, shape, **_):
-        return self.check_scalar_threshold(context)
-
-    def rewrite(self, op, x, shape, **_):
-        y = self.clone(op, self._root, [x, shape])
-        t = self._t if self._t_new is None else self.threshold_const(op, self._t_new)
-        return self.moved_sign(op, y, t)
-
 
 class FlattenOfSign(_ReshapeLike):
     def pattern(self, op, x):
         return op.Flatten(op.DynamicSign(x, _domain=DOMAIN, _allow_other_inputs=True))
-
-    def check(self, context, x, **_):
-        return self.check_scalar_threshold(context)
-
-    def rewrite(self, op, x, **_):
-        y = self.clone(op, self._root, [x])
-        t = self._t if self._t_new is None else self.threshold_const(op, self._t_new)
-        return self.moved_sign(op, y, t)
 
 
 class MaxPoolOfSign(_Move):

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from .base import STANDARD, Rule, binary_operand, const_array
+from .base import Rule, binary_operand, const_array, producer_cone
 
 #: deterministic standard ops a weight cone may hold (no subgraphs, no randomness)
 FOLDABLE = frozenset({
@@ -37,23 +37,7 @@ MAX_CONE = 32
 
 def constant_cone(value) -> list | None:
     """The nodes computing ``value`` from constants only (graph order), or None."""
-    nodes, seen, stack = [], set(), [value]
-    while stack:
-        v = stack.pop()
-        if v is None or const_array(v) is not None:
-            continue
-        node = v.producer()
-        if node is None or node.domain not in STANDARD or node.op_type not in FOLDABLE:
-            return None
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        if len(nodes) > MAX_CONE:
-            return None
-        stack.extend(node.inputs)
-    order = {id(n): i for i, n in enumerate(nodes[0].graph)} if nodes else {}
-    return sorted(nodes, key=lambda n: order.get(id(n), 0))
+    return producer_cone(value, FOLDABLE, limit=MAX_CONE)
 
 
 def evaluate_cone(nodes, value, opset: int) -> np.ndarray | None:
