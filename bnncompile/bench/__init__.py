@@ -123,9 +123,10 @@ def benchmark_remote(onnx_path, *, lib, remote, rounds: int = 5, number: int = 1
         for i in range(rounds):
             say(f"round {i + 1}/{rounds} on {remote}")
             medians.append(float(timer(*staged).mean) * 1e3)
+    env = environment(runner.meta)  # this machine's record, with the board named beside it
+    env["board"] = str(remote)
     report = BenchReport(str(onnx_path), str(lib), shape[0], rounds, number=number, threads=[0],
-                         environment={"board": str(remote), "target": runner.meta.get("target_name"),
-                                      "identity": runner.meta.get("identity")})
+                         environment=env)
     s = sorted(medians)
     report.timings.append(EngineTiming(f"bnncompile@{remote}", 0, float(np.median(s)), s[0], s[-1],
                                        rounds * number, shape[0], shape[0], "f32", medians))
