@@ -25,10 +25,9 @@ from tvm.target import Target
 
 
 def _vector_lanes(target: Target, bits: int = 32) -> int:
-    from tvm.target.codegen import llvm_get_vector_width
+    from .target_identity import vector_bits
 
-    width = llvm_get_vector_width(target)
-    return max((width if width > 0 else 128) // bits, 4)
+    return max(vector_bits(target) // bits, 4)
 
 
 def _is_cpu(target: Target) -> bool:

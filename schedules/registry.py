@@ -23,7 +23,7 @@ from tvm import s_tir, te
 from . import arm, compute, cuda, generic, x86
 from .compute import normalize_2d, normalize_padding
 from .packing import border_row_classes, needs_border_table
-from .target_identity import as_target, identify
+from .target_identity import as_target, identify, vector_bits
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
@@ -295,10 +295,7 @@ def fconv2d_block(target: TargetLike = None) -> int:
     t = as_target(target)
     if t.kind.name != "llvm":
         return 8
-    from tvm.target.codegen import llvm_get_vector_width
-
-    width = llvm_get_vector_width(t)
-    return max(4, (width if width > 0 else 128) // 32)
+    return max(4, vector_bits(t) // 32)
 
 
 def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *, stride=1, padding=0,

@@ -191,5 +191,18 @@ schedule_prelu_stats = generic.schedule_prelu_stats
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:
-    # 8 pixels x one zmm/ymm of output channels: 8 accumulators + 1 weight register, no spills.
-    generic.schedule_fconv2d(sch, wi_max=8)
+    """The register tile by vector width.  AVX-512 (16 lanes, 32 zmm): 8 pixels x 2 channel
+    blocks.  AVX2 (8 lanes, 16 ymm) spills that (16 accumulators + 2 weights + 1 broadcast),
+    so it takes 4 pixels x 2 blocks, or up to 12 pixels x 1 block when the row width has no
+    divisor of 4 (7x7 maps).  Zen 3, 1 thread, 8 px x 2 blocks -> this rule: stem 7x7 s2
+    3->64 @224 5.39 -> 2.70 ms; 1x1 64->128 @28 0.294 -> 0.172 ms; 256->512 @7 0.284 ->
+    0.267 ms (/tmp probe of (wi, kb) pairs; 2 px x 4 blocks was within 5%)."""
+    conv = sch.get_sblock("fconv")
+    loops = sch.get_loops(conv)
+    lanes = extent(sch, loops[4])  # ob: the weight block is one vector
+    if lanes >= 16:
+        generic.schedule_fconv2d(sch, wi_max=8, kb_max=2)
+    elif largest_divisor(extent(sch, loops[3]), 4) == 4:
+        generic.schedule_fconv2d(sch, wi_max=4, kb_max=2)
+    else:
+        generic.schedule_fconv2d(sch, wi_max=12, kb_max=1)
