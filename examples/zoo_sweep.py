@@ -4,12 +4,16 @@
     python examples/zoo_sweep.py --small               # every model at 32 px (quick check)
     python examples/zoo_sweep.py --size-override 64 --models reactnet_18,dybnn_reactnet_18
     python examples/zoo_sweep.py --small --json sweep.json
+    python examples/zoo_sweep.py --against openvino --json docs/zoo_sweep.json \
+        --markdown sweep.md --plot docs/zoo_speedup.png        # docs/benchmarks.md §1
 
 One table row per model: parameters, binary layers found by the compiler, compile seconds, max
 |logit error| vs PyTorch, top-1 agreement (worst input set), DynamicSign sign flips (all sets), and
-batch-1 median latency at 1 and 2 threads for bnncompile and ONNX Runtime FP32 on the same ONNX
-file, with the ratio ORT / bnncompile (> 1: bnncompile is faster). Timings on shared VMs are noisy:
-they are interleaved and reported as medians (see bnncompile.bench).
+batch-1 median latency (1 thread unless --threads says more) of bnncompile, ONNX Runtime FP32 on
+the same ONNX file, PyTorch eager and, with --against openvino, OpenVINO FP32 and OpenVINO's
+default precision (bf16 on AMX / AVX512_BF16 CPUs), each with its ratio engine / bnncompile
+(> 1: bnncompile is faster). Timings on shared VMs are noisy: the engines are interleaved and
+reported as medians (see bnncompile.bench).
 """
 
 from __future__ import annotations
@@ -30,15 +34,30 @@ import bnncompile
 from bnncompile import targets, zoo
 from bnncompile.data import real_images
 
-COLS = [("model", 20, "s"), ("size", 5, "d"), ("params", 10, ",d"), ("bin", 4, "d"),
-        ("compile_s", 10, ".1f"), ("max_abs", 9, ".2e"), ("top1", 6, ".0%"), ("flips", 7, "d"),
-        ("bnn_1t_ms", 10, ".2f"), ("bnn_2t_ms", 10, ".2f"), ("ort_1t_ms", 10, ".2f"),
-        ("ort_2t_ms", 10, ".2f"), ("x_1t", 6, ".2f"), ("x_2t", 6, ".2f")]
+BASE_COLS = [("model", 20, "s"), ("size", 5, "d"), ("params", 10, ",d"), ("bin", 4, "d"),
+             ("compile_s", 10, ".1f"), ("max_abs", 9, ".2e"), ("top1", 6, ".0%"), ("flips", 7, "d")]
+# engines besides bnncompile: (row key prefix, bench engine name, --against choice needed)
+ENGINES = [("ort", "onnxruntime-fp32", None), ("ovfp32", "openvino-fp32", "openvino"),
+           ("ov", "openvino-default", "openvino"), ("torch", "pytorch-eager-fp32", None)]
 
 
-def fmt_row(row: dict) -> str:
+def engines_for(against) -> list[tuple[str, str]]:
+    return [(key, name) for key, name, need in ENGINES if need is None or need in against]
+
+
+def columns(threads, against) -> list[tuple[str, int, str]]:
+    """Per thread count: bnncompile ms, each engine's ms and its ratio to bnncompile."""
+    cols = list(BASE_COLS)
+    for n in threads:
+        cols.append((f"bnn_{n}t_ms", 10, ".2f"))
+        for key, _ in engines_for(against):
+            cols += [(f"{key}_{n}t_ms", 11, ".2f"), (f"x{key}_{n}t", 8, ".2f")]
+    return cols
+
+
+def fmt_row(row: dict, cols) -> str:
     out = []
-    for name, width, spec in COLS:
+    for name, width, spec in cols:
         v = row.get(name)
         out.append(f"{'-' if v is None else format(v, spec):>{width}}" if name != "model"
                    else f"{v:<{width}}")
@@ -46,7 +65,8 @@ def fmt_row(row: dict) -> str:
     return text + (f"  ERROR: {row['error']}" if row.get("error") else "")
 
 
-def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: int) -> dict:
+def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: int,
+              threads=(1,), against=()) -> dict:
     spec = zoo.get_spec(name)
     size = size or spec.input_size
     row: dict = {"model": name, "size": size}
@@ -62,13 +82,16 @@ def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: i
     row["top1"] = min(min(v for v in (s.top1_vs_torch, s.top1_vs_ort) if v is not None) for s in report.sets)
     row["flips"] = sum(s.flips for s in report.sets)
     row["parity_ok"] = report.ok
-    bench = bnncompile.benchmark(onnx_path, lib=res.library, threads=(1, 2), rounds=rounds,
-                                 number=number, warmup=2, torch_model=model)
-    for n in (1, 2):
-        ours, ort = bench.median("bnncompile", n), bench.median("onnxruntime-fp32", n)
-        row[f"bnn_{n}t_ms"], row[f"ort_{n}t_ms"] = ours, ort
-        row[f"x_{n}t"] = ort / ours if ours and ort else None
-        row[f"torch_{n}t_ms"] = bench.median("pytorch-eager-fp32", n)
+    bench = bnncompile.benchmark(onnx_path, lib=res.library, threads=threads, rounds=rounds,
+                                 number=number, warmup=2, torch_model=model, against=against,
+                                 profile_vm=False)
+    for n in threads:
+        ours = row[f"bnn_{n}t_ms"] = bench.median("bnncompile", n)
+        for key, engine in engines_for(against):
+            theirs = row[f"{key}_{n}t_ms"] = bench.median(engine, n)
+            row[f"x{key}_{n}t"] = theirs / ours if ours and theirs else None
+    if "openvino" in against:
+        row["openvino_default_precision"] = (bench.openvino or {}).get("default_precision")
     return row
 
 
@@ -82,43 +105,57 @@ def machine_line() -> str:
             f"TVM host target {targets.host_spec().target}")
 
 
-def to_markdown(rows: list[dict], argv: list[str]) -> str:
-    head = ("| model | input | params | binary layers | max abs logit err vs PyTorch | top-1 | sign flips "
-            "| bnncompile 1T ms | ORT 1T ms | speed-up 1T | bnncompile 2T ms | ORT 2T ms | speed-up 2T "
-            "| PyTorch 1T ms |")
+ENGINE_LABELS = {"ort": "ORT FP32", "ovfp32": "OpenVINO FP32", "ov": "OpenVINO default",
+                 "torch": "PyTorch"}
+
+
+def to_markdown(rows: list[dict], argv: list[str], threads, against) -> str:
+    head = ["model", "input", "params", "binary layers", "max abs logit err vs PyTorch", "top-1",
+            "sign flips"]
+    for n in threads:
+        head.append(f"bnncompile {n}T ms")
+        for key, _ in engines_for(against):
+            head += [f"{ENGINE_LABELS[key]} {n}T ms", f"vs {ENGINE_LABELS[key]}"]
     lines = [f"Command: `python examples/zoo_sweep.py {' '.join(argv)}`", "",
-             f"Machine: {machine_line()}", "", head, "|" + "---|" * 14]
+             f"Machine: {machine_line()}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
     f = lambda v, spec: "-" if v is None else format(v, spec)
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['model']} | {r.get('size')} | error: {r['error']} |" + " |" * 11)
+            lines.append(f"| {r['model']} | {r.get('size')} | error: {r['error']} |" + " |" * (len(head) - 3))
             continue
-        lines.append(
-            f"| {r['model']} | {r['size']} | {f(r.get('params'), ',d')} | {r.get('bin')} | "
-            f"{f(r.get('max_abs'), '.1e')} | {f(r.get('top1'), '.0%')} | {r.get('flips')} | "
-            f"{f(r.get('bnn_1t_ms'), '.2f')} | {f(r.get('ort_1t_ms'), '.2f')} | {f(r.get('x_1t'), '.2f')}x | "
-            f"{f(r.get('bnn_2t_ms'), '.2f')} | {f(r.get('ort_2t_ms'), '.2f')} | {f(r.get('x_2t'), '.2f')}x | "
-            f"{f(r.get('torch_1t_ms'), '.1f')} |")
+        cells = [r["model"], str(r["size"]), f(r.get("params"), ",d"), str(r.get("bin")),
+                 f(r.get("max_abs"), ".1e"), f(r.get("top1"), ".0%"), str(r.get("flips"))]
+        for n in threads:
+            cells.append(f(r.get(f"bnn_{n}t_ms"), ".2f"))
+            for key, _ in engines_for(against):
+                cells += [f(r.get(f"{key}_{n}t_ms"), ".2f"), f(r.get(f"x{key}_{n}t"), ".2f") + "x"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_speedups(rows: list[dict], path: Path) -> None:
+def plot_speedups(rows: list[dict], path: Path, threads, against) -> None:
+    """One bar per engine (ratio at the first thread count) per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if not r.get("error")]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    xs = range(len(ok))
-    ax.bar([i - 0.2 for i in xs], [r.get("x_1t") or 0 for r in ok], 0.4, label="1 thread")
-    ax.bar([i + 0.2 for i in xs], [r.get("x_2t") or 0 for r in ok], 0.4, label="2 threads")
+    others = [k for k, _ in engines_for(against) if k != "torch"]
+    n = threads[0]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(len(others), 1)
+    for j, key in enumerate(others):
+        ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(ok))],
+               [r.get(f"x{key}_{n}t") or 0 for r in ok], width, label=ENGINE_LABELS[key])
     ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks(list(xs))
+    ax.set_xticks(list(range(len(ok))))
     ax.set_xticklabels([r["model"] for r in ok], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("speed-up vs ONNX Runtime FP32 (x)")
-    ax.set_title("median latency ratio, batch 1")
-    ax.legend()
+    ax.set_ylabel("engine latency / bnncompile latency (x)")
+    ax.set_title(f"speed-up of bnncompile, batch 1, {n} thread(s): {machine_line().split(',')[0]}",
+                 fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -132,6 +169,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size-override", type=int, help="input size for every model")
     ap.add_argument("--rounds", type=int, default=None, help="benchmark rounds (default 5; 2 with --small)")
     ap.add_argument("--number", type=int, default=None, help="calls per round (default 5; 2 with --small)")
+    ap.add_argument("--threads", default="1",
+                    help="comma-separated thread counts (default 1: the 2 vCPUs do not scale)")
+    ap.add_argument("--against", action="append", default=[], choices=["openvino"],
+                    help="also time OpenVINO (FP32 and its default precision) in the same run")
     ap.add_argument("--json", type=Path, help="write all rows as JSON")
     ap.add_argument("--markdown", type=Path, help="write a markdown table (docs/benchmarks.md style)")
     ap.add_argument("--plot", type=Path, help="write a PNG: speed-up vs ONNX Runtime per model")
@@ -143,7 +184,10 @@ def main(argv=None) -> int:
     size = args.size_override or (32 if args.small else None)
     rounds = args.rounds or (2 if args.small else 5)
     number = args.number or (2 if args.small else 5)
-    header = " ".join(f"{n:<{w}}" if n == "model" else f"{n:>{w}}" for n, w, _ in COLS)
+    threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+    against = tuple(args.against)
+    cols = columns(threads, against)
+    header = " ".join(f"{n:<{w}}" if n == "model" else f"{n:>{w}}" for n, w, _ in cols)
     print(header)
     print("-" * len(header))
     rows = []
@@ -151,23 +195,23 @@ def main(argv=None) -> int:
         for name in tqdm(names, desc="zoo sweep", unit="model", file=sys.stderr):
             t0 = time.perf_counter()
             try:
-                row = sweep_one(name, size, Path(tmp), rounds, number)
+                row = sweep_one(name, size, Path(tmp), rounds, number, threads, against)
             except Exception as exc:  # keep sweeping; report the failure in the row
                 row = {"model": name, "size": size or zoo.get_spec(name).input_size,
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
                 traceback.print_exc(file=sys.stderr)
             row["wall_s"] = time.perf_counter() - t0
             rows.append(row)
-            tqdm.write(fmt_row(row))
+            tqdm.write(fmt_row(row, cols))
             sys.stdout.flush()
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=2))
     if args.markdown:
-        args.markdown.write_text(to_markdown(rows, argv if argv is not None else sys.argv[1:]))
+        args.markdown.write_text(to_markdown(rows, argv if argv is not None else sys.argv[1:], threads, against))
     if args.plot:
-        plot_speedups(rows, args.plot)
+        plot_speedups(rows, args.plot, threads, against)
     print("top1: worst agreement over input sets (golden, photos) vs PyTorch and ONNX Runtime; "
-          "x_nt: ORT FP32 median / bnncompile median at n threads (batch 1)")
+          "x<engine>_<n>t: that engine's median / bnncompile's median at n threads (batch 1)")
     bad = [r["model"] for r in rows if r.get("error") or not r.get("parity_ok", False)]
     if bad:
         print(f"parity failed or errored: {', '.join(bad)}")
