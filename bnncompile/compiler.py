@@ -64,15 +64,31 @@ class CompileResult:
         return text
 
 
-def fast_math_legalize_map() -> dict:
+def fast_math_legalize_map(target=None) -> dict:
     """softmax / erf (GELU) / tanh with TVM's polynomial exp/erf/tanh: the libm calls are scalar
     and dominated the CCT models (softmax ~40 % of CCT-7). Relative error ~1e-7..1e-6, far
-    inside validate's logit tolerance; binary layers are unaffected (they are integer-exact)."""
-    from tvm import topi
+    inside validate's logit tolerance; binary layers are unaffected (they are integer-exact).
+    On a CPU ``target``, a static float32 softmax over the last axis is our scheduled kernel
+    (``schedules.float_glue.softmax_last_func``: one exponential per element, rows in
+    parallel); anything else TOPI's ``fast_softmax``."""
+    from tvm import relax, tirx, topi
+
+    def softmax(bb, call):
+        x = call.args[0]
+        ty = x.ty
+        shape = getattr(ty, "shape", None)
+        static = shape is not None and all(isinstance(v, tirx.IntImm) for v in shape)
+        if (target is not None and target.kind.name == "llvm" and static and len(shape) >= 2
+                and str(ty.dtype) == "float32" and int(call.attrs.axis) in (-1, len(shape) - 1)):
+            from .schedules.float_glue import softmax_last_func
+
+            dims = [int(v) for v in shape]
+            gv = bb.add_func(softmax_last_func(dims, target).with_attr("op_pattern", 8), "softmax_last")
+            return relax.call_tir(gv, [x], out_ty=relax.TensorType(dims, "float32"))
+        return bb.call_te(topi.nn.fast_softmax, x, call.attrs.axis)
 
     return {
-        "relax.nn.softmax": lambda bb, call: bb.call_te(topi.nn.fast_softmax, call.args[0],
-                                                         call.attrs.axis),
+        "relax.nn.softmax": softmax,
         "relax.erf": lambda bb, call: bb.call_te(topi.fast_erf, call.args[0]),
         "relax.tanh": lambda bb, call: bb.call_te(topi.fast_tanh, call.args[0]),
     }
@@ -95,7 +111,7 @@ def relax_pipeline(target, *, fast_math: bool = True):
 
     legalize = cpu.legalize_passes(target)
     if fast_math:
-        legalize = [relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalize_map()),
+        legalize = [relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalize_map(target)),
                     *legalize[1:]]
     return tvm.transform.Sequential(
         [relax.transform.DeadCodeElimination()]

@@ -194,3 +194,10 @@ def power_mean_ref(x: np.ndarray, p: int, *, keepdims: bool) -> np.ndarray:
     v = x if p == 1 else (x * x if p == 2 else (x * x) * x)
     m = v.astype(np.float64).mean(axis=(2, 3), keepdims=keepdims)
     return m.astype(np.float32)
+
+
+def softmax_ref(x: np.ndarray) -> np.ndarray:
+    """Softmax along the last axis in float64 (max subtracted), as float32."""
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

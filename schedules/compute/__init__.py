@@ -4,7 +4,7 @@ bit-exact test in ``tests/schedules``.
 
 * :mod:`.bitpack`: ``x >= t`` packed into uint64 words, the float ±1 of a DynamicSign, unpacking;
 * :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
-* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU.
+* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax.
 """
 from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense
 from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
@@ -16,6 +16,7 @@ from .float_ops import (
     power,
     power_mean,
     prelu_stats,
+    softmax_last,
 )
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "power",
     "power_mean",
     "prelu_stats",
+    "softmax_last",
     "unpack_bits_float",
 ]

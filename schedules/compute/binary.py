@@ -37,10 +37,15 @@ def _valid_mask(C: int, cw):
 
 
 def _epilogue(acc_int, k, scale, bias):
-    """int32 accumulator, or ``float32(acc) * scale[k] + bias[k]`` when scale/bias are given."""
+    """int32 accumulator, or ``float32(acc) * scale[k] + bias[k]`` when scale/bias are given.
+
+    The float goes through int32 (exact: |acc| <= the reduction length): AVX2 has no int64 ->
+    float vector conversion, so ``float32(int64)`` was scalarised (Zen 3, bdense 196x384 -> 1152:
+    0.55 -> 0.44 ms)."""
+    acc32 = acc_int.astype("int32")
     if scale is None and bias is None:
-        return acc_int.astype("int32")
-    v = acc_int.astype("float32")
+        return acc32
+    v = acc32.astype("float32")
     if scale is not None:
         v = v * scale[k]
     if bias is not None:
@@ -337,9 +342,9 @@ def bbatch_matmul(
         name="bbmm", attrs={"schedule_rule": "bnn_bbatch_matmul"})
 
     def out(*i):
-        v = int(k) - 2 * acc(*i)
+        v = (int(k) - 2 * acc(*i)).astype("int32")  # float via int32: see _epilogue
         if alpha is None:
-            return v.astype("int32")
+            return v
         return v.astype("float32") * tirx.const(float(alpha), "float32")
 
     return te.compute(tuple(batch) + (M, N), out, name="bbmm_out")

@@ -184,3 +184,46 @@ def test_elementwise_vectorises_within_rows(shape):
     with TGT:
         (text,) = [f.script() for f in _prim_funcs(float_glue.schedule_pass()(mod)).values()]
     _assert_lanes_within_rows(text, shape[-1])
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 196, 196), (2, 3, 7), (4, 256), (1, 3, 1009), (3, 1), (2, 64)])
+@pytest.mark.parametrize("mcpu", ["znver3", None])
+def test_softmax_last_kernel_matches_reference(shape, mcpu, rng):
+    """The scheduled softmax (rows in parallel, partial max/sum vectors) against float64 numpy;
+    fast_exp's relative error is ~1e-7.  Rows with a big spread make the max subtraction matter."""
+    from bnncompile.schedules import reference
+
+    tgt = tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu else {})})
+    func = float_glue.softmax_last_func(shape, tgt)
+    text = func.script()
+    assert "T.parallel(" in text
+    if shape[-1] not in (1, 1009):  # a long prime row runs serially, a unit row has no vector
+        assert "T.vectorized(" in text
+    x = (rng.standard_normal(shape) * 20).astype(np.float32)
+    out = tvm.runtime.empty(shape, "float32")
+    tvm.compile(func, target=tgt)["main"](tvm.runtime.tensor(x), out)
+    np.testing.assert_allclose(out.numpy(), reference.softmax_ref(x), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("axis,kernel", [(-1, True), (3, True), (1, False)])
+def test_softmax_legalization_uses_the_kernel_on_the_last_axis(axis, kernel, rng):
+    """compile's pipeline: softmax over the last axis becomes the scheduled kernel, any other
+    axis TOPI's fast_softmax; both match numpy."""
+    from bnncompile.compiler import relax_pipeline
+
+    shape = (1, 2, 5, 12)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(R.nn.softmax(x, axis=axis))
+        bb.emit_func_output(out)
+    with TGT:
+        lowered = relax_pipeline(TGT)(bb.get())
+        ex = tvm.compile(bb.get(), target=TGT, relax_pipeline=relax_pipeline(TGT))
+    names = [gv.name_hint for gv in lowered.functions]
+    assert any(n.startswith("softmax_last") for n in names) == kernel, names
+    xv = (rng.standard_normal(shape) * 5).astype(np.float32)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv)).numpy()
+    e = np.exp(xv.astype(np.float64) - xv.max(axis, keepdims=True))
+    np.testing.assert_allclose(got, e / e.sum(axis, keepdims=True), rtol=1e-5, atol=1e-7)
