@@ -93,7 +93,7 @@ def format_layers(rows: list[LayerTiming], top: int = 25) -> str:
              f"{'ms':>8} {'share':>6} {'G bMAC/s':>9} {'% ceil':>7}  kernel (layers)"]
     for r in rows[:top]:
         g = f"{r.gbmacs:9.1f}" if r.gbmacs else (f"{r.gflops_mac:6.1f} GF" if r.gflops_mac else " " * 9)
-        pct = f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs else " " * 7
+        pct = f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs and ceiling > 0 else " " * 7
         where = f" ({r.layers[0]}{' +' + str(len(r.layers) - 1) if len(r.layers) > 1 else ''})" if r.layers else ""
         lines.append(f"{r.ms:8.3f} {100 * r.share:5.1f}% {g} {pct}  {r.kernel}{where}")
     if len(rows) > top:

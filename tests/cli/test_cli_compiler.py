@@ -275,6 +275,18 @@ def test_roofline_clock_is_measured():
     assert "measured" in how and 0.3 < ghz < 8.0
 
 
+def test_popcount_loop_rate_is_measured_and_plausible():
+    """Without VPOPCNTDQ the ceiling is the measured xor-popcount loop: at least ~10 binary MACs
+    per cycle (a scalar popcnt loop does 64 bits per cycle or so; any vector build more) and
+    below 512 per cycle (no CPU here pops more than one 512-bit vector per cycle)."""
+    from bnncompile import bench
+    from bnncompile.bench.machine import popcount_loop_gbmacs
+
+    ghz, _ = bench.cpu_ghz()
+    rate = popcount_loop_gbmacs()
+    assert 10 * ghz < rate < 512 * ghz, (rate, ghz)
+
+
 def test_bench_bad_threads(work, capsys):
     code = main(["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--threads", "0"])
     _err_one_line(capsys, code, 2, "--threads")
