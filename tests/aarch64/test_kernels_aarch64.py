@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from bnncompile.schedules import packing as pk
 from bnncompile.schedules import reference as ref
+from testkit import kernel_cases as kc
 
 from bnncompile import schedules as S
 
@@ -106,14 +107,8 @@ def _arm(pf):
 
 
 # ------------------------------------------------------------------------------ bitpack
-BITPACK_CASES = [  # (x_shape, t_shape)
-    ((1, 1, 3, 3), ()),
-    ((2, 3, 5, 7), (2, 3, 1, 1)),
-    ((3, 63, 3, 5), (1, 63, 1, 1)),
-    ((1, 64, 4, 4), (1, 1, 1, 1)),
-    ((2, 65, 3, 9), (2, 65, 1, 1)),
-    ((1, 130, 7, 7), (1, 130, 1, 1)),
-    ((2, 512, 1, 1), (2, 512, 1, 1)),
+BITPACK_CASES = [
+    *kc.BITPACK_CORE,
     ((2, 70, 1, 32), (2, 70, 1, 1)),
     ((1, 130, 1, 196), (1, 130, 1, 1)),
     ((1, 65, 1, 81), (1, 65, 1, 1)),
@@ -133,8 +128,7 @@ def test_bitpack(x_shape, t_shape, a64_kernels):
               lambda x, t: a64_kernels.run(pf, [x, t], out_shape, "uint64"), ref.bitpack_ref)
 
 
-BITPACK_LAST_CASES = [((5, 64), ()), ((2, 7, 65), (2, 1, 65)), ((3, 4, 130), (1, 1, 130)),
-                      ((2, 2, 3, 63), (1, 1, 1, 63))]
+BITPACK_LAST_CASES = kc.BITPACK_LAST_CASES
 
 
 @pytest.mark.parametrize("x_shape,t_shape", BITPACK_LAST_CASES, ids=_ids(BITPACK_LAST_CASES))
@@ -146,20 +140,8 @@ def test_bitpack_last(x_shape, t_shape, a64_kernels):
 
 
 # ------------------------------------------------------------------------------ bconv2d
-# (N, C, H, W, K, (KH, KW), stride, padding (t, l, b, r), dilation)
 CONV_CASES = [
-    (1, 1, 7, 7, 8, (3, 3), 1, (1, 1, 1, 1), 1),
-    (3, 3, 9, 7, 16, (3, 3), 1, (1, 1, 1, 1), 1),
-    (1, 63, 7, 9, 8, (1, 1), 1, (0, 0, 0, 0), 1),
-    (2, 64, 9, 9, 12, (3, 3), 2, (1, 1, 1, 1), 1),
-    (1, 65, 7, 7, 8, (5, 5), 1, (2, 2, 2, 2), 1),
-    (1, 130, 9, 7, 16, (3, 3), 1, (2, 2, 2, 2), 2),
-    (3, 65, 7, 9, 5, (3, 1), 2, (0, 1, 2, 0), 1),
-    (1, 130, 9, 9, 8, (1, 3), 1, (1, 0, 0, 2), 2),
-    (1, 3, 7, 7, 3, (5, 3), 2, (2, 1, 1, 2), 1),
-    (1, 64, 7, 7, 8, (3, 3), 1, (0, 0, 0, 0), 1),
-    (1, 64, 9, 16, 8, (3, 3), 1, (1, 1, 1, 1), 1),
-    (2, 32, 5, 32, 12, (3, 3), 1, (1, 1, 1, 1), 1),
+    *kc.CONV_CORE,
     (1, 128, 14, 14, 16, (3, 3), 2, (1, 1, 1, 1), 1),
 ]
 
@@ -281,7 +263,7 @@ def test_bconv2d_packed_output(case, a64_kernels, rng):
 # ------------------------------------------------------------------------------ dense
 # ((..., K_in), N_out); M = 1 with odd N_out and K around 64 (63 / 64 / 65 / 127 / 130)
 DENSE_CASES = [
-    ((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8),
+    *kc.DENSE_CORE,
     ((1, 64), 7), ((1, 65), 9), ((1, 63), 5), ((1, 127), 1), ((1, 130), 11),
     ((5, 65), 9), ((4, 64), 3),
 ]
@@ -307,8 +289,7 @@ def test_bdense(a_shape, n_out, epi, a64_kernels, rng):
 
 
 # ------------------------------------------------------------------------------ batch matmul
-BMM_CASES = [((2, 6, 64), (2, 16, 64), None), ((3, 5, 65), (3, 9, 65), None),
-             ((2, 3, 7, 130), (2, 3, 8, 130), 0.125), ((1, 1, 3), (1, 4, 3), None),
+BMM_CASES = [*kc.BMM_CORE,
              ((1, 1, 64), (1, 9, 64), None), ((2, 4, 63), (2, 5, 63), None)]
 
 

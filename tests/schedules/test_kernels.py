@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from bnncompile.schedules import packing as pk
 from bnncompile.schedules import reference as ref
+from testkit import kernel_cases as kc
 
 from bnncompile import schedules as S
 
@@ -37,15 +38,8 @@ def _close(got, expect, inputs, **tol):
 
 
 # ---------------------------------------------------------------- bitpack
-BITPACK_CASES = [  # (x_shape, t_shape)
-    ((1, 1, 3, 3), ()),
-    ((2, 3, 5, 7), (2, 3, 1, 1)),
-    ((3, 63, 3, 5), (1, 63, 1, 1)),
-    ((1, 64, 4, 4), (1, 1, 1, 1)),
-    ((2, 65, 3, 9), (2, 65, 1, 1)),
-    ((1, 130, 7, 7), (1, 130, 1, 1)),
-    # 1x1 maps with several words and batch > 1 (ResNet layer4 at 32 px): once packed wrongly
-    ((2, 512, 1, 1), (2, 512, 1, 1)),
+BITPACK_CASES = [
+    *kc.BITPACK_CORE,
     ((3, 130, 1, 1), (1, 130, 1, 1)),
     ((2, 70, 1, 9), (2, 70, 1, 1)),
     ((1, 200, 3, 17), (1, 200, 1, 1)),
@@ -93,8 +87,7 @@ def test_bitpack_zero_threshold_and_signed_zero(sched, host, run_primfunc):
     assert got[0, 0, 0, 0] == 0b011 and got[0, 1, 1, 0] == 0b111
 
 
-BITPACK_LAST_CASES = [((5, 64), ()), ((2, 7, 65), (2, 1, 65)), ((3, 4, 130), (1, 1, 130)),
-                      ((2, 2, 3, 63), (1, 1, 1, 63))]
+BITPACK_LAST_CASES = kc.BITPACK_LAST_CASES
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
@@ -112,22 +105,8 @@ def test_bitpack_last(x_shape, t_shape, sched, inputs, host, run_primfunc):
 
 
 # ---------------------------------------------------------------- bconv2d
-# (N, C, H, W, K, (KH, KW), stride, padding(t, l, b, r), dilation)
 CONV_CASES = [
-    (1, 1, 7, 7, 8, (3, 3), 1, (1, 1, 1, 1), 1),
-    (3, 3, 9, 7, 16, (3, 3), 1, (1, 1, 1, 1), 1),
-    (1, 63, 7, 9, 8, (1, 1), 1, (0, 0, 0, 0), 1),
-    (2, 64, 9, 9, 12, (3, 3), 2, (1, 1, 1, 1), 1),
-    (1, 65, 7, 7, 8, (5, 5), 1, (2, 2, 2, 2), 1),
-    (1, 130, 9, 7, 16, (3, 3), 1, (2, 2, 2, 2), 2),
-    (3, 65, 7, 9, 5, (3, 1), 2, (0, 1, 2, 0), 1),
-    (1, 130, 9, 9, 8, (1, 3), 1, (1, 0, 0, 2), 2),
-    (1, 3, 7, 7, 3, (5, 3), 2, (2, 1, 1, 2), 1),
-    (1, 64, 7, 7, 8, (3, 3), 1, (0, 0, 0, 0), 1),
-    # x86 pixel-vectorised path (one word per pixel, unit w stride, OW % 8 == 0) and the
-    # border-branch epilogue: rows + cols, cols only, no interior row, padding never reached.
-    (1, 64, 9, 16, 8, (3, 3), 1, (1, 1, 1, 1), 1),
-    (2, 32, 5, 32, 12, (3, 3), 1, (1, 1, 1, 1), 1),
+    *kc.CONV_CORE,
     (1, 40, 6, 16, 8, (1, 1), 1, (0, 0, 0, 0), 1),
     (1, 64, 8, 8, 8, (3, 3), 1, (0, 1, 0, 1), 1),
     (1, 5, 3, 8, 8, (5, 5), 1, (2, 2, 2, 2), 1),
@@ -389,8 +368,7 @@ def _dense_sweep():
     return cases
 
 
-DENSE_CASES = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8),
-               ((1, 256), 1000), ((1, 64, 256), 256)]  # the common shapes: 1000 classes, tokens
+DENSE_CASES = [*kc.DENSE_CORE, ((1, 256), 1000), ((1, 64, 256), 256)]  # the common shapes: 1000 classes, tokens
 DENSE_PARAMS = ([(a, n, epi, sched) for (a, n) in DENSE_CASES for epi in ("int", "scale_bias")
                  for sched in SCHEDS] + _dense_sweep())
 
@@ -436,9 +414,7 @@ def test_bdense_one_row_odd_outputs_regression(a_shape, n_out, sched, inputs, ho
     _check_bdense(a, w, False, sched, inputs, host, run_primfunc)
 
 
-BMM_CASES = [((2, 6, 64), (2, 16, 64), None), ((3, 5, 65), (3, 9, 65), None),
-             ((2, 3, 7, 130), (2, 3, 8, 130), 0.125), ((1, 1, 3), (1, 4, 3), None),
-             ((2, 1, 64), (2, 3, 64), None), ((1, 7, 1), (1, 1, 1), None),
+BMM_CASES = [*kc.BMM_CORE, ((2, 1, 64), (2, 3, 64), None), ((1, 7, 1), (1, 1, 1), None),
              ((2, 3, 5, 65), (2, 3, 9, 65), -0.5), ((2, 8, 63), (2, 17, 63), None),
              ((1, 2, 130), (1, 5, 130), None), ((2, 197, 64), (2, 197, 64), None)]
 

@@ -70,6 +70,15 @@ class _Move(SignRule):
     def sign_of(self, context):
         return next((n for n in context.nodes if is_sign(n)), None)
 
+    def take_sign(self, context):
+        """Remember the matched sign; its threshold is kept as it is unless ``_t_new`` is set."""
+        self._sign = self.sign_of(context)
+        self._t, self._t_new = threshold(self._sign), None
+        return self._t
+
+    def moved_threshold(self, op):
+        return self._t if self._t_new is None else self.threshold_const(op, self._t_new)
+
     def moved_sign(self, op, y, t):
         """The DynamicSign of ``y`` that replaces the matched one (its name and provenance)."""
         s = self._sign
@@ -91,9 +100,7 @@ class TransposeOfSign(_Move):
             return False
         if not leads_to_layer(root.outputs[0]):
             return False
-        self._sign = self.sign_of(context)
-        t = threshold(self._sign)
-        self._t, self._t_new = t, None
+        t = self.take_sign(context)
         if t is not None:
             a = const_array(t)
             if a is None:
@@ -108,8 +115,7 @@ class TransposeOfSign(_Move):
 
     def rewrite(self, op, x, **_):
         y = _transpose(self, op, x, self._perm, self.root_name)
-        t = self._t if self._t_new is None else self.threshold_const(op, self._t_new)
-        return self.moved_sign(op, y, t)
+        return self.moved_sign(op, y, self.moved_threshold(op))
 
 
 def _transpose(rule, op, x, perm, name):
@@ -131,9 +137,7 @@ class _ReshapeLike(_Move):
     def check(self, context, x, **_):
         if not leads_to_layer(context.root.outputs[0]):
             return False
-        self._sign = self.sign_of(context)
-        t = threshold(self._sign)
-        self._t, self._t_new = t, None
+        t = self.take_sign(context)
         if t is not None:
             a = const_array(t)
             if a is None or a.size != 1:
@@ -144,8 +148,7 @@ class _ReshapeLike(_Move):
 
     def rewrite(self, op, x, shape=None, **_):
         y = self.clone(op, self._root, [x] if shape is None else [x, shape])
-        t = self._t if self._t_new is None else self.threshold_const(op, self._t_new)
-        return self.moved_sign(op, y, t)
+        return self.moved_sign(op, y, self.moved_threshold(op))
 
 
 class ReshapeOfSign(_ReshapeLike):
@@ -168,8 +171,7 @@ class MaxPoolOfSign(_Move):
             return False
         if not leads_to_layer(root.outputs[0]):
             return False
-        self._sign = self.sign_of(context)
-        self._t = t = threshold(self._sign)
+        t = self.take_sign(context)
         if t is not None and not self._constant_per_window(t, x):
             return False
         return self.matched(context)
