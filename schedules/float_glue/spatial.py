@@ -1,0 +1,192 @@
+"""Spatial rules: element-wise / broadcast / layout chains (:class:`Injective`) and one
+reduction block with spatial register tiles (:class:`SpatialReduction`: conv2d, matmul,
+pooling)."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, get_extent, try_inline_contiguous_spatial
+
+from .common import is_cpu, parallel_outer, row_vector, vector_lanes
+
+
+class Injective(ScheduleRule):
+    """Element-wise, broadcast and layout chains."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or not all(bi.is_injective() for bi in infos):
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        if not infos or len(infos) != 1:
+            return None
+        block = infos[0].block_rv
+        loops = sch.get_loops(block)
+        if not loops:
+            return sch
+        # Vectorize a contiguous tail (the last axis, or the last two: H*W of NCHW) and keep the
+        # channel axis outside it, so per-channel BN/PReLU parameters are loop-invariant scalars
+        # instead of per-lane gathers; parallelize what is left.
+        lanes = vector_lanes(target)
+        extents = [get_extent(sch, lp) for lp in loops]
+        if not all(isinstance(e, int) for e in extents):
+            return None
+        w_vec = row_vector(extents[-1], lanes)
+        if w_vec and len(loops) > 1 and extents[-1] % lanes != 0:
+            # Vectorise within the last axis (W of NCHW): fusing H*W first made each lane group
+            # straddle rows, and x[(f*L+l) // W, (f*L+l) % W] compiled to scalar gathers
+            # (DyBNN's dynamic-PReLU pass over 128x56x56 ran at ~5 GB/s).
+            inner = loops[-1]
+            if w_vec < extents[-1]:
+                inner, vec = sch.split(inner, factors=[None, w_vec])
+            else:
+                vec, inner = inner, None
+            sch.vectorize(vec)
+            parallel_outer(sch, list(loops[:-1]))
+            return sch
+        n_tail = 1 if extents[-1] % lanes == 0 or len(loops) == 1 else 2
+        tail = loops[-n_tail:]
+        inner = sch.fuse(*tail) if len(tail) > 1 else tail[0]
+        rest = list(loops[:-n_tail])
+        tail_ext = 1
+        for e in extents[-n_tail:]:
+            tail_ext *= e
+        if tail_ext % lanes == 0:
+            outer_in, vec = sch.split(inner, factors=[None, lanes])
+            sch.vectorize(vec)
+            if not rest:  # a 1-D tensor: the vector chunks are the parallel tasks
+                rest = [outer_in]
+        if rest:
+            parallel_outer(sch, rest)
+        return sch
+
+
+def _contiguous_in_some_read(sch: s_tir.Schedule, block, iter_index: int) -> bool:
+    """Does block iter ``iter_index`` index the innermost dimension of some read buffer?
+
+    Then a vector tile along it reads contiguous memory (ow of an NCHW conv input, j of B in
+    A @ B); otherwise the tile would turn every load into a gather.
+    """
+    stmt = sch.get(block)
+    var = stmt.iter_vars[iter_index].var
+    for region in stmt.reads:
+        if not region.region:
+            continue
+        free = tirx.analysis.undefined_vars(region.region[-1].min)  # the vars the index uses
+        if any(v.same_as(var) for v in free):
+            return True
+    return False
+
+
+class SpatialReduction(ScheduleRule):
+    """One ``S..S R..R`` reduction with inlinable producers/consumers (conv, matmul, pool)."""
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        reductions = [bi for bi in infos if not bi.is_injective()]
+        if len(reductions) != 1:
+            return None
+        red = reductions[0]
+        kinds = red.dom_kind()
+        n_s = len(kinds) - len(kinds.lstrip("S"))
+        if n_s == 0 or set(kinds[n_s:]) != {"R"}:
+            return None
+        block = red.block_rv
+        loops = sch.get_loops(block)
+        if len(loops) != len(kinds):
+            return None
+        spatial, reduce_loops = loops[:n_s], loops[n_s:]
+        if not _contiguous_in_some_read(sch, block, n_s - 1):
+            return None  # e.g. mean over H,W: tiling channels would gather; dlight's rule fits
+        lanes = vector_lanes(target)
+        inner_ext = get_extent(sch, spatial[-1])
+        if not isinstance(inner_ext, int):
+            return None
+        outer_ext = [get_extent(sch, lp) for lp in spatial[:-1]]
+        if all(e == 1 for e in outer_ext) and inner_ext >= 4 * lanes:
+            return _schedule_gemv(sch, block, spatial, reduce_loops, infos, red, lanes, inner_ext)
+        # register tile along the innermost spatial axis (ow for NCHW conv, N for matmul)
+        tile = next((c for c in (lanes, lanes // 2, 4) if inner_ext % c == 0), 1)
+        if tile == 1 and inner_ext <= 2 * lanes:
+            tile = inner_ext
+        # a few rows of the next spatial axis too: independent accumulators hide FMA latency
+        rows_ext = get_extent(sch, spatial[-2]) if n_s >= 2 else 1
+        rows = next((c for c in (4, 2) if isinstance(rows_ext, int) and rows_ext % c == 0), 1)
+        r_i = None
+        if tile > 1 and rows > 1:
+            r_o, r_i = sch.split(spatial[-2], factors=[None, rows])
+            spatial = [*spatial[:-2], r_o, spatial[-1]]
+        if tile > 1 and tile != inner_ext:
+            s_o, s_i = sch.split(spatial[-1], factors=[None, tile])
+            outer_spatial = [*spatial[:-1], s_o]
+        elif tile > 1:
+            s_i = spatial[-1]
+            outer_spatial = list(spatial[:-1])
+        else:
+            s_i, outer_spatial = None, list(spatial)
+        if s_i is not None:
+            sch.reorder(*outer_spatial, *reduce_loops, *([r_i] if r_i is not None else []), s_i)
+            if r_i is not None:
+                sch.unroll(r_i)
+        consumers = [bi.block_rv for bi in infos if bi.is_injective() and bi is not red]
+        if s_i is not None and outer_spatial:
+            write_back = sch.cache_write(block, 0, "local")
+            sch.reverse_compute_at(write_back, outer_spatial[-1], preserve_unit_loops=True)
+            for c in consumers:
+                try:
+                    sch.reverse_compute_inline(c)
+                except Exception:
+                    pass
+            sch.vectorize(s_i)
+            wb_loops = sch.get_loops(write_back)
+            sch.vectorize(wb_loops[-1])
+        if outer_spatial:
+            parallel_outer(sch, outer_spatial)
+        try:
+            sch.decompose_reduction(block, reduce_loops[0])
+        except Exception:
+            pass
+        return sch
+
+
+def _schedule_gemv(sch, block, spatial, reduce_loops, infos, red, lanes: int, n: int):
+    """A single output row (``x[1, K] @ W[K, N]``: the DyBNN / INSTA threshold MLPs, the
+    classifier): stream W row by row, each task accumulating a chunk of up to 512 columns in
+    registers/L1.  The generic tile (16 columns, all K rows, then the next 16 columns) walked W
+    column-chunk by column-chunk, touching every cache line of a multi-MB matrix twice, far
+    apart (1024x1000 head: 0.36 ms; streamed it is memory-bound at ~0.2 ms)."""
+    vec = next((c for c in (lanes, lanes // 2, 4) if n % c == 0), 0)
+    if not vec:
+        return None
+    chunk = max(c for c in range(vec, min(n, 512) + 1, vec) if n % c == 0)
+    s_o, s_i = sch.split(spatial[-1], factors=[None, chunk])
+    v_o, v_i = sch.split(s_i, factors=[None, vec])
+    sch.reorder(*spatial[:-1], s_o, *reduce_loops, v_o, v_i)
+    write_back = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(write_back, s_o, preserve_unit_loops=True)
+    for c in (bi.block_rv for bi in infos if bi.is_injective() and bi is not red):
+        try:
+            sch.reverse_compute_inline(c)
+        except Exception:
+            pass
+    sch.vectorize(v_i)
+    wb = sch.get_loops(write_back)[-1]
+    w_o, w_i = sch.split(wb, factors=[None, vec])
+    sch.vectorize(w_i)
+    sch.parallel(sch.fuse(*spatial[:-1], s_o) if len(spatial) > 1 else s_o)
+    try:
+        sch.decompose_reduction(block, reduce_loops[0])
+    except Exception:
+        pass
+    return sch
+
