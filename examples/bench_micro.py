@@ -4,7 +4,7 @@
     TVM_NUM_THREADS=1 python examples/bench_micro.py peak fconv # some of them
 
 * ``peak``: the core's clock (``bench``'s dependent-imul chain) and its FP32 FMA peak (32
-  independent zmm/ymm FMA chains) -- the rooflines the docs compare against;
+  independent zmm FMA chains, or 8 ymm on AVX2) -- the rooflines the docs compare against;
 * ``fconv``: the float stem / shortcut convs (bnncompile's kernel vs ``F.conv2d``), and the
   ResNet stem + max-pool with the conv's output NCHW or channel-blocked (NCHWc);
 * ``bitpack``: packing a sign with a per-channel threshold, on the NCHW map and on the
@@ -51,8 +51,13 @@ def peak(tgt) -> None:
     from tvm.script import tirx as T
 
     ghz, how = bench.cpu_ghz()
-    lanes = 16 if "avx512f" in targets.cpu_flags() else 8
-    width = 32 * lanes  # 32 independent vector chains: enough to cover the FMA latency
+    avx512 = "avx512f" in targets.cpu_flags()
+    lanes = 16 if avx512 else 8
+    # independent chains to cover FMA latency x ports (4 x 2 = 8) within the register file: 32 of
+    # the 32 zmm; 8 of the 16 ymm (Zen 3: 8 chains 51.8 G = 16 MAC/cycle, 16 chains 43 G,
+    # 32 chains 21 G: they spill)
+    chains = 32 if avx512 else 8
+    width = chains * lanes
 
     @T.prim_func
     def fma(a: T.Buffer((width,), "float32"), n: T.int32):
@@ -72,7 +77,7 @@ def peak(tgt) -> None:
     f(buf, n // 10)
     best = min(_timed(f, buf, n) for _ in range(5))
     print(f"clock {ghz:.2f} GHz {how}; FP32 FMA peak {width * n / best / 1e9:.1f} G MAC/s "
-          f"({lanes}-lane vectors, 32 chains)")
+          f"({lanes}-lane vectors, {chains} chains)")
 
 
 def _timed(f, *args) -> float:
