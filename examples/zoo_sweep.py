@@ -4,8 +4,8 @@
     python examples/zoo_sweep.py --small               # every model at 32 px (quick check)
     python examples/zoo_sweep.py --size-override 64 --models reactnet_18,dybnn_reactnet_18
     python examples/zoo_sweep.py --small --json sweep.json
-    python examples/zoo_sweep.py --against openvino --json docs/zoo_sweep.json \
-        --markdown sweep.md --plot docs/zoo_speedup.png        # docs/benchmarks.md §1
+    python examples/zoo_sweep.py --against openvino --json docs/bench/CPU-DATE/zoo_sweep.json \
+        --markdown sweep.md --plot docs/bench/CPU-DATE/zoo_speedup.png  # docs/benchmarks.md
 
 One table row per model: parameters, binary layers found by the compiler, compile seconds, max
 |logit error| vs PyTorch, top-1 agreement (worst input set), DynamicSign sign flips (all sets), and
