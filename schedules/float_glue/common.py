@@ -3,7 +3,8 @@ sizes, parallel and vectorized loops."""
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
@@ -68,3 +69,12 @@ def row_vector(w: int, lanes: int) -> int:
         return w
     return max((d for d in range(lanes // 2, 2 * lanes + 1) if w % d == 0), default=0)
 
+
+def normalized(func, target: Target):
+    """``(schedule, block infos)`` of a CPU PrimFunc in dlight's normal form, or None where a
+    rule has nothing to do (another target, not a PrimFunc, no blocks)."""
+    if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return (sch, infos) if infos else None

@@ -4,11 +4,10 @@ LayerNorm, E[x^2], E[x^3]) and the scheduled softmax over the last axis."""
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline_contiguous_spatial
 from tvm.target import Target
 
-from .common import is_cpu, parallel_outer, vector_lanes, vectorize_inner
+from .common import normalized, parallel_outer, vector_lanes, vectorize_inner
 
 
 def _reads_innermost(sch: s_tir.Schedule, block, var) -> bool:
@@ -82,16 +81,14 @@ class RowReduction(ScheduleRule):
     """
 
     def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
-            return None
-        if _calls_libm(func):
+        if isinstance(func, tirx.PrimFunc) and _calls_libm(func):
             # softmax: exp is a scalar libm call per lane; vector partial sums of exp(x - max)
             # measured slower (6.7 vs 5.7 ms on [1,4,256,256]) than dlight's serial rows
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos:
+        opened = normalized(func, target)
+        if opened is None:
             return None
+        sch, infos = opened
         infos = try_inline_contiguous_spatial(sch, infos)
         if not infos:
             return None

@@ -5,22 +5,19 @@ pooling)."""
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, get_extent, try_inline_contiguous_spatial
 
-from .common import is_cpu, parallel_outer, row_vector, vector_lanes
+from .common import normalized, parallel_outer, row_vector, vector_lanes
 
 
 class Injective(ScheduleRule):
     """Element-wise, broadcast and layout chains."""
 
     def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
+        opened = normalized(func, target)
+        if opened is None or not all(bi.is_injective() for bi in opened[1]):
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos or not all(bi.is_injective() for bi in infos):
-            return None
+        sch, infos = opened
         infos = try_inline_contiguous_spatial(sch, infos)
         if not infos or len(infos) != 1:
             return None
@@ -86,12 +83,10 @@ class SpatialReduction(ScheduleRule):
     """One ``S..S R..R`` reduction with inlinable producers/consumers (conv, matmul, pool)."""
 
     def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc) or not is_cpu(target):
+        opened = normalized(func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if not infos:
-            return None
+        sch, infos = opened
         infos = try_inline_contiguous_spatial(sch, infos)
         reductions = [bi for bi in infos if not bi.is_injective()]
         if len(reductions) != 1:
