@@ -94,17 +94,18 @@ def fast_math_legalize_map(target=None) -> dict:
     }
 
 
-def relax_pipeline(target, *, fast_math: bool = True):
+def relax_pipeline(target, *, fast_math: bool = True, then: tuple = ()):
     """TVM's default Relax pipeline, plus: dead-code elimination first (drops the float ±1 of
     DynamicSigns whose consumers all became bit-packed kernels) and, on CPUs, default schedules
     for the float glue TVM legalizes (TVM 0.27 leaves those single-threaded) and, with
-    ``fast_math``, vectorizable exp/erf/tanh (:func:`fast_math_legalize_map`)."""
+    ``fast_math``, vectorizable exp/erf/tanh (:func:`fast_math_legalize_map`). ``then``: module
+    passes run last, before code generation (``bench.vm_overhead`` empties the kernels)."""
     import tvm
     from tvm import relax
 
     if target.kind.name != "llvm":
         return tvm.transform.Sequential([relax.transform.DeadCodeElimination(),
-                                         relax.get_default_pipeline(target)])
+                                         relax.get_default_pipeline(target), *then])
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from .schedules.float_glue import schedule_pass
@@ -117,17 +118,19 @@ def relax_pipeline(target, *, fast_math: bool = True):
         [relax.transform.DeadCodeElimination()]
         + cpu.library_dispatch_passes(target) + legalize
         + [schedule_pass()]
-        + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+        + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target) + list(then))
 
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
-                fuse_epilogues: bool = True, debug_signs: bool = False, sign_zero: str = "plus"):
+                fuse_epilogues: bool = True, debug_signs: bool = False, sign_zero: str = "plus",
+                then: tuple = ()):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
     target replace the hand schedules (``schedules/tuning.py``); after the call, ``plan.tuning``
-    is the :class:`~bnncompile.schedules.tuning.DatabaseSession` (None without a database)."""
+    is the :class:`~bnncompile.schedules.tuning.DatabaseSession` (None without a database).
+    ``then``: extra module passes at the end of the pipeline (:func:`relax_pipeline`)."""
     import tvm
 
     from .frontend import FrontendOptions, from_onnx
@@ -147,7 +150,7 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     plan.tuning = session
     try:
         with tgt:
-            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt, fast_math=fast_math))
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt, fast_math=fast_math, then=then))
     except Exception as exc:
         raise CompileError(f"TVM failed to build for target {spec.name}: {tvm_error_text(exc)}") from exc
     return ex, plan
@@ -327,4 +330,5 @@ def _tuning_sidecar(tuning_db, session) -> dict | None:
             "target_tag": session.tag,  # the target identity's tag
             "records_digest": session.digest(),
             "tuned_kernels": sorted(session.applied),
+            "hand_won": sorted(session.hand_won),  # best record: the hand schedule, built as it is now
             "failed": dict(session.failed)}

@@ -1,13 +1,16 @@
-"""Micro-benchmark of the binary conv kernels (bconv2d) on the ReActNet-A / ReActNet-18 layer shapes.
+"""Micro-benchmark of the binary kernels on the ReActNet-A / ReActNet-18 conv shapes and the
+CCT-14 transformer shapes (binary dense and attention batch-matmul).
 
-One thread for both TVM and torch.  For every shape: the bconv2d PrimFunc exactly as the frontend
-builds it (zero padding with its border table, fused float scale + bias, NCHW float32 output), checked
-once against the numpy reference, then timed in interleaved rounds together with fp32
-``torch.nn.functional.conv2d`` of the same layer.  Prints the median of the rounds, G binary-MAC/s
-(bMAC = one 1-bit multiply-accumulate, = the MACs of the float conv) and the torch/bconv ratio.
+One thread for both TVM and torch.  For every shape: the PrimFunc exactly as the frontend builds it
+(convs: zero padding with its border table, fused float scale + bias, NCHW float32 output; dense:
+per-output scale; attention scores: ``acc * 1/sqrt(d)``), checked once against the numpy reference,
+then timed in interleaved rounds together with the fp32 torch op of the same layer
+(``conv2d`` / ``linear`` / ``matmul``).  Prints the median of the rounds, G binary-MAC/s (bMAC =
+one 1-bit multiply-accumulate, = the MACs of the float op), its share of the measured popcount
+ceiling (``bench``'s) and the torch/bnncompile ratio.
 
     TVM_NUM_THREADS=1 .venv/bin/python examples/bench_kernels.py [--target JSON] [--rounds 7]
-        [--only a|r18|substring] [--no-torch] [--no-check] [--csv out.csv]
+        [--only a|r18|cct|substring] [--no-torch] [--no-check] [--csv out.csv]
 
 The machine may be shared: the load average is printed before and after; compare medians only
 between runs taken under similar load, and prefer interleaved A/B runs.
@@ -29,6 +32,7 @@ import tvm
 from bnncompile.schedules import packing as pk
 from bnncompile.schedules import reference as ref
 
+from bnncompile import bench
 from bnncompile import schedules as S
 
 # (name, Cin, H(=W) of the input, Cout, kernel, stride); padding = kernel // 2 (zero padding).
@@ -61,6 +65,14 @@ REACTNET_18 = [
     ("R18 3x3 256->512@14/s2", 256, 14, 512, 3, 2),
     ("R18 3x3 512@7", 512, 7, 512, 3, 1),
 ]
+# CCT-14/7x2 at 224 (196 tokens, width 384, 6 heads of 64): (name, tokens, in, out) for dense,
+# (name, heads, tokens, head width) for the attention scores Q.K^T
+CCT_DENSE = [
+    ("CCT dense 384->1152 (qkv, fc1)", 196, 384, 1152),
+    ("CCT dense 1152->384 (fc2)", 196, 1152, 384),
+    ("CCT dense 384->384 (proj)", 196, 384, 384),
+]
+CCT_BMM = [("CCT attention Q.K^T 6x196x196 k64", 6, 196, 64)]
 
 
 def load_avg() -> str:
@@ -71,12 +83,9 @@ def load_avg() -> str:
 
 
 def host_target() -> dict:
-    try:
-        from bnncompile import targets
+    from bnncompile import targets
 
-        return dict(targets.host_spec().target)
-    except Exception:  # the package is optional here
-        return {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+    return dict(targets.host_spec().target)
 
 
 class Case:
@@ -110,26 +119,77 @@ class Case:
     def time_bnn(self) -> float:
         return float(self.timer(*self.args, self.out).median)
 
-    def time_torch(self, reps: int = 3) -> float:
+    def time_torch(self) -> float:
         import torch
 
-        if not hasattr(self, "_tx"):
-            self._tx, self._tw = torch.from_numpy(self.x), torch.from_numpy(self.w)
-        f = torch.nn.functional.conv2d
-        with torch.no_grad():
-            f(self._tx, self._tw, stride=self.stride, padding=self.pad)
-            ts = []
-            n = 1
-            while True:  # at least ~30 ms per sample, like min_repeat_ms above
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    f(self._tx, self._tw, stride=self.stride, padding=self.pad)
-                dt = time.perf_counter() - t0
-                if dt > 0.03 or n >= 1024:
-                    break
-                n *= 2
-            ts.append(dt / n)
-        return float(np.median(ts))
+        tx, tw = torch.from_numpy(self.x), torch.from_numpy(self.w)
+        return _time_torch(lambda: torch.nn.functional.conv2d(tx, tw, stride=self.stride, padding=self.pad))
+
+
+class DenseCase(Case):
+    """Binary dense ``[1, L, K] @ W[N, K]^T * scale`` as the frontend builds it."""
+
+    def __init__(self, spec, target, check, rng):
+        self.name, L, K, N = spec
+        self.x = rng.choice([-1.0, 1.0], (1, L, K)).astype("float32")
+        self.w = rng.choice([-1.0, 1.0], (N, K)).astype("float32")
+        scale = (rng.random(N) + 0.5).astype("float32")
+        pf = S.make_bdense(self.x.shape, self.w.shape, with_scale=True, target=target)
+        self._finish(pf, target, [ref.bitpack_last_ref(self.x, 0.0), pk.pack_dense_weight(self.w), scale],
+                     (1, L, N), L * K * N, check, lambda: ref.bdense_ref(self.x, self.w, scale=scale))
+
+    def time_torch(self) -> float:
+        import torch
+
+        tx, tw = torch.from_numpy(self.x), torch.from_numpy(self.w)
+        return _time_torch(lambda: torch.nn.functional.linear(tx, tw))
+
+    def _finish(self, pf, target, args, out_shape, macs, check, expect):
+        self.sym = str(pf.attrs["global_symbol"])
+        self.lib = tvm.compile(pf, target=tvm.target.Target(target)).jit()
+        self.args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+        self.out = tvm.runtime.empty(out_shape, "float32")
+        self.macs = macs
+        if check:
+            self.lib[self.sym](*self.args, self.out)
+            np.testing.assert_allclose(self.out.numpy(), expect(), rtol=1e-6, atol=1e-4)
+        self.timer = self.lib.time_evaluator(self.sym, tvm.cpu(), number=1, repeat=1, min_repeat_ms=30)
+
+
+class BmmCase(DenseCase):
+    """Binary attention scores ``Q[h, L, d] @ K[h, L, d]^T / sqrt(d)`` (both operands packed)."""
+
+    def __init__(self, spec, target, check, rng):
+        self.name, H, L, D = spec
+        self.x = rng.choice([-1.0, 1.0], (H, L, D)).astype("float32")
+        self.w = rng.choice([-1.0, 1.0], (H, L, D)).astype("float32")
+        alpha = 1.0 / float(np.sqrt(D))
+        pf = S.make_bbatch_matmul(self.x.shape, self.w.shape, alpha=alpha, target=target)
+        self._finish(pf, target, [ref.bitpack_last_ref(self.x, 0.0), ref.bitpack_last_ref(self.w, 0.0)],
+                     (H, L, L), H * L * L * D, check,
+                     lambda: ref.bbatch_matmul_ref(self.x, self.w, alpha=alpha))
+
+    def time_torch(self) -> float:
+        import torch
+
+        tx, tw = torch.from_numpy(self.x), torch.from_numpy(self.w)
+        return _time_torch(lambda: torch.matmul(tx, tw.transpose(-1, -2)))
+
+
+def _time_torch(f) -> float:
+    import torch
+
+    with torch.no_grad():
+        f()
+        n = 1
+        while True:  # at least ~30 ms per sample, like min_repeat_ms above
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            dt = time.perf_counter() - t0
+            if dt > 0.03 or n >= 1024:
+                return dt / n
+            n *= 2
 
 
 def main(argv=None) -> int:
@@ -149,17 +209,20 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(1)
     target = json.loads(a.target) if a.target else host_target()
-    specs = REACTNET_A + REACTNET_18
-    if a.only == "a":
-        specs = REACTNET_A
-    elif a.only == "r18":
-        specs = REACTNET_18
+    kinds = [(s, Case) for s in REACTNET_A + REACTNET_18] + [(s, DenseCase) for s in CCT_DENSE] + \
+        [(s, BmmCase) for s in CCT_BMM]
+    groups = {"a": REACTNET_A, "r18": REACTNET_18, "cct": CCT_DENSE + CCT_BMM}
+    if a.only in groups:
+        kinds = [(s, k) for s, k in kinds if s in groups[a.only]]
     elif a.only:
-        specs = [s for s in specs if a.only in s[0]]
+        kinds = [(s, k) for s, k in kinds if a.only in s[0]]
+    ceiling, source = bench.binary_ceiling_gbmacs()
     print(f"target {json.dumps(target)}; 1 thread; rounds {a.rounds}; load average {load_avg()}", flush=True)
+    if ceiling:
+        print(f"popcount ceiling {ceiling:.0f} G bMAC/s per thread ({source})")
     rng = np.random.default_rng(0)
     t0 = time.time()
-    cases = [Case(s, target, not a.no_check, rng) for s in specs]
+    cases = [kind(s, target, not a.no_check, rng) for s, kind in kinds]
     print(f"built{' and checked' if not a.no_check else ''} {len(cases)} kernels in {time.time() - t0:.0f} s",
           flush=True)
     bnn = {c.name: [] for c in cases}
@@ -170,12 +233,13 @@ def main(argv=None) -> int:
             if use_torch:
                 fp[c.name].append(c.time_torch())
     rows = []
-    hdr = f"{'shape':26s} {'bconv ms':>9s} {'G bMAC/s':>9s} {'spread':>13s}"
+    hdr = f"{'shape':34s} {'bnn ms':>9s} {'G bMAC/s':>9s} {'% ceil':>7s} {'spread':>13s}"
     hdr += f" {'torch ms':>9s} {'GMAC/s':>7s} {'ratio':>6s}" if use_torch else ""
     print(hdr)
     for c in cases:
         b = float(np.median(bnn[c.name]))
-        line = (f"{c.name:26s} {b * 1e3:9.3f} {c.macs / b / 1e9:9.1f} "
+        pct = f"{100 * c.macs / b / 1e9 / ceiling:6.0f}%" if ceiling else " " * 7
+        line = (f"{c.name:34s} {b * 1e3:9.3f} {c.macs / b / 1e9:9.1f} {pct} "
                 f"{min(bnn[c.name]) * 1e3:6.3f}-{max(bnn[c.name]) * 1e3:6.3f}")
         row = [c.name, c.macs, b * 1e3, c.macs / b / 1e9]
         if use_torch:
@@ -185,7 +249,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(line)
     tot_b = sum(float(np.median(bnn[c.name])) for c in cases)
-    msg = f"sum of medians: bconv {tot_b * 1e3:.2f} ms"
+    msg = f"sum of medians: bnncompile {tot_b * 1e3:.2f} ms"
     if use_torch:
         tot_f = sum(float(np.median(fp[c.name])) for c in cases)
         msg += f", torch fp32 {tot_f * 1e3:.2f} ms, ratio {tot_f / tot_b:.1f}"
@@ -193,7 +257,7 @@ def main(argv=None) -> int:
     print(f"load average after: {load_avg()}")
     if a.csv:
         with open(a.csv, "w") as f:
-            f.write("shape,macs,bconv_ms,gbmacs" + (",torch_ms,ratio" if use_torch else "") + "\n")
+            f.write("shape,macs,bnn_ms,gbmacs" + (",torch_ms,ratio" if use_torch else "") + "\n")
             for r in rows:
                 f.write(",".join(str(v) for v in r) + "\n")
     return 0

@@ -35,6 +35,7 @@ from bnncompile.schedules import reference as ref
 
 from bnncompile import bench, targets
 from bnncompile import schedules as S
+from bnncompile.bench.machine import fma_loop_gmacs
 
 SECTIONS = ("peak", "fconv", "bitpack", "epilogue", "avgpool")
 
@@ -48,36 +49,11 @@ def _build(pf, tgt):
 
 
 def peak(tgt) -> None:
-    from tvm.script import tirx as T
-
+    """The clock and the FP32 FMA peak the product measures (``bench``'s float roofline)."""
     ghz, how = bench.cpu_ghz()
-    avx512 = "avx512f" in targets.cpu_flags()
-    lanes = 16 if avx512 else 8
-    # independent chains to cover FMA latency x ports (4 x 2 = 8) within the register file: 32 of
-    # the 32 zmm; 8 of the 16 ymm (Zen 3: 8 chains 51.8 G = 16 MAC/cycle, 16 chains 43 G,
-    # 32 chains 21 G: they spill)
-    chains = 32 if avx512 else 8
-    width = chains * lanes
-
-    @T.prim_func
-    def fma(a: T.Buffer((width,), "float32"), n: T.int32):
-        T.func_attr({"global_symbol": "fma", "tirx.noalias": True})
-        acc = T.alloc_buffer((width,), "float32", scope="local")
-        for j in T.vectorized(width):
-            acc[j] = a[j]
-        for i in range(n):
-            for j in T.vectorized(width):
-                acc[j] = acc[j] * T.float32(0.999) + T.float32(0.001)
-        for j in T.vectorized(width):
-            a[j] = acc[j]
-
-    f = tvm.compile(fma, target=tgt).jit()["fma"]
-    buf = tvm.runtime.tensor(np.ones(width, np.float32))
-    n = 1_000_000
-    f(buf, n // 10)
-    best = min(_timed(f, buf, n) for _ in range(5))
-    print(f"clock {ghz:.2f} GHz {how}; FP32 FMA peak {width * n / best / 1e9:.1f} G MAC/s "
-          f"({lanes}-lane vectors, {chains} chains)")
+    lanes = 16 if "avx512f" in targets.cpu_flags() else 8
+    print(f"clock {ghz:.2f} GHz {how}; FP32 FMA peak {fma_loop_gmacs():.1f} G MAC/s "
+          f"({lanes}-lane vectors, independent chains in registers)")
 
 
 def _timed(f, *args) -> float:

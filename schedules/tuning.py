@@ -40,6 +40,7 @@ __all__ = [
     "WorkloadCollector",
     "fast_build",
     "hand_space",
+    "is_hand_trace",
     "lookup_schedule",
     "open_database",
     "open_session",
@@ -253,15 +254,24 @@ def record_digest(rec, mod: tvm.IRModule) -> str:
     return h.hexdigest()
 
 
+def is_hand_trace(trace) -> bool:
+    """A trace that samples nothing is a hand schedule's (searched ones always sample)."""
+    return not any(inst.kind.name.startswith("Sample") for inst in trace.insts)
+
+
 def lookup_schedule(db, mod: tvm.IRModule, target):
-    """Best record's schedule for (workload, target) as ``(s_tir.Schedule, record)``, or
-    ``(None, None)``."""
+    """Best record's schedule for (workload, target) as ``(s_tir.Schedule, record)``;
+    ``(None, None)`` without a record, ``(None, record)`` when the best is the hand schedule's:
+    the hand schedule won, so today's hand schedule is built, not the one that was measured
+    (hand schedules improve; a replayed old one would undo that)."""
     from tvm import s_tir
 
     recs = _records_for(db, mod, identify(target).tag)
     if not recs:
         return None, None
     rec = recs[0]
+    if is_hand_trace(rec.trace):
+        return None, rec
     sch = s_tir.Schedule(mod)
     rec.trace.apply_to_schedule(sch, remove_postproc=False)
     return sch, rec
@@ -281,13 +291,18 @@ class DatabaseSession:
     #: kernel symbol -> reason, for records that existed but could not be replayed
     failed: dict[str, str] = field(default_factory=dict)
     misses: list[str] = field(default_factory=list)
+    #: kernel symbol -> record digest, for kernels whose best record is the hand schedule's
+    #: (built with today's hand schedule)
+    hand_won: dict[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
-        """SHA-256 over the records used (order independent); "" if none."""
-        if not self.applied:
+        """SHA-256 over the records used, hand-won ones included (order independent); "" if
+        none."""
+        used = [v["digest"] for v in self.applied.values()] + list(self.hand_won.values())
+        if not used:
             return ""
         h = hashlib.sha256()
-        for d in sorted(v["digest"] for v in self.applied.values()):
+        for d in sorted(used):
             h.update(d.encode())
         return h.hexdigest()
 
@@ -305,7 +320,10 @@ class DatabaseSession:
             self.failed[symbol] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             return None
         if sch is None:
-            self.misses.append(symbol)
+            if rec is None:
+                self.misses.append(symbol)
+            else:
+                self.hand_won[symbol] = record_digest(rec, mod)
             return None
         secs = [float(x) for x in rec.run_secs or []]
         self.applied[symbol] = {"op": op, "run_ms": round(1e3 * sum(secs) / max(len(secs), 1), 4),

@@ -132,6 +132,8 @@ def test_json_report_records_machine_target_versions(libs, tmp_path, capsys):
     assert all(k.startswith("vm.builtin") for k in vm["by_name"])
     assert sum(v["calls"] for v in vm["by_name"].values()) == vm["calls"]
     assert report["layers"] and any(r["kernel"].startswith("bnn_") for r in report["layers"])
+    ovh = report["vm_overhead"]
+    assert ovh["ms"] > 0 and ovh["min_ms"] <= ovh["ms"] and ovh["kernels_emptied"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
@@ -143,6 +145,7 @@ def test_text_report_prints_cpu_target_and_vm_builtins(libs, capsys):
     assert "\nCPU: " in out and "logical CPUs" in out
     assert "target: host (tag " in out and "load average" in out
     assert "Relax VM builtins per inference:" in out
+    assert "Relax VM overhead per inference:" in out and "ms measured" in out
     assert "per-kernel time" in out  # the per-kernel breakdown keeps working
 
 
@@ -200,6 +203,45 @@ def test_profile_counts_vm_builtins(libs):
     assert bench.profile_layers(load(lib), repeats=1)  # the old entry point still works
 
 
+def test_vm_overhead_times_the_library_program_with_empty_kernels(libs):
+    """The measured program is the library's own (same VM bytecode: same builtins, same kernel
+    calls), and every kernel it calls was emptied, so what is timed is the VM alone."""
+    from bnncompile import targets
+    from bnncompile.artifacts import load_onnx
+    from bnncompile.bench import vm_overhead
+    from bnncompile.compiler import build_relax
+    from bnncompile.runtime import load
+
+    model, lib, _ = libs
+    runner = load(lib)
+    onnx_model = load_onnx(model)
+    real, _ = build_relax(onnx_model, spec=targets.resolve("host"), batch=1)
+    empty, emptied = vm_overhead.emptied_build(onnx_model, runner.meta)
+    assert empty.as_text() == real.as_text()
+    called = {r.kernel for r in bench.profile(runner, repeats=1).layers if not r.kernel.startswith("vm.")}
+    assert called and called <= set(emptied)
+    x = np.zeros(runner.inputs[0]["shape"], np.float32)
+    o = vm_overhead.measure(onnx_model, runner.meta, x, number=2, repeat=2)
+    assert o.ms > 0 and o.kernels_emptied == len(emptied)
+
+
+def test_empty_kernel_bodies_keeps_signatures_and_drops_the_work():
+    import tvm
+    from tvm import te
+
+    from bnncompile.bench import vm_overhead
+
+    a = te.placeholder((4, 8), name="a")
+    b = te.compute((4, 8), lambda i, j: a[i, j] * 2.0, name="b")
+    mod = tvm.IRModule({"double": te.create_prim_func([a, b])})
+    names: list = []
+    out = vm_overhead.empty_kernel_bodies(names)(mod)
+    f = out["double"]
+    assert names == ["double"] and isinstance(f.body, tvm.tirx.Evaluate)
+    assert [str(v) for v in f.params] == [str(v) for v in mod["double"].params]
+    assert f.script().count("T.Buffer((4, 8)") == 2  # the argument checks stay
+
+
 def test_profile_leaves_no_hook_on_the_vm(libs):
     """After a profile the runner must run as before: no Python callback left on the VM's
     calls (one used to stay, costing a few µs per call in every later timing)."""
@@ -250,6 +292,7 @@ def test_against_openvino_latency_and_throughput(libs, capsys):
     assert "openvino-default" in report["throughput_speedup_vs"]
     assert report["throughput_library"].endswith("tiny_b2.so")
     assert report["vm_builtins"] is None and report["layers"] == []  # --no-layers
+    assert report["vm_overhead"] is None
 
 
 def test_against_openvino_text_report(libs, capsys):

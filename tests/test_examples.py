@@ -59,6 +59,15 @@ def test_bench_micro_rejects_unknown_sections(capsys):
     assert "fconvs" in capsys.readouterr().err
 
 
+def test_bench_kernels_checks_and_times_the_transformer_kernels(capsys):
+    """The CCT-14 dense and attention kernels are built as the frontend builds them, checked
+    against the reference (an assertion inside the script) and timed: one line each."""
+    assert _load("bench_kernels").main(["--only", "cct", "--rounds", "1", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("CCT ")]
+    assert len(rows) == 4 and "built and checked 4 kernels" in out and "% ceil" in out
+
+
 def test_gpu_check_target_per_compute_capability():
     gpu_check = _load("gpu_check")
     assert gpu_check.cuda_target("8.0") == "cuda-sm80"

@@ -24,11 +24,14 @@ batch B, in flight at once).
 
 The report also records the machine (:func:`environment`: CPU model and the flags that matter
 here, load average, versions, the library's target and identity) and, from one instrumented run,
-the per-kernel breakdown and the Relax VM builtin calls per inference (:func:`profile`)."""
+the per-kernel breakdown and the Relax VM builtin calls per inference (:func:`profile`), and the
+VM's own time per inference, measured on the same program with its kernels emptied
+(:mod:`.vm_overhead`)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -53,17 +56,20 @@ from .machine import (
     cpu_ghz,
     cpu_info,
     environment,
+    float_ceiling_gmacs,
     format_environment,
     versions,
 )
 from .profile import LayerTiming, VMProfile, format_layers, profile, profile_layers
 from .report import ROUND_SPREAD_WARN, BenchReport, EngineTiming, plot, round_spread_warnings
+from .vm_overhead import VMOverhead
+from .vm_overhead import measure as measure_vm_overhead
 
 __all__ = [
     "AGAINST_CHOICES", "CPU_FLAGS", "OPENVINO_EXTRA", "ROUND_SPREAD_WARN", "SETTLE_S", "BenchReport",
-    "EngineTiming", "LayerTiming", "VMProfile", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
+    "EngineTiming", "LayerTiming", "VMOverhead", "VMProfile", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
     "check_pairing",
-    "cpu_ghz", "cpu_info", "environment", "format_environment", "format_layers", "plot", "profile",
+    "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "format_layers", "plot", "profile",
     "profile_layers", "require_openvino", "round_spread_warnings", "versions",
 ]
 
@@ -150,7 +156,9 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         throughput_lib: a library compiled from the same model with ``--batch B``: adds images/s
             at batch B for every engine (OpenVINO under its THROUGHPUT hint).
         profile_vm: after timing, one instrumented pass (1 thread): per-kernel breakdown
-            (``report.layers``) and Relax VM builtin calls per inference (``report.vm_builtins``).
+            (``report.layers``) and Relax VM builtin calls per inference (``report.vm_builtins``);
+            then the VM's own time per inference (``report.vm_overhead``, 1 thread): the model
+            rebuilt with the library's options and its kernels emptied (a compile).
 
     Raises :class:`UsageError` before any timing when a library was not compiled from
     ``onnx_path`` or OpenVINO is asked for but not installed.
@@ -230,6 +238,8 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         _set_tvm_threads(1)
         prof = profile(runner, x)
         report.layers, report.vm_builtins = prof.layers, prof.builtins
+        say("measuring the VM's own overhead (rebuilding the model with its kernels emptied)")
+        report.vm_overhead = asdict(measure_vm_overhead(model, runner.meta, x))
     report.environment["load_average"]["end"] = list(os.getloadavg())
     report.environment["threads"] = {
         "counts": list(threads), "tvm": "runtime.config_threadpool(1, n)",

@@ -168,6 +168,52 @@ def popcount_loop_gbmacs() -> float:
 
 
 @functools.lru_cache(maxsize=1)
+def float_ceiling_gmacs() -> tuple[float, str]:
+    """Per-thread FP32 multiply-add ceiling of this CPU (G MAC/s) and where it comes from: the
+    float convs' roofline in ``bench``'s per-kernel table (:func:`fma_loop_gmacs`)."""
+    rate = fma_loop_gmacs()
+    if rate <= 0:
+        return 0.0, "not measured (no compiler at hand)"
+    return rate, "measured: independent FMA chains in vector registers, this CPU"
+
+
+def fma_loop_gmacs() -> float:
+    """G FP32 MAC/s of independent multiply-add chains held in vector registers, compiled for
+    this CPU: 8 chains of 8 lanes on AVX2 (FMA latency 4 x 2 pipes; 16 chains spill the 16 ymm:
+    Zen 3 43 G, 32 chains 21 G), 32 of 16 lanes on AVX-512 (its 32 zmm).  Zen 3, 1 thread:
+    ~52 (16 per cycle at 3.2 GHz).  0.0 when TVM cannot build it."""
+    try:
+        import tvm
+        from tvm.script import tirx as T
+
+        from ..targets import cpu_flags, host_spec, tvm_target
+
+        avx512 = "avx512f" in cpu_flags()
+        width = (32 * 16) if avx512 else (8 * 8)
+
+        @T.prim_func
+        def fma(a: T.Buffer((width,), "float32"), n: T.int32):
+            T.func_attr({"global_symbol": "fma", "tirx.noalias": True})
+            acc = T.alloc_buffer((width,), "float32", scope="local")
+            for j in T.vectorized(width):
+                acc[j] = a[j]
+            for i in range(n):
+                for j in T.vectorized(width):
+                    acc[j] = acc[j] * T.float32(0.999) + T.float32(0.001)
+            for j in T.vectorized(width):
+                a[j] = acc[j]
+
+        f = tvm.compile(fma, target=tvm_target(host_spec())).jit()["fma"]
+        buf = tvm.runtime.tensor(np.ones(width, np.float32))
+        n = 200_000
+        f(buf, n // 10)  # warm-up: let the clock ramp up
+        best = min(_timed(f, buf, n) for _ in range(7))
+        return width * n / best / 1e9
+    except Exception:
+        return 0.0
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_ghz() -> tuple[float, str]:
     """The clock one busy core actually runs at, and how it was found.
 

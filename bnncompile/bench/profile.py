@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .machine import binary_ceiling_gbmacs
+from .machine import binary_ceiling_gbmacs, float_ceiling_gmacs
 
 
 @dataclass
@@ -90,12 +90,19 @@ def profile_layers(runner, x: np.ndarray | None = None, *, repeats: int = 5) -> 
 
 
 def format_layers(rows: list[LayerTiming], top: int = 25) -> str:
+    """The per-kernel table: each binary kernel against the popcount ceiling, each float conv
+    against the FP32 multiply-add ceiling (its own roofline), both per thread."""
     ceiling, source = binary_ceiling_gbmacs()
-    lines = [f"per-kernel time (1 inference; binary ceiling ~{ceiling:.0f} G bMAC/s per thread, {source})",
-             f"{'ms':>8} {'share':>6} {'G bMAC/s':>9} {'% ceil':>7}  kernel (layers)"]
+    fceiling, fsource = float_ceiling_gmacs() if any(r.gflops_mac for r in rows[:top]) else (0.0, "")
+    lines = [f"per-kernel time (1 inference; binary ceiling ~{ceiling:.0f} G bMAC/s per thread, {source})"]
+    if fceiling > 0:
+        lines.append(f"float convs (GF = G MAC/s) against the FP32 ceiling ~{fceiling:.0f} G MAC/s per "
+                     f"thread, {fsource}")
+    lines.append(f"{'ms':>8} {'share':>6} {'G bMAC/s':>9} {'% ceil':>7}  kernel (layers)")
     for r in rows[:top]:
         g = f"{r.gbmacs:9.1f}" if r.gbmacs else (f"{r.gflops_mac:6.1f} GF" if r.gflops_mac else " " * 9)
-        pct = f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs and ceiling > 0 else " " * 7
+        pct = (f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs and ceiling > 0 else
+               f"{100 * r.gflops_mac / fceiling:6.0f}%" if r.gflops_mac and fceiling > 0 else " " * 7)
         where = f" ({r.layers[0]}{' +' + str(len(r.layers) - 1) if len(r.layers) > 1 else ''})" if r.layers else ""
         lines.append(f"{r.ms:8.3f} {100 * r.share:5.1f}% {g} {pct}  {r.kernel}{where}")
     if len(rows) > top:

@@ -56,6 +56,7 @@ class BenchReport:
     environment: dict = field(default_factory=dict)
     openvino: dict | None = None  # version, default precision used, properties read back
     vm_builtins: dict | None = None  # see profile()
+    vm_overhead: dict | None = None  # see vm_overhead.measure(): the VM's own ms per inference
     layers: list = field(default_factory=list)  # LayerTiming rows (1 thread)
     number: int = 0
     threads: list[int] = field(default_factory=list)
@@ -127,6 +128,11 @@ class BenchReport:
                             for k, c in list(v["by_name"].items())[:4])
             lines.append(f"Relax VM builtins per inference: {v['calls']} calls, {v['ms']:.3f} ms "
                          f"instrumented ({top})")
+        if self.vm_overhead:
+            o = self.vm_overhead
+            lines.append(f"Relax VM overhead per inference: {o['ms']:.3f} ms measured (min {o['min_ms']:.3f}; "
+                         f"the same VM program, its {o['kernels_emptied']} kernels emptied: every builtin "
+                         "and kernel call, outside the kernels' own work)")
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -287,6 +287,18 @@ def test_popcount_loop_rate_is_measured_and_plausible():
     assert 10 * ghz < rate < 512 * ghz, (rate, ghz)
 
 
+def test_fma_loop_rate_is_measured_and_plausible():
+    """The float convs' roofline: the measured broadcast-FMA loop does at least 2 and at most 64
+    FP32 multiply-adds per cycle (two 512-bit FMA pipes), and the ceiling says it was measured."""
+    from bnncompile import bench
+    from bnncompile.bench.machine import fma_loop_gmacs
+
+    ghz, _ = bench.cpu_ghz()
+    rate = fma_loop_gmacs()
+    assert 2 * ghz < rate < 64 * ghz, (rate, ghz)
+    assert "measured" in bench.float_ceiling_gmacs()[1]
+
+
 def test_bench_bad_threads(work, capsys):
     code = main(["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--threads", "0"])
     _err_one_line(capsys, code, 2, "--threads")

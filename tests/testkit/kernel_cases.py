@@ -40,7 +40,9 @@ CONV_CORE = [
 ]
 
 # ((..., K_in), N_out)
-DENSE_CORE = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8)]
+DENSE_CORE = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 3, 4, 63), 8),
+              # x86 row bands: one row split into 8 / 5 bands of tiles; 5 bands of 4 rows
+              ((1, 96), 64), ((1, 70), 40), ((20, 128), 24)]
 
 # (a_shape, b_shape, alpha): a @ b^T over the last axis, batch axes broadcast as given
 BMM_CORE = [((2, 6, 64), (2, 16, 64), None), ((3, 5, 65), (3, 9, 65), None),
