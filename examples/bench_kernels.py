@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", default=None)
     a = ap.parse_args(argv)
 
-    tvm.get_global_func("runtime.config_threadpool")(1, 1)
+    bench.set_tvm_threads(1)  # TVM 1 thread; the CPU mask stays (torch's pool is made next)
     use_torch = not a.no_torch
     if use_torch:
         import torch

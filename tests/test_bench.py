@@ -8,6 +8,7 @@ Never asserts on speed: the engines run 1 round of 1 call on a tiny model.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -147,6 +148,26 @@ def test_text_report_prints_cpu_target_and_vm_builtins(libs, capsys):
     assert "Relax VM builtins per inference:" in out
     assert "Relax VM overhead per inference:" in out and "ms measured" in out
     assert "per-kernel time" in out  # the per-kernel breakdown keeps working
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs 2+ CPUs")
+def test_tvm_thread_setting_leaves_the_cpu_mask_alone():
+    """TVM pins the thread that configures its pool; threads created afterwards (ONNX Runtime's,
+    torch's, OpenVINO's) would inherit one core. The benchmark's setter restores the mask."""
+    import threading
+
+    from bnncompile.bench.engines import set_tvm_threads
+
+    before = os.sched_getaffinity(0)
+    for n in (1, 2, 1):
+        set_tvm_threads(n)
+        assert os.sched_getaffinity(0) == before, n
+    seen = {}
+    t = threading.Thread(target=lambda: seen.setdefault("mask", os.sched_getaffinity(0)))
+    t.start()
+    t.join()
+    assert seen["mask"] == before
 
 
 def test_round_spread_warning():

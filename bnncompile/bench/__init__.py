@@ -46,9 +46,9 @@ from .engines import (
     _interleave,
     _OpenVINO,
     _ort_session,
-    _set_tvm_threads,
     _zoo_model,
     require_openvino,
+    set_tvm_threads,
 )
 from .machine import (
     CPU_FLAGS,
@@ -70,7 +70,7 @@ __all__ = [
     "EngineTiming", "LayerTiming", "VMOverhead", "VMProfile", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
     "check_pairing",
     "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "format_layers", "plot", "profile",
-    "profile_layers", "require_openvino", "round_spread_warnings", "versions",
+    "profile_layers", "require_openvino", "round_spread_warnings", "set_tvm_threads", "versions",
 ]
 
 
@@ -215,7 +215,7 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         return out
 
     for n in threads:
-        _set_tvm_threads(n)
+        set_tvm_threads(n)
         torch.set_num_threads(n)
         report.timings += _interleave(engines_for(runner, x, n, throughput=False), n, rounds=rounds,
                                       number=number, warmup=warmup, say=say, label="")
@@ -226,7 +226,7 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         if ov is not None:
             ov.reshape(shape8)
         for n in threads:
-            _set_tvm_threads(n)
+            set_tvm_threads(n)
             torch.set_num_threads(n)
             report.throughput += _interleave(engines_for(runner8, x8, n, throughput=True), n,
                                              rounds=rounds, number=number, warmup=warmup, say=say,
@@ -235,7 +235,7 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         report.openvino = ov.info()
     report.warnings += round_spread_warnings(report.timings + report.throughput)
     if profile_vm:
-        _set_tvm_threads(1)
+        set_tvm_threads(1)
         prof = profile(runner, x)
         report.layers, report.vm_builtins = prof.layers, prof.builtins
         say("measuring the VM's own overhead (rebuilding the model with its kernels emptied)")

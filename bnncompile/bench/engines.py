@@ -4,6 +4,7 @@ precision, on the portable form of the file), each at a given thread count."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -25,10 +26,20 @@ AGAINST_CHOICES = ("openvino",)
 OPENVINO_EXTRA = "pip install 'bnncompile[openvino]'"
 
 
-def _set_tvm_threads(n: int) -> None:
+def set_tvm_threads(n: int) -> None:
+    """TVM's thread pool at ``n`` threads, the calling thread's CPU mask left as it was.
+
+    ``config_threadpool`` pins the calling thread to one core, and every thread created after
+    that inherits the mask: ONNX Runtime's and torch's intra-op pools and OpenVINO's streams
+    then all ran on that one core (at 2 threads ONNX Runtime and PyTorch measured *slower* than
+    at 1: docs/benchmarks.md, the Intel section's machine notes), and in a long zoo sweep other
+    engines' idle threads shared the core bnncompile was pinned to."""
     import tvm
 
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     tvm.get_global_func("runtime.config_threadpool")(1, n)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 def _zoo_model(onnx_model):
