@@ -242,7 +242,7 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         report.vm_overhead = asdict(measure_vm_overhead(model, runner.meta, x))
     report.environment["load_average"]["end"] = list(os.getloadavg())
     report.environment["threads"] = {
-        "counts": list(threads), "tvm": "runtime.config_threadpool(1, n)",
+        "counts": list(threads), "tvm": "runtime.config_threadpool(-3, n, every allowed core); caller's CPU mask kept",
         "onnxruntime": "intra_op_num_threads=n, inter_op_num_threads=1", "torch": "set_num_threads(n)",
         **({"openvino": "INFERENCE_NUM_THREADS=n"} if ov is not None else {})}
     return report

@@ -29,17 +29,21 @@ OPENVINO_EXTRA = "pip install 'bnncompile[openvino]'"
 def set_tvm_threads(n: int) -> None:
     """TVM's thread pool at ``n`` threads, the calling thread's CPU mask left as it was.
 
-    ``config_threadpool`` pins the calling thread to one core, and every thread created after
-    that inherits the mask: ONNX Runtime's and torch's intra-op pools and OpenVINO's streams
-    then all ran on that one core (at 2 threads ONNX Runtime and PyTorch measured *slower* than
-    at 1: docs/benchmarks.md, the Intel section's machine notes), and in a long zoo sweep other
-    engines' idle threads shared the core bnncompile was pinned to."""
+    ``config_threadpool(1, n)`` (TVM's "big cores" mode) pins the calling thread and TVM's
+    workers to one core here, and every thread created afterwards inherits the mask: ONNX
+    Runtime's and torch's intra-op pools and OpenVINO's streams then all ran on that one core
+    (Zen 3, DyBNN-ReActNet-18, 2 threads: ORT 88.5 ms instead of 30.2, OpenVINO 41.7 instead of
+    22.7, ours 13.0 instead of 7.9; docs/benchmarks.md Z8). Mode -3 lets the ``n`` threads share
+    every allowed core; the caller's mask is put back as well."""
     import tvm
 
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    tvm.get_global_func("runtime.config_threadpool")(1, n)
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+    if cpus is None:
+        tvm.get_global_func("runtime.config_threadpool")(1, n)
+        return
+    # mode -3 (kSpecifyThreadShareAllCore): n threads free to run on every allowed core
+    tvm.get_global_func("runtime.config_threadpool")(-3, n, [str(c) for c in sorted(cpus)])
+    os.sched_setaffinity(0, cpus)
 
 
 def _zoo_model(onnx_model):
