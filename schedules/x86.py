@@ -165,8 +165,8 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
     sch.reverse_compute_inline(sch.get_sblock(out))
     rows = sch.fuse(*batch, mo) if batch else mo
     # A task is a band of MI rows, its tiles walked in order: one task per tile cost ~90
-    # cycles each (Zen 3, 1 thread: attention Q.K^T 6x196x196, K=64, 0.29 -> 0.092 ms; dense
-    # 196x384 -> 1152 0.35 -> 0.31 ms; 1x512 -> 1000 4.9 -> 1.8 us).  With too few row bands
+    # cycles each (Zen 3, 1 thread: attention Q.K^T 6x196x196, K=64, 0.29 -> 0.094 ms; dense
+    # 196x384 -> 1152 0.43 -> 0.31 ms; 1x512 -> 1000 4.9 -> 2.1 us).  With too few row bands
     # to share out (M = 1: a classifier, a pooled token) the tiles split into a few bands too.
     bands = MIN_ROW_TASKS // extent(sch, rows)
     if bands > 1 and largest_divisor(extent(sch, no), bands) > 1:
