@@ -121,6 +121,15 @@ def relax_pipeline(target, *, fast_math: bool = True, then: tuple = ()):
         + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target) + list(then))
 
 
+def library_build_options(meta: dict) -> dict:
+    """The :func:`build_relax` keyword arguments a library was compiled with, read from its
+    sidecar ``meta`` (the defaults where a sidecar lacks one): rebuilds of the same program
+    (validate's debug build, bench's emptied-kernel build) start from here."""
+    opts = meta.get("options") or {}
+    return {"binary_kernels": opts.get("binary_kernels", True), "fast_math": opts.get("fast_math", True),
+            "fuse_epilogues": opts.get("fuse_epilogues", True), "sign_zero": opts.get("sign_zero", "plus")}
+
+
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
                 fuse_epilogues: bool = True, debug_signs: bool = False, sign_zero: str = "plus",

@@ -210,12 +210,10 @@ class _Build:
         if runner is not None and self.signs:
             self.vm = runner.vm
         else:
-            from .compiler import build_relax
+            from .compiler import build_relax, library_build_options
 
-            opts = meta.get("options") or {}
-            ex, plan = build_relax(model, spec=spec, batch=self.batch, debug_signs=True,
-                                   binary_kernels=binary_kernels, fast_math=opts.get("fast_math", True),
-                                   fuse_epilogues=opts.get("fuse_epilogues", True))
+            options = {**library_build_options(meta), "binary_kernels": binary_kernels}
+            ex, plan = build_relax(model, spec=spec, batch=self.batch, debug_signs=True, **options)
             self.vm, self.signs = relax.VirtualMachine(ex, tvm.cpu(0)), plan.debug_signs
         self.runner = runner
         self.device = runner._device if runner is not None and self.vm is runner.vm else None

@@ -48,16 +48,12 @@ def emptied_build(model, meta: dict):
     of sidecar ``meta`` was compiled with (target, batch, float fusion, sign-zero rule) and
     :func:`empty_kernel_bodies` last."""
     from .. import targets
-    from ..compiler import build_relax
+    from ..compiler import build_relax, library_build_options
 
-    opts = meta.get("options") or {}
     spec = targets.resolve(json.dumps(meta["target"]["target"]))
     emptied: list[str] = []
     ex, _ = build_relax(model, spec=spec, batch=int(meta["inputs"][0]["shape"][0]),
-                        binary_kernels=opts.get("binary_kernels", True),
-                        fast_math=opts.get("fast_math", True),
-                        fuse_epilogues=opts.get("fuse_epilogues", True),
-                        sign_zero=opts.get("sign_zero", "plus"), then=(empty_kernel_bodies(emptied),))
+                        **library_build_options(meta), then=(empty_kernel_bodies(emptied),))
     return ex, emptied
 
 
