@@ -30,11 +30,20 @@ class CompileOptions:
     fuse_epilogues: bool = True
     verify: bool = True
     sign_zero: str = "plus"
+    conv_precision: str = "fp32"
     version: int = artifacts.SIDECAR_VERSION
 
     def __post_init__(self):
+        from .schedules.quantize import PRECISIONS
+
         if not isinstance(self.batch, int) or self.batch < 1:
             raise UsageError(f"Expected --batch to be a positive integer, got {self.batch!r}")
+        if self.conv_precision not in PRECISIONS:
+            raise UsageError(f"Expected --conv-precision to be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.conv_precision!r}")
+        if self.conv_precision != "fp32" and not self.binary_kernels:
+            raise UsageError(f"--conv-precision {self.conv_precision} quantizes bnncompile's float conv "
+                             "kernels; --float-only builds none (drop one of the two)")
 
 
 @dataclass
@@ -127,13 +136,14 @@ def library_build_options(meta: dict) -> dict:
     (validate's debug build, bench's emptied-kernel build) start from here."""
     opts = meta.get("options") or {}
     return {"binary_kernels": opts.get("binary_kernels", True), "fast_math": opts.get("fast_math", True),
-            "fuse_epilogues": opts.get("fuse_epilogues", True), "sign_zero": opts.get("sign_zero", "plus")}
+            "fuse_epilogues": opts.get("fuse_epilogues", True), "sign_zero": opts.get("sign_zero", "plus"),
+            "conv_precision": opts.get("conv_precision", "fp32")}
 
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
                 fuse_epilogues: bool = True, debug_signs: bool = False, sign_zero: str = "plus",
-                then: tuple = ()):
+                conv_precision: str = "fp32", then: tuple = ()):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
@@ -146,7 +156,8 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
 
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
-                           fuse_epilogues=fuse_epilogues, debug_signs=debug_signs, sign_zero=sign_zero)
+                           fuse_epilogues=fuse_epilogues, debug_signs=debug_signs, sign_zero=sign_zero,
+                           conv_precision=conv_precision)
     session = None
     if tuning_db is not None:
         from .schedules import tuning
@@ -182,7 +193,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None, tuning_db=None,
                   pretuned: bool = True, fast_math: bool = True,
                   fuse_epilogues: bool = True, verify: bool = True,
-                  sign_zero: str = "plus") -> CompileResult:
+                  sign_zero: str = "plus", conv_precision: str = "fp32") -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``, or a ``.tar`` object
     archive when ``output`` ends in ``.tar``) and its sidecar ``.json``, both replaced together
     or not at all.
@@ -209,11 +220,18 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         sign_zero: ONNX ``Sign`` maps 0 to 0, one bit cannot: "plus" compiles it as 0 -> +1 and
             lists each site in ``CompileResult.notes`` (and the sidecar), "refuse" stops with an
             error naming the node.
+        conv_precision: the float convs bnncompile computes (stem, tokenizer, shortcuts): "fp32"
+            (exact), or "int16" / "int8", quantized per sample (``schedules.quantize``; CPU
+            targets).  ``verify`` / ``validate`` then compare with the file's graph computing the
+            same quantization, and ``validate`` reports its effect against the fp32 model.
     """
     opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels,
                           fast_math=fast_math, fuse_epilogues=fuse_epilogues, verify=verify,
-                          sign_zero=sign_zero)
+                          sign_zero=sign_zero, conv_precision=conv_precision)
     spec = targets.resolve(target)
+    if conv_precision != "fp32" and spec.arch == "cuda":
+        raise UsageError(f"--conv-precision {conv_precision}: the quantized conv kernels are CPU "
+                         f"kernels; target {spec.name} is a GPU (use fp32)")
     say = progress or (lambda msg: None)
     output = Path(output)
     if not output.parent.is_dir():
@@ -233,7 +251,7 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
     ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
                           tuning_db=tuning_db, fast_math=fast_math, fuse_epilogues=fuse_epilogues,
-                          debug_signs=verify, sign_zero=sign_zero)
+                          debug_signs=verify, sign_zero=sign_zero, conv_precision=conv_precision)
     notes = []
     say(f"linking {output.name}")
     side = artifacts.sidecar_path_for(output)
@@ -260,6 +278,10 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         sidecar["verify"] = checked
         tmp_side.write_text(json.dumps(sidecar, indent=2))
         artifacts.replace_together([(tmp, output), (tmp_side, side)])
+    if conv_precision != "fp32":
+        notes.append(f"{len(plan.quantized_convs)} float conv(s) quantized to {conv_precision}" +
+                     ("" if plan.quantized_convs else " (none in this model)") +
+                     "; `bnncompile validate` reports the effect against the fp32 model")
     if not plan.binary:
         notes.append("no layer of this model is binary: it compiled all-float (see `bnncompile "
                      "inspect` for why each Conv/Gemm/MatMul is not)")
@@ -324,6 +346,7 @@ def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha
         "debug_signs": list(plan.debug_signs),  # what the debug_signs entry returns after the outputs
         "not_binary": dict(plan.not_binary),
         "sign_zero_sites": [site.node for site in plan.sign_zero_sites],
+        "quantized_convs": dict(plan.quantized_convs),  # node -> {"qa", "qw"} (--conv-precision)
         "kernels": plan.kernels,
         "tuning": _tuning_sidecar(tuning_db, getattr(plan, "tuning", None)),
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},

@@ -16,6 +16,7 @@ zero-padded) and in chunks of the graph's fixed batch in ONNX Runtime.  Toleranc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +80,11 @@ class InputSetReport:
     notes: list[str] = field(default_factory=list)  # what a reader should know even if it passed
     #: ONNX Sign sites (compiled as 0 -> +1): how many of their inputs were exactly 0 here
     sign_zero_inputs: dict[str, int] = field(default_factory=dict)
+    #: a --conv-precision int16/int8 library: the quantization's effect against the fp32 model
+    #: (the fields above compare with the file's graph quantized the same way, see
+    #: frontend.quantized_reference): {"precision", "flips", "elements", "first_layer",
+    #: "top1_vs_torch", "top1_vs_fp32_ort", "max_abs_vs_fp32_ort"}; reported, not judged
+    precision_effect: dict | None = None
 
     @property
     def flips(self) -> int:
@@ -131,6 +137,13 @@ class ParityReport:
                 cause = ("near-tie flips only: downstream drift is their consequence" if s.tie_induced
                          else "flips away from any tie: a kernel or lowering bug")
                 lines.append(f"  first layer that diverges: {s.first_divergent_layer} ({cause})")
+            if s.precision_effect:
+                e = s.precision_effect
+                t1 = "n/a" if e["top1_vs_torch"] is None else f"{e['top1_vs_torch']:.0%}"
+                lines.append(f"  {e['precision']} float convs vs the fp32 model: sign flips {e['flips']}/"
+                             f"{e['elements']} (first: {e['first_layer'] or 'none'}), top-1 vs PyTorch {t1}, "
+                             f"vs fp32 ONNX Runtime {e['top1_vs_fp32_ort']:.0%}, max |logit change| "
+                             f"{e['max_abs_vs_fp32_ort']:.3g} (reported, not judged)")
             lines += [f"  {r}" for r in [*s.notes, *s.reasons]]
             shown = s.layers if verbose else [la for la in s.layers if la.flips]
             width = max((len(la.name) for la in shown), default=0)
@@ -280,6 +293,17 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
     from .frontend.canonicalize import sign_zero_sites
 
     canonical = prepare(model)
+    meta = runner.meta if runner is not None else {}
+    precision = (meta.get("options") or {}).get("conv_precision", "fp32")
+    exact_ref = canonical  # what the build must match: the file, its float convs as the library computes them
+    if precision != "fp32":
+        from .frontend.quantized_reference import quantized_reference
+
+        convs = meta.get("quantized_convs") or {}
+        exact_ref = quantized_reference(canonical, convs, precision)
+        from .schedules.quantize import tie_rtol
+
+        tol = dataclasses.replace(tol, tie_rtol=tie_rtol([c["qa"] for c in convs.values()], tol.tie_rtol))
     zero_sites = sign_zero_sites(canonical)
     signs = sign_nodes(canonical)
     index = GraphIndex(canonical)
@@ -297,14 +321,17 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
                 raise InputFileError(f"{set_name}: its outputs have shape {list(ref.shape)} but the "
                                      f"model's are {list(y_ort.shape)}: the file belongs to another model")
             _check_golden_belongs(set_name, ref, y_ort, tol, zero_sites)
-        refs.append(ort)
+        quantized = (None if exact_ref is canonical else
+                     reference(exact_ref, {spec_in["name"]: x}, wanted, batch=static))
+        refs.append((ort, quantized))
     say("compiling a debug build" if runner is None or not runner.meta.get("debug_signs")
         else "loading the library's debug entry")
     build = _Build(model, spec, runner=runner, batch=static or min(8, max(s[1].shape[0] for s in sets)),
                    binary_kernels=binary_kernels)
     by_output = {n.output[0]: n for n in signs}
     report = ParityReport(str(onnx_path), spec.name, None if lib is None else str(lib), tol, [])
-    for (set_name, x, ref), ort in zip(sets, refs):
+    for (set_name, x, ref), (fp32_ort, quantized_ort) in zip(sets, refs):
+        ort = fp32_ort if quantized_ort is None else quantized_ort
         if not np.all(np.isfinite(x)):
             report.warnings.append(f"input set {set_name!r} contains NaN/Inf; DynamicSign maps NaN to -1")
         say(f"running the build on {set_name}")
@@ -325,12 +352,30 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
                 s.notes.append(f"{s.sign_zero_inputs[site.node]} inputs of '{site.node}' were exactly 0: "
                                "the file's Sign gives 0 there, the compiled model +1 (compare with "
                                "ONNX Runtime on the original file, not this report, to see the effect)")
+        if quantized_ort is not None:
+            # PyTorch ran the fp32 model: the build is judged against the quantized graph alone
+            s.max_abs_vs_torch = s.mean_abs_vs_torch = s.top1_vs_torch = None
+            s.precision_effect = _precision_effect(precision, [by_output[n] for n in build.signs], ours,
+                                                   fp32_ort, consts, y, ref, fp32_ort[model.graph.output[0].name], tol)
+            ref = None
         _judge(s, y, ref if ref is not None else y_ort, tol)
         report.sets.append(s)
     del build  # it holds the library's VM (and a board's session)
     if runner is not None:
         runner.close()  # a board's RPC server serves one session at a time
     return report
+
+
+def _precision_effect(precision, signs, ours, fp32_ort, consts, y, torch_ref, y_fp32, tol) -> dict:
+    """How far a quantized build moved from the fp32 model: its sign flips per layer against
+    ONNX Runtime on the original file, and its top-1 against PyTorch and that run."""
+    check = compare_signs(signs, ours, fp32_ort, consts, tie_rtol=tol.tie_rtol)
+    return {"precision": precision, "flips": sum(la.flips for la in check.layers),
+            "elements": sum(la.elements for la in check.layers), "first_layer": check.first_divergent,
+            "layers": {la.name: la.flips for la in check.layers if la.flips},
+            "top1_vs_torch": None if torch_ref is None else top1_agreement(y, torch_ref),
+            "top1_vs_fp32_ort": top1_agreement(y, y_fp32),
+            "max_abs_vs_fp32_ort": float(np.max(np.abs(y - y_fp32)))}
 
 
 def _check_golden_belongs(set_name: str, ref: np.ndarray, y_ort: np.ndarray, tol: Tolerances,

@@ -4,6 +4,7 @@
     python examples/zoo_sweep.py --small               # every model at 32 px (quick check)
     python examples/zoo_sweep.py --size-override 64 --models reactnet_18,dybnn_reactnet_18
     python examples/zoo_sweep.py --small --json sweep.json
+    python examples/zoo_sweep.py --conv-precision int16 --against openvino   # quantized float convs
     python examples/zoo_sweep.py --against openvino --json docs/bench/CPU-DATE/zoo_sweep.json \
         --markdown sweep.md --plot docs/bench/CPU-DATE/zoo_speedup.png  # docs/benchmarks.md
 
@@ -12,7 +13,10 @@ One table row per model: parameters, binary layers found by the compiler, compil
 batch-1 median latency (1 thread unless --threads says more) of bnncompile, ONNX Runtime FP32 on
 the same ONNX file, PyTorch eager and, with --against openvino, OpenVINO FP32 and OpenVINO's
 default precision (bf16 on AMX / AVX512_BF16 CPUs), each with its ratio engine / bnncompile
-(> 1: bnncompile is faster). Timings on shared VMs are noisy: the engines are interleaved and
+(> 1: bnncompile is faster). With --conv-precision int16|int8 the float convs are quantized; the
+parity columns then compare with the quantized graph (frontend.quantized_reference), and three
+more give the quantization's effect against the fp32 model: sign flips, worst top-1 agreement and
+max |logit change|. Timings on shared VMs are noisy: the engines are interleaved and
 reported as medians (see bnncompile.bench).
 """
 
@@ -66,7 +70,7 @@ def fmt_row(row: dict, cols) -> str:
 
 
 def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: int,
-              threads=(1,), against=()) -> dict:
+              threads=(1,), against=(), conv_precision: str = "fp32") -> dict:
     spec = zoo.get_spec(name)
     size = size or spec.input_size
     row: dict = {"model": name, "size": size}
@@ -75,10 +79,19 @@ def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: i
     x = torch.from_numpy(real_images(2, size, channels=spec.in_channels, seed=0))
     onnx_path = workdir / f"{name}_{size}.onnx"
     bnncompile.export(model, x[:1], onnx_path, golden_inputs=x)
-    res = bnncompile.compile_model(onnx_path, output=workdir / f"{name}_{size}.so", target="host", batch=1)
+    res = bnncompile.compile_model(onnx_path, output=workdir / f"{name}_{size}.so", target="host", batch=1,
+                                   conv_precision=conv_precision)
     row["bin"], row["compile_s"] = res.num_binary_layers, res.seconds
     report = bnncompile.validate_parity(onnx_path, lib=res.library, real_images=2)
-    row["max_abs"] = max(s.max_abs_vs_torch for s in report.sets if s.max_abs_vs_torch is not None)
+    # vs PyTorch; a quantized build vs the quantized graph (ONNX Runtime), PyTorch being fp32
+    row["max_abs"] = max(s.max_abs_vs_torch if s.max_abs_vs_torch is not None else s.max_abs_vs_ort
+                         for s in report.sets)
+    effects = [s.precision_effect for s in report.sets if s.precision_effect]
+    if effects:
+        row["q_flips"] = sum(e["flips"] for e in effects)
+        row["q_top1"] = min(min(v for v in (e["top1_vs_torch"], e["top1_vs_fp32_ort"]) if v is not None)
+                            for e in effects)
+        row["q_logit"] = max(e["max_abs_vs_fp32_ort"] for e in effects)
     row["top1"] = min(min(v for v in (s.top1_vs_torch, s.top1_vs_ort) if v is not None) for s in report.sets)
     row["flips"] = sum(s.flips for s in report.sets)
     row["parity_ok"] = report.ok
@@ -110,8 +123,12 @@ ENGINE_LABELS = {"ort": "ORT FP32", "ovfp32": "OpenVINO FP32", "ov": "OpenVINO d
 
 
 def to_markdown(rows: list[dict], argv: list[str], threads, against) -> str:
-    head = ["model", "input", "params", "binary layers", "max abs logit err vs PyTorch", "top-1",
-            "sign flips"]
+    quantized = any("q_flips" in r for r in rows)
+    head = ["model", "input", "params", "binary layers",
+            "max abs logit err vs the quantized graph" if quantized else "max abs logit err vs PyTorch",
+            "top-1", "sign flips"]
+    if quantized:
+        head += ["flips vs fp32", "top-1 vs fp32", "max logit change vs fp32"]
     for n in threads:
         head.append(f"bnncompile {n}T ms")
         for key, _ in engines_for(against):
@@ -126,6 +143,8 @@ def to_markdown(rows: list[dict], argv: list[str], threads, against) -> str:
             continue
         cells = [r["model"], str(r["size"]), f(r.get("params"), ",d"), str(r.get("bin")),
                  f(r.get("max_abs"), ".1e"), f(r.get("top1"), ".0%"), str(r.get("flips"))]
+        if quantized:
+            cells += [str(r.get("q_flips")), f(r.get("q_top1"), ".0%"), f(r.get("q_logit"), ".2g")]
         for n in threads:
             cells.append(f(r.get(f"bnn_{n}t_ms"), ".2f"))
             for key, _ in engines_for(against):
@@ -173,6 +192,8 @@ def main(argv=None) -> int:
                     help="comma-separated thread counts (default 1: the 2 vCPUs do not scale)")
     ap.add_argument("--against", action="append", default=[], choices=["openvino"],
                     help="also time OpenVINO (FP32 and its default precision) in the same run")
+    ap.add_argument("--conv-precision", default="fp32", choices=["fp32", "int16", "int8"],
+                    help="compile the float convs quantized (compile --conv-precision)")
     ap.add_argument("--json", type=Path, help="write all rows as JSON")
     ap.add_argument("--markdown", type=Path, help="write a markdown table (docs/benchmarks.md style)")
     ap.add_argument("--plot", type=Path, help="write a PNG: speed-up vs ONNX Runtime per model")
@@ -195,7 +216,8 @@ def main(argv=None) -> int:
         for name in tqdm(names, desc="zoo sweep", unit="model", file=sys.stderr):
             t0 = time.perf_counter()
             try:
-                row = sweep_one(name, size, Path(tmp), rounds, number, threads, against)
+                row = sweep_one(name, size, Path(tmp), rounds, number, threads, against,
+                                args.conv_precision)
             except Exception as exc:  # keep sweeping; report the failure in the row
                 row = {"model": name, "size": size or zoo.get_spec(name).input_size,
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}

@@ -9,7 +9,9 @@ Layout, in the order a kernel is made:
 * :mod:`.registry` — the public ``make_*`` builders (compute + schedule → PrimFunc);
 * :mod:`.tuning` + ``databases/`` — MetaSchedule records that replace hand schedules;
 * :mod:`.float_glue` — default schedules for the float ops TVM legalizes;
-* :mod:`.packing` (numpy: weights, tables) and :mod:`.reference` (independent numpy references).
+* :mod:`.x86_intrinsics` — tensor intrinsics the x86 schedules tensorize with;
+* :mod:`.packing` (numpy: weights, tables), :mod:`.quantize` (numpy: the quantized float convs'
+  numbers) and :mod:`.reference` (independent numpy references).
 
 This package knows nothing about ONNX or bnncompile's frontend.  Names are imported lazily, so
 ``bnncompile.schedules.target_identity`` or ``.packing`` do not pull in every kernel.
@@ -22,7 +24,7 @@ _FROM = {
     "registry": ("SCHEDULES", "fconv2d_block", "get_schedule", "make_avgpool2d",
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
-                 "target_key"),
+                 "make_qconv2d", "make_quantize_pairs", "target_key"),
     "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
                 "unpack_bits"),
 }

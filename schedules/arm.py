@@ -31,6 +31,8 @@ schedule_bitpack_last = generic.schedule_bitpack_last
 schedule_maxpool2d = generic.schedule_maxpool2d
 schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
+schedule_quantize_pairs = generic.schedule_quantize_pairs
+schedule_qconv2d = generic.schedule_qconv2d  # no NEON intrinsic yet: int32 lanes, vectorised
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:

@@ -257,6 +257,52 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> N
     sch.decompose_reduction(conv, rc)
 
 
+def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
+    """|x| maxima as lane partials per channel row (rows in parallel, lanes vectorised), then
+    the pairs: rows of (n, pair, h) in parallel, vectorised along the padded row."""
+    part = sch.get_sblock("qabs_part")
+    n, c, lane, rh, rs = sch.get_loops(part)
+    sch.reorder(n, c, rh, rs, lane)
+    sch.parallel(sch.fuse(n, c))
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(part, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    pairs = sch.get_sblock("qpairs")
+    n, c2, h, w, j = sch.get_loops(pairs)
+    sch.parallel(sch.fuse(n, c2, h))
+    wj = sch.fuse(w, j)
+    f = pick_factor(extent(sch, wj), (16, 8, 4, 2))
+    if f > 1:
+        sch.vectorize(sch.split(wj, factors=[None, f])[1])
+
+
+def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intrin: str | None = None) -> None:
+    """The float conv's register tile (:func:`schedule_fconv2d`) on int32 accumulators: ``WI``
+    output pixels x ``KBI`` channel blocks, reductions outside it; the ``(ob, j)`` pair loops
+    tensorized with ``intrin`` where the target has one, else vectorised along ``ob``."""
+    conv = sch.get_sblock("qconv")
+    n, kb, oh, ow, ob, rc, rh, rw, rj = sch.get_loops(conv)
+    kbo, kbi = sch.split(kb, factors=[None, largest_divisor(extent(sch, kb), kb_max)])
+    wo, wi = sch.split(ow, factors=[None, largest_divisor(extent(sch, ow), wi_max)])
+    sch.reorder(n, oh, kbo, wo, rc, rh, rw, wi, kbi, ob, rj)
+    wb = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(wb, wo)
+    sch.parallel(sch.fuse(n, oh))
+    sch.unroll(kbi)
+    sch.unroll(wi)
+    sch.compute_inline(wb)
+    out = sch.get_sblock("qconv_out")
+    sch.reverse_compute_at(out, wo)
+    vectorize_innermost(sch, out, wo)
+    if intrin is None:
+        sch.unroll(rj)
+        sch.vectorize(ob)
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if intrin is not None:
+        sch.tensorize(ob, intrin)
+
+
 def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     """Rows of (n, c, oh) in parallel; per row, the KH-row max into a local row buffer
     (vectorised along w, contiguous), then the strided KW-column max as a plain loop for LLVM

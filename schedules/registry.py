@@ -28,12 +28,15 @@ from .target_identity import as_target, identify, vector_bits
 TargetLike = Union[tvm.target.Target, dict, None]
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
-       "avgpool2d", "prelu_stats")
+       "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d")
+#: CPU kernels only (``compile --conv-precision``): no CUDA schedule, and no generic one for it
+CPU_ONLY_OPS = ("quantize_pairs", "qconv2d")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
     for _op in OPS:
-        SCHEDULES[(_op, _key)] = getattr(_mod, "schedule_" + _op)
+        if _key != "cuda" or _op not in CPU_ONLY_OPS:
+            SCHEDULES[(_op, _key)] = getattr(_mod, "schedule_" + _op)
 
 # Compute options that depend on the target (CUDA: 32-bit accumulators, __popcll returns int).
 _ACC_DTYPE = {"cuda": "int32"}
@@ -51,6 +54,8 @@ __all__ = [
     "make_fconv2d",
     "make_maxpool2d",
     "make_prelu_stats",
+    "make_qconv2d",
+    "make_quantize_pairs",
     "target_key",
 ]
 
@@ -63,6 +68,9 @@ def target_key(target: TargetLike) -> str:
 def get_schedule(op: str, target: TargetLike = None, schedule: str | None = None):
     """Return ``(key, fn)``; ``schedule`` forces a key (e.g. "cpu" for the generic fallback)."""
     key = schedule or target_key(target)
+    if key == "cuda" and op in CPU_ONLY_OPS:
+        raise ValueError(f"{op} is a CPU kernel: no CUDA schedule (compile CUDA targets with "
+                         "--conv-precision fp32)")
     fn = SCHEDULES.get((op, key)) or SCHEDULES[(op, "cpu")]
     return key, fn
 
@@ -325,6 +333,53 @@ def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *,
             f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}"
             f"{'_c' if out_layout == 'NCHWc' else ''}")
     return _finish(args, "fconv2d", name, target, schedule, tuning)
+
+
+def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, target: TargetLike = None,
+                        schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+    """Per-sample symmetric quantization into padded int16 channel pairs (``quantize``).
+
+    PrimFunc params: ``(data float32[N,C,H,W], q int16[N,ceil(C/2),H+pt+pb,W+pl+pr,2],
+    amax float32[N])``.
+    """
+    shape = tuple(int(v) for v in data_shape_nchw)
+    pd = normalize_padding(padding)
+    data = te.placeholder(shape, "float32", name="data")
+    q, amax = compute.quantize_pairs(data, qa=int(qa), padding=pd)
+    name = f"bnn_quantize_pairs_{_shape_tag(shape)}_q{int(qa)}_p{'x'.join(map(str, pd))}"
+    return _finish([data, q, amax], "quantize_pairs", name, target, schedule, tuning)
+
+
+def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, stride=1, dilation=1,
+                 with_bias: bool = False, out_layout: str = "NCHW", accumulate_only: bool = False,
+                 target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+    """int32 conv of :func:`make_quantize_pairs` output with OIHW ``weight_shape`` weights,
+    pair-blocked (``quantize.pair_blocked(ints, fconv2d_block(target))``).
+
+    PrimFunc params: ``(q int16[N,C2,HP,WP,2], weight int16[KB,C2,KH,KW,OB,2], dequant
+    float32[K], amax float32[N], [bias float32[K]], out)``; out is ``float32[N,K,OH,OW]``
+    (``float32[N,KB,OH,OW,OB]`` for ``out_layout="NCHWc"``, ``int32[N,K,OH,OW]`` sums with
+    ``accumulate_only``).
+    """
+    N, C2, HP, WP, _ = (int(v) for v in pairs_shape)
+    K, C, KH, KW = (int(v) for v in weight_shape)
+    if (C + 1) // 2 != C2:
+        raise ValueError(f"qconv2d: weight in-channels {C} do not fill the {C2} pairs of the data")
+    ob = fconv2d_block(target)
+    kb = -(-K // ob)
+    st, dl = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
+    q = te.placeholder((N, C2, HP, WP, 2), "int16", name="q")
+    weight = te.placeholder((kb, C2, KH, KW, ob, 2), "int16", name="weight")
+    dequant = te.placeholder((K,), "float32", name="dequant")
+    amax = te.placeholder((N,), "float32", name="amax")
+    bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
+    out = compute.qconv2d_blocked(q, weight, dequant, amax, out_channels=K, stride=st, dilation=dl,
+                                  bias=bias, out_layout=out_layout, accumulate_only=accumulate_only)
+    args = [q, weight, dequant, amax] + ([bias] if bias is not None else []) + [out]
+    name = (f"bnn_qconv2d_{N}x{C2}x{HP}x{WP}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_d{dl[0]}x{dl[1]}"
+            f"{'_b' if with_bias else ''}{'_c' if out_layout == 'NCHWc' else ''}"
+            f"{'_acc' if accumulate_only else ''}")
+    return _finish(args, "qconv2d", name, target, schedule, tuning)
 
 
 def make_maxpool2d(data_shape: Sequence[int], *, kernel, stride=1, padding=0,

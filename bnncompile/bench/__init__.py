@@ -201,7 +201,10 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         tvm_in = r.set_inputs(xb)
         sess = _ort_session(model_bytes, n)
         feed = {sess.get_inputs()[0].name: xb}
-        out = [_Engine("bnncompile", lambda: r._vm["main"](*tvm_in), b, b),
+        # binary layers + f32 glue; "conv:int16" when the float convs were quantized
+        conv = (r.meta.get("options") or {}).get("conv_precision", "fp32")
+        ours = "f32" if conv == "fp32" else f"conv:{conv}"
+        out = [_Engine("bnncompile", lambda: r._vm["main"](*tvm_in), b, b, ours),
                _Engine("onnxruntime-fp32", lambda: sess.run(None, feed), b, b)]
         if torch_model is not None:
             out.append(_Engine("pytorch-eager-fp32", torch_fn(torch.from_numpy(xb)), b, b))

@@ -34,9 +34,14 @@ from ..errors import InputFileError
 @click.option("--sign-zero", type=click.Choice(["plus", "refuse"]), default="plus", show_default=True,
               help="ONNX Sign maps 0 to 0, one bit cannot: compile it as 0 -> +1 (a warning names "
                    "each site) or refuse")
+@click.option("--conv-precision", type=click.Choice(["fp32", "int16", "int8"]), default="fp32",
+              show_default=True,
+              help="the float convs (stem, CCT tokenizer, shortcuts): fp32 exact, or quantized per "
+                   "sample to int16 / int8 levels on integer units (CPU targets; `validate` "
+                   "reports the sign flips and top-1 changes against fp32)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def command(model, target, output, batch, float_only, tuning_db, no_pretuned, exact_math,
-            no_fuse_epilogues, verify, sign_zero, quiet):
+            no_fuse_epilogues, verify, sign_zero, conv_precision, quiet):
     """Compile an exported ONNX model into a native library plus a JSON sidecar."""
     from .. import artifacts
     from ..compiler import compile_model
@@ -53,7 +58,7 @@ def command(model, target, output, batch, float_only, tuning_db, no_pretuned, ex
                             binary_kernels=not float_only, progress=say, tuning_db=tuning_db,
                             pretuned=not no_pretuned, fast_math=not exact_math,
                             fuse_epilogues=not no_fuse_epilogues, verify=verify,
-                            sign_zero=sign_zero)
+                            sign_zero=sign_zero, conv_precision=conv_precision)
     click.echo(f"wrote {res.library} and {res.sidecar.name} ({res.seconds:.1f} s): {res.summary()}")
     for warning in res.warnings:
         click.echo(f"warning: {warning}", err=True)

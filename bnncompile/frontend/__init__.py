@@ -40,6 +40,9 @@ class FrontendOptions:
     #: ONNX ``Sign`` (0 -> 0): "plus" compiles it as DynamicSign (0 -> +1) and reports each site,
     #: "refuse" stops with an error naming it (canonicalize.sign_zero_sites)
     sign_zero: str = "plus"
+    #: the float convs bnncompile's kernels compute (stems, tokenizers, shortcuts): "fp32", or
+    #: quantized "int16" / "int8" (schedules.quantize; CPU targets)
+    conv_precision: str = "fp32"
     #: also build a ``debug_signs`` function returning the outputs followed by every
     #: DynamicSign's ±1 as the binary kernels consume it (one build serves ``main`` and the
     #: per-layer parity checks of ``compile --verify`` and ``validate``)
@@ -175,6 +178,7 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
     plan = plan_lowering(m, index, CONVERTERS, switches=options.switches(target),
                          keep=set(options.extra_outputs))
     plan.canonical, plan.outputs = m, [o.name for o in m.graph.output[:n_outputs]]
+    plan.conv_precision = options.conv_precision
     plan.sign_zero_sites = sign_zero_sites(m)
     # TVM's importer sees a copy whose claimed nodes carry their converter's op type; the plan
     # and the converters keep reading the canonical graph.
@@ -189,6 +193,11 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
     shapes = static_input_shapes(m, options.batch)
     mod = import_graph(renamed, shapes, plan=plan, nodes_by_name=nodes_by_name, index=index,
                        target=target, tuning=tuning, debug_outputs=options.extra_outputs)
+    if plan.quantized_convs:
+        from .quantized_reference import quantized_reference
+
+        # what verify / validate compare with: the file's graph computing the quantized numbers
+        plan.canonical = quantized_reference(m, plan.quantized_convs, options.conv_precision)
     if options.debug_signs:
         plan.debug_signs = [o.name for o in m.graph.output[n_outputs:]]
         mod = _split_debug_entry(mod, n_outputs, len(plan.debug_signs))

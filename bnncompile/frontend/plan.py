@@ -67,6 +67,10 @@ class LoweringPlan:
     #: the canonical model the plan describes (set by ``from_onnx``) and its own outputs
     canonical: onnx.ModelProto | None = None
     outputs: list[str] = field(default_factory=list)
+    #: the float convs' arithmetic ("fp32", or "int16" / "int8": schedules.quantize), and each
+    #: quantized conv's levels {node: {"qa", "qw"}} (filled at import)
+    conv_precision: str = "fp32"
+    quantized_convs: dict[str, dict] = field(default_factory=dict)
     #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
     sign_zero_sites: list = field(default_factory=list)
 

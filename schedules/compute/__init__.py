@@ -4,7 +4,8 @@ bit-exact test in ``tests/schedules``.
 
 * :mod:`.bitpack`: ``x >= t`` packed into uint64 words, the float ±1 of a DynamicSign, unpacking;
 * :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
-* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax.
+* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax;
+* :mod:`.quantized_conv`: the float conv on int16 pairs (``compile --conv-precision``).
 """
 from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense
 from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
@@ -18,6 +19,7 @@ from .float_ops import (
     prelu_stats,
     softmax_last,
 )
+from .quantized_conv import qconv2d_blocked, quantize_pairs
 
 __all__ = [
     "POST_OPS",
@@ -38,6 +40,8 @@ __all__ = [
     "power",
     "power_mean",
     "prelu_stats",
+    "qconv2d_blocked",
+    "quantize_pairs",
     "softmax_last",
     "unpack_bits_float",
 ]

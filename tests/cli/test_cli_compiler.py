@@ -311,3 +311,41 @@ def test_exact_math_flag_is_recorded(work, tmp_path):
     out = tmp_path / "exact.so"
     assert main(["compile", str(work / "tiny.onnx"), "-o", str(out), "--exact-math", "-q"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["options"]["fast_math"] is False
+
+
+def test_conv_precision_compile_validate_bench(work, tmp_path, capsys):
+    """--conv-precision int16: the stem is quantized (sidecar), compile's verify and validate
+    judge the build against the quantized graph and report its effect against fp32."""
+    out = tmp_path / "q.so"
+    assert main(["compile", str(work / "tiny.onnx"), "-o", str(out), "--conv-precision", "int16", "-q"]) == 0
+    assert "1 float conv(s) quantized to int16" in capsys.readouterr().err
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["options"]["conv_precision"] == "int16" and len(meta["quantized_convs"]) == 1
+    assert meta["verify"]["ok"] is True
+    assert main(["validate", str(work / "tiny.onnx"), "--lib", str(out), "-q", "--images", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    effect = report["sets"][0]["precision_effect"]
+    assert effect["precision"] == "int16" and 0 < effect["max_abs_vs_fp32_ort"] < 0.05
+    assert main(["bench", str(work / "tiny.onnx"), "--lib", str(out), "--rounds", "1", "--number", "1",
+                 "--threads", "1", "--json"]) == 0
+    ours = [t for t in json.loads(capsys.readouterr().out)["timings"] if t["engine"] == "bnncompile"]
+    assert ours[0]["precision"] == "conv:int16"
+
+
+def test_conv_precision_unknown_choice(work, tmp_path, capsys):
+    code = main(["compile", str(work / "tiny.onnx"), "-o", str(tmp_path / "x.so"), "--conv-precision", "int4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'--conv-precision': 'int4' is not one of 'fp32', 'int16', 'int8'" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--conv-precision", "int8", "--float-only"], "--float-only"),
+    (["--conv-precision", "int8", "--target", "cuda-sm80"], "CPU kernels"),
+])
+def test_conv_precision_bad_combinations(work, tmp_path, capsys, extra, fragment):
+    out = tmp_path / "bad.so"
+    code = main(["compile", str(work / "tiny.onnx"), "-o", str(out), "-q", *extra])
+    _err_one_line(capsys, code, 2, fragment)
+    assert not list(tmp_path.iterdir())

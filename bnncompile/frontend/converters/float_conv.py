@@ -1,6 +1,8 @@
 """Float convolutions with constant weights (stems, float shortcuts) → bnncompile's blocked float
-conv kernel on CPUs.  A conv whose output only a claimed MaxPool reads (a ResNet stem) writes its
-output channel-blocked (NCHWc) for that pool, which transposes its 4x smaller output instead."""
+conv kernel on CPUs, or with ``compile --conv-precision int16|int8`` its quantized twin (the
+activations quantized per sample into int16 pairs, then an int32 conv; ``schedules.quantize``).
+A conv whose output only a claimed MaxPool reads (a ResNet stem) writes its output
+channel-blocked (NCHWc) for that pool, which transposes its 4x smaller output instead."""
 
 from __future__ import annotations
 
@@ -58,9 +60,29 @@ class FloatConv:
         blocked = node.name in imp.plan.pooled_float_convs and w.shape[0] % ob == 0
         if blocked:
             out = [out[0], out[1] // ob, *out[2:], ob]
+        layout = "NCHWc" if blocked else "NCHW"
+        tail = [] if bias is None else [imp.const(bias.astype(np.float32))]
+        if imp.plan.conv_precision != "fp32":
+            return _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs)
         pf = imp.kernel("fconv2d", xs, w.shape, stride=stride, padding=pads, dilation=dil,
-                        with_bias=bias is not None, out_layout="NCHWc" if blocked else "NCHW")
-        args = [x, imp.const(packing.block_conv_weight(w, ob))]
-        if bias is not None:
-            args.append(imp.const(bias.astype(np.float32)))
+                        with_bias=bias is not None, out_layout=layout)
+        args = [x, imp.const(packing.block_conv_weight(w, ob)), *tail]
         return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="fconv2d", float_macs=macs)
+
+
+def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs):
+    """quantize_pairs (x -> padded int16 pairs + per-sample amax), then the int32 conv."""
+    from ...schedules import quantize
+    from ...schedules.registry import fconv2d_block
+
+    qw = quantize.quantize_conv_weight(w, imp.plan.conv_precision)
+    imp.plan.quantized_convs[node.name] = {"qa": qw.qa, "qw": qw.qw}
+    pairs = [xs[0], (xs[1] + 1) // 2, xs[2] + pads[0] + pads[2], xs[3] + pads[1] + pads[3], 2]
+    pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads)
+    q, amax = imp.call_kernel(pq, [x], pairs, "int16", layer=node.name, kind="quantize",
+                              extra_outputs=[((xs[0],), "float32")])
+    pf = imp.kernel("qconv2d", pairs, w.shape, stride=stride, dilation=dil, with_bias=bool(tail),
+                    out_layout=layout)
+    args = [q, imp.const(quantize.pair_blocked(qw.ints, fconv2d_block(imp.target))),
+            imp.const(qw.dequant), amax, *tail]
+    return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="qconv2d", float_macs=macs)

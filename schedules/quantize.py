@@ -1,0 +1,101 @@
+"""Quantized float convolutions (``compile --conv-precision``): the numbers, in numpy.
+
+The float convs a BNN keeps (the stem, CCT's tokenizer, 1x1 shortcuts) may run on integer
+units instead of FP32 FMAs.  One definition serves the compiler (weights quantized at compile
+time), the kernels' references and the quantization-faithful ONNX model that ``compile --verify``
+and ``validate`` compare the build with (``bnncompile.frontend.quantized_reference``):
+
+* weights: per output channel, symmetric, ``wq = rint(w / s_w)``, ``s_w = max|w_k| / qw``;
+* activations: per sample, symmetric, from the sample's own range (no calibration data):
+  ``amax = max|x|``, ``xq = rint(x * (qa / amax))`` clipped to ``[-qa, qa]`` (0 when amax is 0);
+* ``y = float(sum xq * wq) * (amax * (s_w / qa)) + bias``, the sum exact in int32.
+
+``int8`` uses ``qa = qw = 127`` (what VNNI / AMX int8 units compute).  ``int16`` uses the widest
+levels for which no int32 sum can overflow: ``R * qa * qw < 2**31`` for a reduction of ``R``
+products, split evenly (``qa = qw = floor(sqrt((2**31 - 1) / R))``, at most 32767); the AVX2
+kernel (``vpmaddwd``: int16 pairs into int32) runs both at the same speed.  Rounding is
+half-to-even everywhere (numpy ``rint``, ONNX ``Round``, LLVM ``nearbyint``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PRECISIONS = ("fp32", "int16", "int8")
+INT32_MAX = 2**31 - 1
+
+__all__ = ["PRECISIONS", "QuantizedConvWeight", "levels", "pair_blocked", "quantize_activation",
+           "quantize_conv_weight", "reduction_length", "tie_rtol"]
+
+
+def reduction_length(weight_shape) -> int:
+    """Products per output of a conv with OIHW ``weight_shape``, input channels padded to pairs."""
+    _, c, kh, kw = (int(v) for v in weight_shape)
+    return (c + c % 2) * kh * kw
+
+
+def levels(precision: str, reduction: int) -> tuple[int, int]:
+    """``(qa, qw)``: the largest |integer| of the activations and of the weights."""
+    if precision == "int8":
+        qa = qw = 127
+    elif precision == "int16":
+        qa = qw = min(32767, math.isqrt(INT32_MAX // max(int(reduction), 1)))
+    else:
+        raise ValueError(f"conv precision {precision!r}: expected one of {', '.join(PRECISIONS[1:])}")
+    if qa < 1 or int(reduction) * qa * qw > INT32_MAX:
+        raise ValueError(f"a reduction of {reduction} products cannot be summed in int32 at "
+                         f"{precision} (|x| <= {qa}, |w| <= {qw})")
+    return qa, qw
+
+
+@dataclass(frozen=True)
+class QuantizedConvWeight:
+    ints: np.ndarray  #: int16 OIHW ``wq``
+    dequant: np.ndarray  #: float32 ``[K]``: ``s_w / qa``, the output scale per unit of amax
+    qa: int
+    qw: int
+
+
+def quantize_conv_weight(w: np.ndarray, precision: str) -> QuantizedConvWeight:
+    """Per-output-channel symmetric quantization of a float OIHW weight."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 4:
+        raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
+    qa, qw = levels(precision, reduction_length(w.shape))
+    wmax = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+    s_w = np.where(wmax > 0, wmax / np.float32(qw), np.float32(1)).astype(np.float32)
+    ints = np.clip(np.rint(w / s_w[:, None, None, None]), -qw, qw).astype(np.int16)
+    return QuantizedConvWeight(ints, (s_w / np.float32(qa)).astype(np.float32), qa, qw)
+
+
+def pair_blocked(ints: np.ndarray, block: int) -> np.ndarray:
+    """int16 OIHW -> ``[KB, C2, KH, KW, block, 2]``: input channel ``2*c2 + j`` at ``[..., j]``,
+    output channel ``kb*block + b`` at ``[kb, ..., b, :]``, both zero-padded (one ``vpmaddwd``
+    multiplies a broadcast pair of activations with ``block`` such pairs of weights)."""
+    k, c, kh, kw = ints.shape
+    kb, c2 = -(-k // block), -(-c // 2)
+    padded = np.zeros((kb * block, c2 * 2, kh, kw), np.int16)
+    padded[:k, :c] = ints
+    return np.ascontiguousarray(padded.reshape(kb, block, c2, 2, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def quantize_activation(x: np.ndarray, qa: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(xq int16 [N, ...], amax float32 [N])`` per sample, in float32 as the kernel does it."""
+    x = np.asarray(x, np.float32)
+    amax = np.abs(x).reshape(x.shape[0], -1).max(axis=1).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(qa) / amax, np.float32(0)).astype(np.float32)
+    scaled = x * inv.reshape(-1, *([1] * (x.ndim - 1)))
+    return np.clip(np.rint(scaled), -qa, qa).astype(np.int16), amax
+
+
+def tie_rtol(activation_levels, base: float) -> float:
+    """The near-tie margin of a build whose convs quantize activations to ``activation_levels``
+    (their ``qa``): an ulp of float glue upstream (TVM and ONNX Runtime sum in different orders)
+    can move an input across a rounding boundary, one step of ``amax / qa``, and a sign downstream
+    then moves by about that much relative (dybnn_reactnet_18 at int16, qa 2896: a flip at
+    4.4e-4 = 1.3 / qa).  4 steps of the coarsest quantizer, at least ``base``."""
+    qas = [int(q) for q in activation_levels]
+    return max(base, 4.0 / min(qas)) if qas else base

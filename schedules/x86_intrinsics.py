@@ -1,0 +1,45 @@
+"""x86 tensor intrinsics for ``s_tir.Schedule.tensorize``, registered with TVM on import.
+
+``bnn_avx2_pmaddwd_8x2``: ``C[i] += A[0] * B[i, 0] + A[1] * B[i, 1]`` for 8 int32 outputs, one
+``vpmaddwd`` (AVX2; AVX-512 CPUs run it too): the int16 activation pair is broadcast as one
+32-bit word, multiplied with 8 weight pairs, and the adjacent products summed into int32.  The
+quantized conv's (``compute.qconv2d_blocked``) innermost ``(ob, j)`` loops, with its register
+tile (``C``) in local scope.
+"""
+from __future__ import annotations
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+PMADDWD_8X2 = "bnn_avx2_pmaddwd_8x2"
+
+
+@T.prim_func(s_tir=True)
+def _pmaddwd_desc(A: T.Buffer((2,), "int16", offset_factor=1),
+                  B: T.Buffer((8, 2), "int16", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 2):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _pmaddwd_impl(A: T.Buffer((2,), "int16", offset_factor=1),
+                  B: T.Buffer((8, 2), "int16", offset_factor=1),
+                  C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+            T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
+            B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
+
+
+TensorIntrin.register(PMADDWD_8X2, _pmaddwd_desc, _pmaddwd_impl, override=True)

@@ -1,0 +1,68 @@
+"""``--conv-precision int16|int8`` on graphs the compiler did not write: a stem-like conv, a
+conv whose input is float glue (an ulp apart between TVM and ONNX Runtime), 1x1 shortcuts with
+bias, batch 2.  The build matches ``frontend.quantized_reference`` (ONNX Runtime running the
+file's graph with the same quantization: exact int sums via ConvInteger) and stays within the
+quantization error of the fp32 model; the rewrite refuses levels the library did not use."""
+import numpy as np
+import pytest
+from onnx import helper
+from testkit.onnx_graphs import build_and_run, make_model, ort_run
+
+from bnncompile.errors import UnsupportedModelError
+from bnncompile.frontend import prepare
+from bnncompile.frontend.quantized_reference import quantized_reference
+
+
+def _graph(rng, *, c=3, k=16, kernel=7, stride=2, pad=3, hw=(19, 18), bias=True, glue=False):
+    nodes, inits = [], {"w": (rng.standard_normal((k, c, kernel, kernel)) * 0.2).astype(np.float32)}
+    src = "x"
+    if glue:  # the conv reads float glue: TVM and ORT may differ by an ulp there
+        inits["a"] = rng.standard_normal((1, c, 1, 1)).astype(np.float32)
+        nodes.append(helper.make_node("Mul", ["x", "a"], ["xa"]))
+        nodes.append(helper.make_node("Tanh", ["xa"], ["xt"]))
+        src = "xt"
+    ins = [src, "w"]
+    if bias:
+        inits["b"] = rng.standard_normal(k).astype(np.float32)
+        ins.append("b")
+    nodes.append(helper.make_node("Conv", ins, ["y"], name="conv", kernel_shape=[kernel, kernel],
+                                  strides=[stride, stride], pads=[pad] * 4))
+    return make_model(nodes, {"x": [2, c, *hw]}, {"y": None}, inits)
+
+
+CASES = {"stem": {}, "tokenizer": dict(c=16, k=24, glue=True), "shortcut": dict(c=24, k=40, kernel=1, stride=1,
+                                                                               pad=0, hw=(7, 7))}
+
+
+@pytest.mark.parametrize("precision", ["int16", "int8"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_quantized_conv_matches_its_reference(case, precision, rng):
+    model = _graph(rng, **CASES[case])
+    x = (rng.standard_normal((2, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]))
+         * 2).astype(np.float32)
+    (y,), plan = build_and_run(model, {"x": x}, batch=2, conv_precision=precision)
+    assert set(plan.quantized_convs) == {"conv"}
+    (y_q,) = ort_run(quantized_reference(prepare(model), plan.quantized_convs, precision), {"x": x})
+    (y_fp32,) = ort_run(model, {"x": x})
+    scale = float(np.abs(y_fp32).max())
+    # the same numbers (float glue an ulp apart may move one input by a quantization step)
+    np.testing.assert_allclose(y, y_q, rtol=1e-6, atol=(1e-6 if case != "tokenizer" else 4 / plan.quantized_convs["conv"]["qa"]) * scale)
+    err = float(np.abs(y - y_fp32).max()) / scale
+    assert err < (2e-3 if precision == "int16" else 3e-2), err
+    assert err > 1e-7  # it did quantize (an fp32 build is ~1e-7)
+
+
+def test_reference_refuses_other_levels(rng):
+    model = prepare(_graph(rng))
+    with pytest.raises(UnsupportedModelError, match="the library used 100/100"):
+        quantized_reference(model, {"conv": {"qa": 100, "qw": 100}}, "int8")
+    with pytest.raises(UnsupportedModelError, match="not in the model"):
+        quantized_reference(model, {"nope": {"qa": 127, "qw": 127}}, "int8")
+
+
+def test_fp32_builds_quantize_nothing(rng):
+    model = _graph(rng)
+    x = rng.standard_normal((2, 3, 19, 18)).astype(np.float32)
+    (y,), plan = build_and_run(model, {"x": x}, batch=2)
+    assert plan.quantized_convs == {} and plan.conv_precision == "fp32"
+    np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)

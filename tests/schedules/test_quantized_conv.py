@@ -1,0 +1,131 @@
+"""The quantized float conv (``compile --conv-precision``): activation quantization bit-exact
+(int16 pairs and amax) against ``reference.quantize_pairs_ref``, int32 sums bit-exact against
+``reference.qconv2d_ref`` (int64), the float output against the same formula in numpy; every
+CPU schedule that runs here ("x86" tensorizes ``vpmaddwd``, "cpu" / "arm_cpu" vectorise int32).
+Adversarial kinds of the ``inputs`` fixture give ±1 maps: exact ties of ``x * qa / amax`` at .5
+never arise there, the random kinds hit the rounding and clipping paths."""
+import numpy as np
+import pytest
+from bnncompile.schedules import quantize as Q
+from bnncompile.schedules import reference as ref
+
+from bnncompile import schedules as S
+
+SCHEDS = ["cpu", "x86", "arm_cpu"]
+
+# (data NCHW, K, kernel, stride, padding, dilation)
+CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3), 1),    # ResNet stem: C odd, padded pair
+         ((1, 16, 15, 14), 24, (7, 7), 2, (3, 3, 3, 3), 1),   # CCT tokenizer geometry
+         ((2, 24, 7, 9), 40, (1, 1), 1, (0, 0, 0, 0), 1),     # 1x1 shortcut, batch 2
+         ((1, 5, 8, 8), 3, (3, 2), 1, (0, 1, 2, 0), 1),       # K < one block, asymmetric pads
+         ((1, 6, 11, 10), 10, (3, 3), 1, (2, 2, 2, 2), 2)]    # dilation, K padded to 2 blocks
+
+
+def _tag(c):
+    return f"{'x'.join(map(str, c[0]))}-k{c[1]}-{c[2][0]}x{c[2][1]}-s{c[3]}-d{c[5]}"
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("qa", [127, 3000])
+@pytest.mark.parametrize("shape,pad", [((2, 5, 9, 16), (1, 2, 0, 3)), ((1, 64, 7, 7), (0, 0, 0, 0))],
+                         ids=["odd_c-batch2", "1x1"])
+def test_quantize_pairs_exact(shape, pad, qa, sched, inputs, host, run_primfunc_outs):
+    x = inputs.floats(shape, scale=3.0)
+    if inputs.random:
+        x[0, 0, 0, :3] = [0.0, -x[0].max(), np.abs(x[0]).max()]  # zero and the range's ends
+    expect_q, expect_amax = ref.quantize_pairs_ref(x, qa, pad)
+    pf = S.make_quantize_pairs(shape, qa=qa, padding=pad, target=host, schedule=sched)
+    q, amax = run_primfunc_outs(pf, [x], [(expect_q.shape, "int16"), (expect_amax.shape, "float32")])
+    np.testing.assert_array_equal(amax, expect_amax, err_msg=str(inputs))
+    np.testing.assert_array_equal(q, expect_q, err_msg=str(inputs))
+
+
+def test_quantize_pairs_all_zero_sample(host, run_primfunc_outs):
+    """amax 0 (a dead feature map): all zeros, no NaN from 0 * (qa / 0)."""
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    x[1] = 1.5
+    pf = S.make_quantize_pairs(x.shape, qa=127, target=host)
+    q, amax = run_primfunc_outs(pf, [x], [((2, 2, 4, 4, 2), "int16"), ((2,), "float32")])
+    assert amax.tolist() == [0.0, 1.5]
+    assert not q[0].any() and (q[1, :, :, :, 0] == 127).all() and (q[1, 1, :, :, 1] == 0).all()
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("precision", ["int16", "int8"])
+@pytest.mark.parametrize("shape,k,kernel,s,p,d", CASES, ids=[_tag(c) for c in CASES])
+def test_qconv2d_sums_exact(shape, k, kernel, s, p, d, precision, sched, inputs, host, run_primfunc):
+    """int32 sums at the precision's largest levels (|x| = qa, |w| = qw reached)."""
+    x = inputs.floats(shape)
+    qw = Q.quantize_conv_weight(inputs.normal((k, shape[1], *kernel)), precision)
+    pairs, _ = ref.quantize_pairs_ref(x, qw.qa, p)
+    expect = ref.qconv2d_ref(pairs, qw.ints, stride=s, dilation=d)
+    pf = S.make_qconv2d(pairs.shape, qw.ints.shape, stride=s, dilation=d, accumulate_only=True,
+                        target=host, schedule=sched)
+    blocked = Q.pair_blocked(qw.ints, S.fconv2d_block(host))
+    got = run_primfunc(pf, [pairs, blocked, qw.dequant, np.ones(shape[0], np.float32)], expect.shape, "int32")
+    np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
+
+
+def test_qconv2d_worst_case_sum_fits_int32(host, run_primfunc):
+    """Every product at +qa * +qw over the whole reduction: the int16 levels' bound is tight
+    enough that the sum still fits (an int32 overflow would wrap negative)."""
+    shape, kernel = (1, 64, 7, 7), (7, 7)
+    qw = Q.quantize_conv_weight(np.ones((8, 64, *kernel), np.float32), "int16")
+    pairs, _ = ref.quantize_pairs_ref(np.ones(shape, np.float32), qw.qa)
+    expect = ref.qconv2d_ref(pairs, qw.ints)
+    assert expect.max() == Q.reduction_length(qw.ints.shape) * qw.qa * qw.qw > 2**30
+    pf = S.make_qconv2d(pairs.shape, qw.ints.shape, accumulate_only=True, target=host)
+    got = run_primfunc(pf, [pairs, Q.pair_blocked(qw.ints, S.fconv2d_block(host)), qw.dequant,
+                            np.ones(1, np.float32)], expect.shape, "int32")
+    np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_qconv2d_float_output(with_bias, layout, sched, inputs, host, run_primfunc):
+    """``float(acc) * (amax * dequant) + bias`` as numpy computes it from the exact sums (one ulp:
+    LLVM may contract the multiply-add), and within the quantization error of the float conv."""
+    ob = S.fconv2d_block(host)
+    shape, k, p = (2, 16, 15, 14), 2 * ob, (3, 3, 3, 3)
+    x, w = inputs.floats(shape), inputs.normal((k, shape[1], 7, 7))
+    bias = inputs.normal(k) if with_bias else None
+    qw = Q.quantize_conv_weight(w, "int8")
+    pairs, amax = ref.quantize_pairs_ref(x, qw.qa, p)
+    acc = ref.qconv2d_ref(pairs, qw.ints, stride=2)
+    expect = acc.astype(np.float32) * (amax[:, None, None, None] * qw.dequant[None, :, None, None])
+    if with_bias:
+        expect = expect + bias[None, :, None, None]
+    pf = S.make_qconv2d(pairs.shape, w.shape, stride=2, with_bias=with_bias, out_layout=layout,
+                        target=host, schedule=sched)
+    args = [pairs, Q.pair_blocked(qw.ints, ob), qw.dequant, amax] + ([bias] if with_bias else [])
+    n, _, oh, ow = expect.shape
+    got = run_primfunc(pf, args, (n, k // ob, oh, ow, ob) if layout == "NCHWc" else expect.shape, "float32")
+    if layout == "NCHWc":
+        got = got.transpose(0, 1, 4, 2, 3).reshape(expect.shape)
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6 * np.abs(expect).max(), err_msg=str(inputs))
+    exact = ref.fconv2d_ref(x, w, stride=2, padding=p, bias=bias)
+    assert np.abs(got - exact).max() <= 0.05 * np.abs(exact).max()  # int8: a few % at most
+
+
+def test_quant_levels():
+    assert Q.levels("int8", 10**5) == (127, 127)
+    assert Q.levels("int16", 4) == (23170, 23170)  # 2 * 32767^2 would be the pair's limit
+    qa, qw = Q.levels("int16", 64 * 49)
+    assert qa == qw == 827 and 64 * 49 * qa * qw < 2**31 <= 64 * 49 * (qa + 1) * (qw + 1)
+    with pytest.raises(ValueError, match="fp32"):
+        Q.levels("fp32", 9)
+    with pytest.raises(ValueError, match="int32 at int8"):
+        Q.levels("int8", 2**31 // (127 * 127) + 1)
+
+
+def test_quantize_conv_weight_levels():
+    w = np.array([[[[0.5, -2.0]]], [[[0.0, 0.0]]]], np.float32)
+    q = Q.quantize_conv_weight(w, "int8")
+    assert q.ints.tolist() == [[[[32, -127]]], [[[0, 0]]]]
+    np.testing.assert_array_equal(q.dequant, np.float32([2.0 / 127, 1.0]) / np.float32(127))
+
+
+def test_qconv2d_refuses_cuda():
+    with pytest.raises(ValueError, match="CPU kernel"):
+        S.make_qconv2d((1, 2, 8, 8, 2), (8, 4, 3, 3), target={"kind": "cuda", "arch": "sm_80"})
