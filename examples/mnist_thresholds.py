@@ -26,6 +26,11 @@ exported. Adam, cosine learning-rate decay within each step, no augmentation.
 
     .venv/bin/python examples/mnist_thresholds.py --quick --json out.json --plot out.png
     .venv/bin/python examples/mnist_thresholds.py --json docs/fidelity.json --plot docs/fidelity.png
+    .venv/bin/python examples/mnist_thresholds.py --conv-precisions int16,int8   # + quantized stems
+
+``--conv-precisions``: each trained model also compiled with ``compile --conv-precision`` (its
+float stem quantized); accuracy on the test digits, agreement and sign flips against the fp32
+library, the largest logit change.
 
 ``--quick``: one seed, 2 + 4 epochs (the whole script in about 3-4 minutes on 2 busy vCPUs);
 the default: five seeds, 4 + 8 epochs.
@@ -414,14 +419,37 @@ def evaluate_deployed(model: nn.Module, tag: str, x: np.ndarray, y: np.ndarray, 
     }
 
 
+def precision_effect(onnx_path: Path, fp32_lib: Path, precision: str, x: np.ndarray, y: np.ndarray,
+                     debug_batch: int = 200) -> dict:
+    """The same ONNX file compiled with ``--conv-precision`` (the float stem quantized): accuracy
+    on ``x``, prediction agreement and sign flips per layer against the fp32 library."""
+    lib = onnx_path.with_name(f"{onnx_path.stem}_{precision}.so")
+    built = compile_model(onnx_path, output=lib, target="host", batch=1, conv_precision=precision)
+    m = onnx.load(str(onnx_path))
+    base, quant = load(fp32_lib), load(built.library)
+    names, got_q, _ = compiled_signs(quant, m, x, debug_batch)
+    names_f, got_f, _ = compiled_signs(base, m, x, debug_batch)
+    assert names == names_f
+    n_out = len(got_q) - len(names)
+    pred_q, pred_f = got_q[0].argmax(1), got_f[0].argmax(1)
+    flips = {name: int(np.count_nonzero(a != b)) for name, a, b in zip(names, got_q[n_out:], got_f[n_out:])}
+    return {"acc": float(np.mean(pred_q == y)), "agreement_vs_fp32": float(np.mean(pred_q == pred_f)),
+            "max_abs_logit_change": float(np.max(np.abs(got_q[0] - got_f[0]))),
+            "flips_vs_fp32": sum(flips.values()), "signs": int(sum(a.size for a in got_f[n_out:])),
+            "flips_by_layer": flips,
+            "quantized_convs": len(json.loads(built.sidecar.read_text())["quantized_convs"])}
+
+
 def run_variant(binarizer: str, seed: int, data, cfg: TrainConfig, out_dir: Path,
-                progress: bool = True, debug_batch: int = 200) -> dict:
+                progress: bool = True, debug_batch: int = 200, precisions=()) -> dict:
     xtr, ytr, xte, yte = data
     t0 = time.perf_counter()
     model = train(binarizer, xtr, ytr, seed, cfg, progress)
     train_s = time.perf_counter() - t0
     r = {"binarizer": binarizer, "seed": seed, "train_s": train_s}
     r.update(evaluate_deployed(model, f"{binarizer}_s{seed}", xte, yte, out_dir, debug_batch))
+    r["conv_precision"] = {p: precision_effect(Path(r["onnx"]), Path(r["library"]), p, xte, yte, debug_batch)
+                           for p in precisions}
     return r
 
 
@@ -457,6 +485,14 @@ def summarize(runs: list[dict], lat_rounds: dict[str, list[float]], variants) ->
         if base is not None and v in lat:
             ratio = np.array(lat_rounds[v]) / np.array(lat_rounds[STATIC_TWIN])
             s["overhead_vs_sign_pct"] = 100.0 * (float(np.median(ratio)) - 1.0)
+        s["conv_precision"] = {
+            p: {"acc": float(np.mean([r["conv_precision"][p]["acc"] for r in rs])),
+                "acc_fp32": s["acc_compiled"],
+                "agreement_min": float(min(r["conv_precision"][p]["agreement_vs_fp32"] for r in rs)),
+                "flips": int(sum(r["conv_precision"][p]["flips_vs_fp32"] for r in rs)),
+                "signs": int(sum(r["conv_precision"][p]["signs"] for r in rs)),
+                "max_abs_logit_change": float(max(r["conv_precision"][p]["max_abs_logit_change"] for r in rs))}
+            for p in rs[0].get("conv_precision", {})}
         s["seeds"] = [r["seed"] for r in rs]
         s["runs"] = rs
         out[v] = s
@@ -485,6 +521,14 @@ def format_table(summary: dict) -> str:
             f"{'-' if mm is None else f'{mm:.1e} ({mr:.1e})'} | "
             f"{'-' if lat is None else f'{lat:.3f}'} | "
             f"{'-' if ov is None else f'{ov:+.1f} %'} |")
+    rows = [(v, p, e) for v, s in summary.items() for p, e in s.get("conv_precision", {}).items()]
+    if rows:
+        lines += ["", "`--conv-precision` (the float stem quantized), against the fp32 library on the same digits:",
+                  "", "| binarizer | precision | acc fp32 % | acc quantized % | agreement % (min) | "
+                  "sign flips vs fp32 | max logit change |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {LABELS.get(v, v)} | {p} | {100 * e['acc_fp32']:.2f} | {100 * e['acc']:.2f} | "
+                  f"{100 * e['agreement_min']:.2f} | {e['flips']} of {e['signs']:,} | "
+                  f"{e['max_abs_logit_change']:.3g} |" for v, p, e in rows]
     return "\n".join(lines)
 
 
@@ -556,8 +600,14 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", type=int, default=1,
                    help="PyTorch threads for training (default 1: on a busy 2-vCPU machine one "
                         "thread trained faster than two)")
+    p.add_argument("--conv-precisions", default="",
+                   help="also compile each model with `compile --conv-precision P` for these "
+                        "(e.g. int16,int8): accuracy, agreement and sign flips vs the fp32 library")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    a.conv_precisions = [v.strip() for v in a.conv_precisions.split(",") if v.strip()]
+    if any(v not in ("int16", "int8") for v in a.conv_precisions):
+        p.error(f"--conv-precisions takes int16 and/or int8, got {a.conv_precisions}")
     a.seeds = [int(s) for s in (a.seeds or ("0" if a.quick else "0,1,2,3,4")).split(",")]
     a.epochs = tuple(int(e) for e in (a.epochs or ("2,4" if a.quick else "4,8")).split(","))
     if len(a.epochs) != 2:
@@ -587,8 +637,12 @@ def main(argv=None) -> int:
     runs = []
     jobs = [(v, s) for s in a.seeds for v in a.variants]
     for v, s in tqdm(jobs, desc="runs (variant, seed)", disable=not progress):
-        r = run_variant(v, s, data, cfg, out_dir, progress)
+        r = run_variant(v, s, data, cfg, out_dir, progress, precisions=a.conv_precisions)
         runs.append(r)
+        for prec, e in r["conv_precision"].items():
+            tqdm.write(f"    --conv-precision {prec}: acc {100 * e['acc']:.2f} %, agreement with fp32 "
+                       f"{100 * e['agreement_vs_fp32']:.2f} %, sign flips {e['flips_vs_fp32']} of "
+                       f"{e['signs']:,}, max |logit change| {e['max_abs_logit_change']:.3g}")
         tqdm.write(f"{LABELS[v]:>9} seed {s}: acc PyTorch {100 * r['acc_torch']:.2f} % "
                    f"compiled {100 * r['acc_compiled']:.2f} % agreement {100 * r['agreement']:.2f} "
                    f"%, sign flips {r['flips_compiled']} (compiled vs ORT) {r['flips_torch']} "

@@ -58,6 +58,7 @@ from .machine import (
     environment,
     float_ceiling_gmacs,
     format_environment,
+    int16_ceiling_gmacs,
     versions,
 )
 from .profile import LayerTiming, VMProfile, format_layers, profile, profile_layers
@@ -69,7 +70,7 @@ __all__ = [
     "AGAINST_CHOICES", "CPU_FLAGS", "OPENVINO_EXTRA", "ROUND_SPREAD_WARN", "SETTLE_S", "BenchReport",
     "EngineTiming", "LayerTiming", "VMOverhead", "VMProfile", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
     "check_pairing",
-    "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "format_layers", "plot", "profile",
+    "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "int16_ceiling_gmacs", "format_layers", "plot", "profile",
     "profile_layers", "require_openvino", "round_spread_warnings", "set_tvm_threads", "versions",
 ]
 

@@ -218,6 +218,57 @@ def fma_loop_gmacs() -> float:
 
 
 @functools.lru_cache(maxsize=1)
+def int16_ceiling_gmacs() -> tuple[float, str]:
+    """Per-thread int16 multiply-add ceiling (G MAC/s) of the quantized convs' instruction pair,
+    ``vpmaddwd`` + ``vpaddd`` (``--conv-precision``), and where it comes from."""
+    rate = pmaddwd_loop_gmacs()
+    if rate <= 0:
+        return 0.0, "not measured (no compiler at hand, or no AVX2)"
+    return rate, "measured: independent vpmaddwd + vpaddd chains in vector registers, this CPU"
+
+
+def pmaddwd_loop_gmacs() -> float:
+    """G int16 MAC/s of 12 independent chains ``acc += vpmaddwd(x, w)`` (16 MACs each: the
+    quantized conv kernel's inner pair, ``schedules/x86_intrinsics.py``), compiled for this CPU;
+    ``x`` is the accumulator's own bits so nothing is loop-invariant.  Zen 3, 1 thread: 46 / 73 /
+    83 / 83 G with 4 / 8 / 12 / 14 chains (1.6 vpmaddwd per cycle: the vpaddd share its pipes),
+    1.6x the FP32 FMA peak, not 2x.  0.0 without AVX2."""
+    try:
+        import tvm
+        from tvm.script import tirx as T
+
+        from ..targets import cpu_flags, host_spec, tvm_target
+
+        if "avx2" not in cpu_flags():
+            return 0.0
+        chains = 12
+
+        @T.prim_func
+        def pmadd(a: T.Buffer((chains * 8,), "int32"), n: T.int32):
+            T.func_attr({"global_symbol": "pmadd", "tirx.noalias": True})
+            acc = T.alloc_buffer((chains * 8,), "int32", scope="local")
+            for j in T.vectorized(chains * 8):
+                acc[j] = a[j]
+            for i in range(n):
+                for c in T.unroll(chains):
+                    acc[T.ramp(c * 8, 1, 8)] = acc[T.ramp(c * 8, 1, 8)] + T.call_llvm_pure_intrin(
+                        "int32x8", "llvm.x86.avx2.pmadd.wd",
+                        T.reinterpret("int16x16", acc[T.ramp(c * 8, 1, 8)]), T.broadcast(T.int16(3), 16))
+            for j in T.vectorized(chains * 8):
+                a[j] = acc[j]
+
+        f = tvm.compile(pmadd, target=tvm_target(host_spec())).jit()["pmadd"]
+        buf = tvm.runtime.tensor(np.ones(chains * 8, np.int32))
+        n = 100_000
+        for _ in range(200):  # warm-up: let the clock ramp up
+            f(buf, n)
+        best = min(_timed(f, buf, n) for _ in range(15))
+        return chains * 16 * n / best / 1e9
+    except Exception:
+        return 0.0
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_ghz() -> tuple[float, str]:
     """The clock one busy core actually runs at, and how it was found.
 

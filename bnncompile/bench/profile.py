@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .machine import binary_ceiling_gbmacs, float_ceiling_gmacs
+from .machine import binary_ceiling_gbmacs, float_ceiling_gmacs, int16_ceiling_gmacs
 
 
 @dataclass
@@ -99,12 +99,15 @@ def format_layers(rows: list[LayerTiming], top: int = 25) -> str:
         lines.append(f"float convs (GF = G MAC/s) against the FP32 ceiling ~{fceiling:.0f} G MAC/s per "
                      f"thread, {fsource}")
     lines.append(f"{'ms':>8} {'share':>6} {'G bMAC/s':>9} {'% ceil':>7}  kernel (layers)")
-    if any(r.kind == "qconv2d" for r in rows[:top]) and fceiling > 0:
-        lines.append(f"quantized convs (qconv2d) against 2x that: vpmaddwd does 16 int16 MACs where an "
-                     f"FMA does 8 (~{2 * fceiling:.0f} G MAC/s; not measured)")
+    qceiling = 0.0
+    if any(r.kind == "qconv2d" for r in rows[:top]):
+        qceiling, qsource = int16_ceiling_gmacs()
+        if qceiling > 0:
+            lines.append(f"quantized convs (qconv2d, --conv-precision) against the int16 ceiling "
+                         f"~{qceiling:.0f} G MAC/s per thread, {qsource}")
     for r in rows[:top]:
         g = f"{r.gbmacs:9.1f}" if r.gbmacs else (f"{r.gflops_mac:6.1f} GF" if r.gflops_mac else " " * 9)
-        fc = fceiling * (2 if r.kind == "qconv2d" else 1)
+        fc = qceiling if r.kind == "qconv2d" else fceiling
         pct = (f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs and ceiling > 0 else
                f"{100 * r.gflops_mac / fc:6.0f}%" if r.gflops_mac and fc > 0 else " " * 7)
         where = f" ({r.layers[0]}{' +' + str(len(r.layers) - 1) if len(r.layers) > 1 else ''})" if r.layers else ""

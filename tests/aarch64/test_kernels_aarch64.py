@@ -323,3 +323,26 @@ def test_bitpack_then_bconv2d_end_to_end(a64_kernels, rng):
     x_pm1 = np.where(x >= t, 1.0, -1.0).astype("float32")
     got = a64_kernels.run(pf, [packed, *_conv_args(x_pm1, w, 1, 1, 1)[1:]], (N, K, H, W), "int32")
     np.testing.assert_array_equal(got, ref.bconv2d_ref(x_pm1, w, padding=1))
+
+
+
+# ------------------------------------------------------------------------------ quantized float conv
+@pytest.mark.parametrize("precision", ["int16", "int8"])
+def test_quantized_conv_end_to_end(precision, a64_kernels, rng):
+    """``--conv-precision``: quantize_pairs (odd C, padding, batch 2) then the int32 conv, on
+    aarch64 (the generic schedules: no NEON intrinsic yet): pairs, amax and sums exact."""
+    from bnncompile.schedules import quantize as Q
+
+    x = (rng.standard_normal((2, 5, 9, 8)) * 3).astype("float32")
+    qw = Q.quantize_conv_weight(rng.standard_normal((12, 5, 3, 3)).astype("float32"), precision)
+    pad = (1, 1, 1, 1)
+    expect_q, expect_amax = ref.quantize_pairs_ref(x, qw.qa, pad)
+    pq = _arm(S.make_quantize_pairs(x.shape, qa=qw.qa, padding=pad, target=TARGET))
+    q, amax = a64_kernels.run(pq, [x], [expect_q.shape, expect_amax.shape], ["int16", "float32"])
+    np.testing.assert_array_equal(amax, expect_amax)
+    np.testing.assert_array_equal(q, expect_q)
+    expect = ref.qconv2d_ref(expect_q, qw.ints, stride=2)
+    pf = _arm(S.make_qconv2d(expect_q.shape, qw.ints.shape, stride=2, accumulate_only=True, target=TARGET))
+    got = a64_kernels.run(pf, [q, Q.pair_blocked(qw.ints, S.fconv2d_block(TARGET)), qw.dequant, amax],
+                          expect.shape, "int32")
+    np.testing.assert_array_equal(got, expect)

@@ -299,6 +299,18 @@ def test_fma_loop_rate_is_measured_and_plausible():
     assert "measured" in bench.float_ceiling_gmacs()[1]
 
 
+def test_int16_loop_rate_is_measured_and_plausible():
+    """The quantized convs' roofline: the vpmaddwd + vpaddd loop does at least 4 and at most 64
+    int16 multiply-adds per cycle (1 to 2 vpmaddwd of 16 MACs per cycle, on AVX2 or AVX-512 cores)."""
+    from bnncompile import bench
+    from bnncompile.bench.machine import pmaddwd_loop_gmacs
+
+    ghz, _ = bench.cpu_ghz()
+    rate = pmaddwd_loop_gmacs()
+    assert 4 * ghz < rate < 64 * ghz, (rate, ghz)
+    assert "measured" in bench.int16_ceiling_gmacs()[1]
+
+
 def test_bench_bad_threads(work, capsys):
     code = main(["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--threads", "0"])
     _err_one_line(capsys, code, 2, "--threads")
