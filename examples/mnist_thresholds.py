@@ -639,10 +639,6 @@ def main(argv=None) -> int:
     for v, s in tqdm(jobs, desc="runs (variant, seed)", disable=not progress):
         r = run_variant(v, s, data, cfg, out_dir, progress, precisions=a.conv_precisions)
         runs.append(r)
-        for prec, e in r["conv_precision"].items():
-            tqdm.write(f"    --conv-precision {prec}: acc {100 * e['acc']:.2f} %, agreement with fp32 "
-                       f"{100 * e['agreement_vs_fp32']:.2f} %, sign flips {e['flips_vs_fp32']} of "
-                       f"{e['signs']:,}, max |logit change| {e['max_abs_logit_change']:.3g}")
         tqdm.write(f"{LABELS[v]:>9} seed {s}: acc PyTorch {100 * r['acc_torch']:.2f} % "
                    f"compiled {100 * r['acc_compiled']:.2f} % agreement {100 * r['agreement']:.2f} "
                    f"%, sign flips {r['flips_compiled']} (compiled vs ORT) {r['flips_torch']} "
@@ -659,6 +655,10 @@ def main(argv=None) -> int:
                        f"{r['digits_with_flips']} digits; largest first-flip margin |x-t| "
                        f"{r['first_flip_max_margin']:.2g} ({r['first_flip_max_rel_margin']:.2g} of "
                        f"|t| + mean|x|)")
+        for prec, e in r["conv_precision"].items():
+            tqdm.write(f"    --conv-precision {prec}: acc {100 * e['acc']:.2f} %, agreement with fp32 "
+                       f"{100 * e['agreement_vs_fp32']:.2f} %, sign flips {e['flips_vs_fp32']} of "
+                       f"{e['signs']:,}, max |logit change| {e['max_abs_logit_change']:.3g}")
     libs = {v: Path(next(r["library"] for r in runs if r["binarizer"] == v)) for v in a.variants}
     lat = latencies(libs, a.rounds, number=a.calls, progress=progress)
     summary = summarize(runs, lat, a.variants)

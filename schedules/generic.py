@@ -244,11 +244,14 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> N
     wf = largest_divisor(extent(sch, ow), wi_max)
     kbo, kbi = sch.split(kb, factors=[None, kbf])
     wo, wi = sch.split(ow, factors=[None, wf])
-    # weights larger than a sample's input (a 1x1 256->512 shortcut @7x7: 512 KB vs 50 KB): walk
-    # each weight block once over all rows, else every row task re-streams all the weights
-    # from L3 (Zen 3, in the model: 0.63 -> 0.2 ms)
+    # an unpadded conv (1x1 shortcut) whose weights outgrow a sample's input (256->512 @7x7:
+    # 512 KB vs 50 KB): walk each weight block once over all rows, else every row task
+    # re-streams all the weights (Zen 3, in the model: 0.63 -> 0.29 ms).  Not for padded convs:
+    # CCT's 7x7 tokenizer (4.8 MB of weights) measured 2 % slower that way, its padding then a
+    # serial pass
     data_shape = [int(v) for v in sch.get(pad).reads[0].source.shape]
-    weights_outer = _elements(sch.get(conv).reads[1].source.shape) > _elements(data_shape[1:])
+    unpadded = list(sch.get(pad).writes[0].source.shape) == data_shape
+    weights_outer = unpadded and _elements(sch.get(conv).reads[1].source.shape) > _elements(data_shape[1:])
     if weights_outer:
         sch.reorder(n, kbo, oh, wo, rc, rh, rw, wi, kbi, ob)
     else:
@@ -257,9 +260,9 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> N
     sch.reverse_compute_at(wb, wo)
     row = sch.fuse(n, kbo) if weights_outer else sch.fuse(n, oh)
     sch.parallel(row)
-    if list(sch.get(pad).writes[0].source.shape) == data_shape:
+    if unpadded:
         sch.compute_inline(pad)  # no padding (1x1 shortcuts): read the input, no per-task copy
-    elif not weights_outer:
+    else:
         sch.compute_at(pad, row)  # each row task pads the input rows it reads
     sch.vectorize(ob)
     sch.unroll(kbi)

@@ -571,9 +571,9 @@ FCONV_CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3)),   # ResNet stem ge
                ((2, 24, 7, 9), 40, (1, 1), 1, (0, 0, 0, 0)),    # shortcut 1x1, no pad (inlined)
                ((1, 5, 8, 8), 3, (3, 2), 1, (0, 1, 2, 0)),
                ((1, 4, 9, 10), 24, (3, 3), 1, (1, 1, 1, 1)),    # 2 blocks per tile, K padded
-               # weights larger than the input: weight blocks outermost (padded once, at root)
-               ((2, 32, 5, 5), 48, (3, 3), 1, (1, 1, 1, 1)),
-               ((1, 64, 3, 3), 64, (1, 1), 1, (0, 0, 0, 0))]
+               # weights larger than the input: unpadded, weight blocks outermost; padded, rows
+               ((1, 64, 3, 3), 64, (1, 1), 1, (0, 0, 0, 0)),
+               ((2, 32, 5, 5), 48, (3, 3), 1, (1, 1, 1, 1))]
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
