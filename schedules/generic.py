@@ -294,20 +294,27 @@ def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
         sch.vectorize(sch.split(wj, factors=[None, f])[1])
 
 
-def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intrin: str | None = None) -> None:
+def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intrin: str | None = None,
+                     intrin_lanes: int | None = None) -> None:
     """The float conv's register tile (:func:`schedule_fconv2d`) on int32 accumulators: ``WI``
     output pixels x ``KBI`` channel blocks, reductions outside it; the ``(ob, j)`` pair loops
-    tensorized with ``intrin`` where the target has one, else vectorised along ``ob``."""
+    tensorized with ``intrin`` where the target has one (over ``intrin_lanes`` of the block's
+    channels at a time, the block split when wider), else vectorised along ``ob``."""
     conv = sch.get_sblock("qconv")
     n, kb, oh, ow, ob, rc, rh, rw, rj = sch.get_loops(conv)
+    obo = None
+    if intrin is not None and intrin_lanes and extent(sch, ob) > intrin_lanes:
+        obo, ob = sch.split(ob, factors=[None, intrin_lanes])
     kbo, kbi = sch.split(kb, factors=[None, largest_divisor(extent(sch, kb), kb_max)])
     wo, wi = sch.split(ow, factors=[None, largest_divisor(extent(sch, ow), wi_max)])
-    sch.reorder(n, oh, kbo, wo, rc, rh, rw, wi, kbi, ob, rj)
+    sch.reorder(n, oh, kbo, wo, rc, rh, rw, wi, kbi, *([obo] if obo is not None else []), ob, rj)
     wb = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(wb, wo)
     sch.parallel(sch.fuse(n, oh))
     sch.unroll(kbi)
     sch.unroll(wi)
+    if obo is not None:
+        sch.unroll(obo)
     sch.compute_inline(wb)
     out = sch.get_sblock("qconv_out")
     sch.reverse_compute_at(out, wo)

@@ -224,10 +224,19 @@ schedule_quantize_pairs = generic.schedule_quantize_pairs
 
 
 def schedule_qconv2d(sch: s_tir.Schedule) -> None:
-    """One ``vpmaddwd`` per (pixel, channel block, input-channel pair, tap): 16 int16 MACs where
-    an FMA does 8 float ones.  Zen 3, 1 thread, CCT-14's tokenizer conv 64->384 7x7 s2 @56:
-    fp32 22.5 ms (42 G MAC/s) -> 13.5 ms (70 G MAC/s) as 4 px x 2 blocks; 4x3, 6x2, 7x1,
-    8x1, 14x1 within 5 %, 7x2 (14 accumulators) spills: 19.7 ms."""
+    """One ``vpmaddwd`` per (pixel, 8 output channels, input-channel pair, tap): 16 int16 MACs
+    where an FMA does 8 float ones.  Zen 3, 1 thread, CCT-14's tokenizer conv 64->384 7x7 s2
+    @56: fp32 22.5 ms (42 G MAC/s) -> 13.5 ms (70 G MAC/s) as 4 px x 2 blocks; 4x3, 6x2, 7x1,
+    8x1, 14x1 within 5 %, 7x2 (14 accumulators) spills: 19.7 ms.  AVX-512 targets block the
+    output channels by 16 (the float kernels' width): each block runs as two 8-lane halves, the
+    same ymm instruction, 8 px x 1 block (16 accumulators of AVX-512's 32 vector registers; not
+    timed: no such CPU here), and no zmm or VNNI variant yet."""
     from .x86_intrinsics import PMADDWD_8X2
 
-    generic.schedule_qconv2d(sch, wi_max=4, kb_max=2, intrin=PMADDWD_8X2)
+    lanes = extent(sch, sch.get_loops(sch.get_sblock("qconv"))[4])  # ob
+    if lanes % 8:
+        generic.schedule_qconv2d(sch)  # no 8-lane halves: plain int32 vectors
+    elif lanes == 8:
+        generic.schedule_qconv2d(sch, wi_max=4, kb_max=2, intrin=PMADDWD_8X2)
+    else:
+        generic.schedule_qconv2d(sch, wi_max=8, kb_max=1, intrin=PMADDWD_8X2, intrin_lanes=8)

@@ -129,3 +129,23 @@ def test_quantize_conv_weight_levels():
 def test_qconv2d_refuses_cuda():
     with pytest.raises(ValueError, match="CPU kernel"):
         S.make_qconv2d((1, 2, 8, 8, 2), (8, 4, 3, 3), target={"kind": "cuda", "arch": "sm_80"})
+
+
+@pytest.mark.input_kinds("random-seed0", "alternating")
+def test_qconv2d_avx512_blocks_run_as_8_lane_halves(inputs, run_primfunc):
+    """An AVX-512 target blocks output channels by 16 (the float kernels' width); the x86
+    schedule splits each block into two tensorized 8-lane halves, the same AVX2 instruction, so
+    the kernel built for that target's TIR runs (and is checked) on any AVX2 host."""
+    from bnncompile import targets
+
+    avx512 = targets.tvm_target(targets.resolve("x86-avx512"))
+    assert S.fconv2d_block(avx512) == 16
+    x = inputs.floats((1, 6, 11, 12))
+    qw = Q.quantize_conv_weight(inputs.normal((40, 6, 3, 3)), "int16")
+    pairs, _ = ref.quantize_pairs_ref(x, qw.qa, (1, 1, 1, 1))
+    expect = ref.qconv2d_ref(pairs, qw.ints)
+    pf = S.make_qconv2d(pairs.shape, qw.ints.shape, accumulate_only=True, target=avx512)
+    assert str(pf.attrs["global_symbol"]).endswith("_x86")
+    got = run_primfunc(pf, [pairs, Q.pair_blocked(qw.ints, 16), qw.dequant, np.ones(1, np.float32)],
+                       expect.shape, "int32")
+    np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
