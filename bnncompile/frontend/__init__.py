@@ -212,8 +212,8 @@ def _split_debug_entry(mod, n_outputs: int, n_signs: int):
     from tvm import relax
 
     full = mod["main"]
-    if not n_signs:
-        mod["debug_signs"] = full.with_attr("global_symbol", "debug_signs")
+    if not n_signs:  # a model without DynamicSign: the same program, its own vars
+        mod["debug_signs"] = relax.utils.copy_with_new_vars(full).with_attr("global_symbol", "debug_signs")
         return mod
     body = full.body
     out = body.body

@@ -361,3 +361,22 @@ def test_conv_precision_bad_combinations(work, tmp_path, capsys, extra, fragment
     code = main(["compile", str(work / "tiny.onnx"), "-o", str(out), "-q", *extra])
     _err_one_line(capsys, code, 2, fragment)
     assert not list(tmp_path.iterdir())
+
+
+def test_all_float_model_compiles_and_verifies(tmp_path, capsys):
+    """A model without any DynamicSign compiles (all float, said so) with the default self-check:
+    its debug entry once shared the main function's variables and TVM refused the module."""
+    w = np.random.default_rng(0).standard_normal((4, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 5, 5])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, str(tmp_path / "float.onnx"))
+    out = tmp_path / "float.so"
+    assert main(["compile", str(tmp_path / "float.onnx"), "-o", str(out), "-q"]) == 0
+    assert "no layer of this model is binary" in capsys.readouterr().err
+    assert json.loads(out.with_suffix(".json").read_text())["verify"]["ok"] is True

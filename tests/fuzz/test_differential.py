@@ -29,7 +29,9 @@ import numpy as np
 import onnx
 import pytest
 from bnncompile.custom_ops import dynamic_sign
+from bnncompile.schedules.quantize import tie_rtol
 from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from testkit.fuzz_graphs import models
 from testkit.onnx_graphs import ort_run
@@ -99,12 +101,17 @@ def _ort_with_intermediates(model, feeds, names):
     return dict(zip([o.name for o in m.graph.output], outs))
 
 
-def check(cases) -> None:
+def check(cases, conv_precision: str = "fp32") -> None:
+    """``conv_precision`` int16 / int8: the float convs quantized; the reference is then the
+    plan's canonical graph, which computes the same quantization (frontend.quantized_reference)."""
     model, feeds = _model(cases)
     ref = _ort_with_intermediates(model, feeds, [])
     outputs = [o.name for o in model.graph.output]
     try:
-        ex, plan = build_relax(model, spec=targets.resolve("host"), debug_signs=True)
+        ex, plan = build_relax(model, spec=targets.resolve("host"), debug_signs=True,
+                               conv_precision=conv_precision)
+        if plan.quantized_convs:
+            ref = _ort_with_intermediates(plan.canonical, feeds, [])
         # the signs as the compiler sees them: canonicalization may move a sign across a
         # Transpose / Reshape (new tensor names); the outputs are checked against the original
         signs = [n for n in plan.canonical.graph.node if dynamic_sign.is_dynamic_sign(n)]
@@ -125,14 +132,15 @@ def check(cases) -> None:
         main = [main] if hasattr(main, "numpy") else list(main)
         for name, value in zip(outputs, main):
             np.testing.assert_array_equal(value.numpy(), got[name], err_msg=f"main vs debug_signs: {name}")
-        _compare(cases, plan, got, ref, sign_io)
+        tie = tie_rtol([c["qa"] for c in plan.quantized_convs.values()], TIE_RTOL)
+        _compare(cases, plan, got, ref, sign_io, tie)
     except BaseException as exc:
         path = _save(model, feeds, "\n".join(d for c in cases for d in c.describe) + f"\n\n{exc}")
         note(f"failing model saved to {path}")
         raise
 
 
-def _compare(cases, plan, got, ref, sign_io) -> None:
+def _compare(cases, plan, got, ref, sign_io, tie: float = TIE_RTOL) -> None:
     tie_flips = False
     for out, (x, t) in sign_io.items():
         flipped = got[out] != ref[out]
@@ -140,7 +148,7 @@ def _compare(cases, plan, got, ref, sign_io) -> None:
             continue
         xs = ref[x]
         ts = np.broadcast_to(np.float32(0) if t is None else ref.get(t), xs.shape)
-        margin, bound = np.abs(xs - ts)[flipped], TIE_RTOL * (np.abs(ts)[flipped] + np.abs(xs)[flipped])
+        margin, bound = np.abs(xs - ts)[flipped], tie * (np.abs(ts)[flipped] + np.abs(xs)[flipped])
         assert np.all(margin <= bound), (
             f"DynamicSign {out}: {int(flipped.sum())} flips, not near-ties "
             f"(max margin {float(margin.max()):.3g})")
@@ -167,3 +175,15 @@ def test_compiled_equals_onnxruntime(cases):
         note(" | ".join(c.describe))
         event(c.kind if c.kind == "conv" else " ".join(c.describe[0].split()[:2]))  # kind + form
     check(cases)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=int(os.environ.get("BNN_FUZZ_QUANT_EXAMPLES", 40)))
+@given(models(kinds=("float_conv", "float_conv", "conv")), st.sampled_from(["int16", "int8"]))
+def test_quantized_float_convs_equal_their_reference(cases, precision):
+    """``--conv-precision``: every float conv quantized, the build against ONNX Runtime on the
+    graph that computes the same quantization (exact int sums through ConvInteger)."""
+    for c in cases:
+        note(" | ".join(c.describe))
+    note(precision)
+    check(cases, conv_precision=precision)

@@ -12,7 +12,11 @@ TVM build checks several patterns.  The cases:
   alpha, beta, bias) or MatMul with ±1 weights, ranks 2-3, optional scale Mul;
 * ``bmm``: both operands DynamicSign outputs, 3-D / 4-D, B given as ``[.., K, N]``, as
   ``Transpose`` of ``[.., N, K]``, or through ``Reshape`` + ``Transpose`` into heads; batch dims
-  broadcast; optional scalar scale.
+  broadcast; optional scalar scale;
+* ``float_conv``: a float Conv (a stem, a shortcut: float weights, optional bias, kernel 1-7,
+  stride, dilation, symmetric / asymmetric pads), optionally read by a DynamicSign and a 1x1
+  binary conv: bnncompile's own float conv kernel, and with ``--conv-precision`` its quantized
+  twin.
 
 Data are integer-valued floats, thresholds integer constants (so ``x == t`` ties are common and
 exact) or statistics plus a non-integer offset (no near-ties that depend on summation order).
@@ -336,7 +340,38 @@ def bmm_case(draw, prefix: str) -> Case:
     return case
 
 
-CASES = {"conv": conv_case, "dense": dense_case, "bmm": bmm_case}
+@st.composite
+def float_conv_case(draw, prefix: str) -> Case:
+    b = Builder(prefix, draw(st.integers(0, 2**31 - 1)))
+    b.case = case = Case("float_conv")
+    n = draw(st.sampled_from([1, 1, 2]))
+    c = draw(st.sampled_from([1, 2, 3, 5, 16, 33]))
+    k = draw(st.sampled_from([1, 3, 8, 16, 24]))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dil = (draw(st.sampled_from([1, 1, 2])), draw(st.sampled_from([1, 1, 2])))
+    pads = [draw(st.integers(0, 3)) for _ in range(4)]
+    kh = draw(st.integers(1, max(1, min(7, (h + pads[0] + pads[2] - 1) // dil[0] + 1))))
+    kw = draw(st.integers(1, max(1, min(7, (w + pads[1] + pads[3] - 1) // dil[1] + 1))))
+    bias = draw(st.booleans())
+    binary_after = draw(st.booleans())
+    case.describe = [f"float_conv n{n} c{c} k{k} {h}x{w} kernel {kh}x{kw} stride {stride} dil {dil} "
+                     f"pads {pads} bias {bias} binary_after {binary_after}"]
+    x = b.input("x", (n, c, h, w))
+    ins = [x, b.init("w", (b.rng.standard_normal((k, c, kh, kw)) * 0.5).astype(np.float32))]
+    if bias:
+        ins.append(b.init("b", b.rng.standard_normal(k).astype(np.float32)))
+    (y,) = b.node("Conv", ins, kernel_shape=[kh, kw], strides=list(stride), dilations=list(dil),
+                  pads=pads)
+    case.outputs.append(y)
+    if binary_after:  # a sign 0.37 above zero (no ties that depend on summation order)
+        s2 = sign(b, y, b.init("t", np.float32(0.37)))
+        (z,) = b.node("Conv", [s2, b.init("w", b.pm1((3, k, 1, 1)))], kernel_shape=[1, 1])
+        case.outputs.append(z)
+    return case
+
+
+CASES = {"conv": conv_case, "dense": dense_case, "bmm": bmm_case, "float_conv": float_conv_case}
 
 
 @st.composite
