@@ -123,7 +123,9 @@ def softmax_last(x: te.Tensor) -> te.Tensor:
     (in the sum, then again in the quotient).
 
     Blocks: ``sm_max`` (row max), ``sm_diff`` (``x - max``), ``T_fast_exp`` (the row's
-    exponentials), ``sm_sum``, ``sm_out`` (``e / sum``; a quotient, as ONNX Runtime computes it).
+    exponentials), ``sm_sum``, ``sm_rec`` (``1 / sum``, once per row), ``sm_out`` (``e * rec``:
+    a multiply per element instead of a divide, within an ulp of the quotient; vdivps costs
+    ~4 multiplies on Zen 3).
     """
     from tvm import topi
 
@@ -134,7 +136,8 @@ def softmax_last(x: te.Tensor) -> te.Tensor:
     e = topi.fast_exp(diff)
     k2 = te.reduce_axis((0, n), name="k2")
     total = te.compute(tuple(lead), lambda *i: te.sum(e(*i, k2), axis=k2), name="sm_sum")
-    return te.compute(x.shape, lambda *i: e(*i) / total(*i[:-1]), name="sm_out")
+    rec = te.compute(tuple(lead), lambda *i: tirx.const(1.0, "float32") / total(*i), name="sm_rec")
+    return te.compute(x.shape, lambda *i: e(*i) * rec(*i[:-1]), name="sm_out")
 
 
 def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: te.Tensor,

@@ -208,9 +208,9 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
             _, ri = sch.split(r, factors=[None, f])
             rfs.append(sch.rfactor(ri, factor_axis=len(sch.get(blk).writes[0].region)))
     # consumers first (each compute_at needs its consumers under the row already):
-    # sum <- its partial sums <- exponentials <- max <- its partial maxima
+    # 1/sum <- sum <- its partial sums <- exponentials <- max <- its partial maxima
     rf_max, rf_sum = (rfs if rfs else [None, None])
-    for blk in (sch.get_sblock("sm_sum"), rf_sum, sch.get_sblock("T_fast_exp"),
+    for blk in (sch.get_sblock("sm_rec"), sch.get_sblock("sm_sum"), rf_sum, sch.get_sblock("T_fast_exp"),
                 sch.get_sblock("sm_max"), rf_max):
         if blk is not None:
             sch.compute_at(blk, row, preserve_unit_loops=True)

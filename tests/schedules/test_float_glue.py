@@ -227,3 +227,37 @@ def test_softmax_legalization_uses_the_kernel_on_the_last_axis(axis, kernel, rng
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv)).numpy()
     e = np.exp(xv.astype(np.float64) - xv.max(axis, keepdims=True))
     np.testing.assert_allclose(got, e / e.sum(axis, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fast_math", [True, False])
+@pytest.mark.parametrize("divisor", ["scalar", "tensor"])
+def test_division_by_a_constant_becomes_a_multiply_under_fast_math(fast_math, divisor, rng):
+    """compile's fast-math legalization: ``x / c`` with a scalar constant ``c`` (GELU's x / sqrt 2)
+    is ``x * (1 / c)``, within 2 ulp of the quotient; a tensor divisor, or ``--exact-math``,
+    keeps the division (exact)."""
+    from bnncompile.compiler import relax_pipeline
+
+    shape = (2, 3, 40)
+    c = np.float32(1.4142135)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    y = relax.Var("y", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            d = relax.const(c) if divisor == "scalar" else y
+            out = bb.emit_output(R.divide(x, d))
+        bb.emit_func_output(out)
+    with TGT:
+        lowered = relax_pipeline(TGT, fast_math=fast_math)(bb.get())
+        ex = tvm.compile(bb.get(), target=TGT, relax_pipeline=relax_pipeline(TGT, fast_math=fast_math))
+    text = lowered.script()
+    multiplies = divisor == "scalar" and fast_math
+    assert (" / " not in text.split("def main")[0]) == multiplies, text[:2000]
+    xv = (rng.standard_normal(shape) * 7).astype(np.float32)
+    yv = np.full(shape, c, np.float32)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv), tvm.runtime.tensor(yv)).numpy()
+    exact = xv / c
+    if multiplies:
+        assert np.max(np.abs(got - exact) / np.spacing(np.abs(exact))) <= 2
+    else:
+        np.testing.assert_array_equal(got, exact)
