@@ -98,10 +98,13 @@ def fast_math_legalize_map(target=None) -> dict:
         return bb.call_te(topi.nn.fast_softmax, x, call.attrs.axis)
 
     def divide(bb, call):
-        from tvm.relax.transform.legalize_ops.common import _is_relax_expr, _try_convert_to_scalar_const
+        from tvm.relax.transform.legalize_ops.common import (
+            _is_relax_expr,
+            _try_convert_to_scalar_const,
+        )
 
         x, d = call.args[0], _try_convert_to_scalar_const(call.args[1])
-        if not _is_relax_expr(d) and str(getattr(x.ty, "dtype", "")) == "float32" and float(d) not in (0.0,):
+        if not _is_relax_expr(d) and str(getattr(x.ty, "dtype", "")) == "float32" and float(d) != 0.0:
             # x / c as x * (1 / c): one multiply per element instead of a divide (GELU's x / sqrt 2:
             # vdivps is ~4x the cost of vmulps on Zen 3); within ~1.5 ulp of the quotient
             return bb.call_te(topi.multiply, x, tirx.const(float(1.0 / np.float64(d)), "float32"))
@@ -293,8 +296,13 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         tmp_side.write_text(json.dumps(sidecar, indent=2))
         artifacts.replace_together([(tmp, output), (tmp_side, side)])
     if conv_precision != "fp32":
+        # the float Convs bnncompile's kernel does not take (grouped, non-constant weights) stay fp32
+        kept = sorted(n.name for n in plan.canonical.graph.node if n.op_type == "Conv"
+                      and n.name in plan.not_binary and n.name not in plan.quantized_convs)
         notes.append(f"{len(plan.quantized_convs)} float conv(s) quantized to {conv_precision}" +
                      ("" if plan.quantized_convs else " (none in this model)") +
+                     (f"; {len(kept)} stay fp32 (grouped or non-constant weights: "
+                      f"{', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''})" if kept else "") +
                      "; `bnncompile validate` reports the effect against the fp32 model")
     if not plan.binary:
         notes.append("no layer of this model is binary: it compiled all-float (see `bnncompile "

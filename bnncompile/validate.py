@@ -9,6 +9,12 @@ sign, and a flip legitimately moves the logits. So the report has three levels:
 2. end to end: max/mean absolute output error against PyTorch (golden file) and ONNX Runtime;
 3. top-1 agreement.
 
+A library compiled with ``--conv-precision int16|int8`` is held to the same three levels against
+the file's graph quantized the same way (:mod:`bnncompile.frontend.quantized_reference`; the
+near-tie margin widened to a few quantization steps, ``schedules.quantize.tie_rtol``), and the
+quantization's own effect against the fp32 model (sign flips, top-1 against PyTorch, the largest
+logit change) is reported beside it, not judged: the user chose it.
+
 Any batch size works: inputs run in chunks of the library's compiled batch (the last chunk
 zero-padded) and in chunks of the graph's fixed batch in ONNX Runtime.  Tolerances
 (``Tolerances``) are data with reasons; ``ParityReport.ok`` is True only within them.

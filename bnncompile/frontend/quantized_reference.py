@@ -41,9 +41,13 @@ def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precisio
     out.CopyFrom(model)
     if not convs:
         return out
+    opset = _opset(out)
+    if opset < 11:  # Round and input-form Clip; ConvInteger needs 10
+        raise UnsupportedModelError(f"--conv-precision {precision}: the model's opset {opset} has no "
+                                    "Round (opset 11); re-export it with opset >= 11, or compile with fp32")
     inits = {t.name: t for t in out.graph.initializer}
     new_nodes, new_inits = [], []
-    reduce_axes_attr = _opset(out) < 18
+    reduce_axes_attr = opset < 18
     found = set()
     for node in out.graph.node:
         if node.name not in convs:

@@ -60,6 +60,16 @@ def test_reference_refuses_other_levels(rng):
         quantized_reference(model, {"nope": {"qa": 127, "qw": 127}}, "int8")
 
 
+def test_reference_needs_round(rng):
+    """Opset < 11 has no Round: the quantized graph cannot be written, so it is refused."""
+    model = prepare(_graph(rng))
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 10
+    with pytest.raises(UnsupportedModelError, match="opset 10 has no Round"):
+        quantized_reference(model, {"conv": {"qa": 127, "qw": 127}}, "int8")
+
+
 def test_fp32_builds_quantize_nothing(rng):
     model = _graph(rng)
     x = rng.standard_normal((2, 3, 19, 18)).astype(np.float32)
@@ -80,3 +90,21 @@ def test_quantized_conv_builds_for_other_cpus(target, rng):
                           conv_precision="int16")
     assert set(plan.quantized_convs) == {"conv"}
     assert any(k.startswith("bnn_qconv2d_") for k in plan.kernels)
+
+
+def test_compile_names_the_float_convs_that_stay_fp32(rng, tmp_path):
+    """A grouped float conv is not bnncompile's kernel's: compile says it stays fp32."""
+    import onnx
+
+    from bnncompile.compiler import compile_model
+
+    w1 = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((4, 2, 1, 1)) * 0.3).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["x", "w1"], ["a"], name="stem", kernel_shape=[3, 3]),
+                        helper.make_node("Conv", ["a", "w2"], ["y"], name="grouped", kernel_shape=[1, 1],
+                                         group=2)],
+                       {"x": [1, 3, 8, 8]}, {"y": None}, {"w1": w1, "w2": w2})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    res = compile_model(tmp_path / "m.onnx", output=tmp_path / "m.so", conv_precision="int8")
+    note = next(n for n in res.notes if "quantized to int8" in n)
+    assert note.startswith("1 float conv(s) quantized") and "1 stay fp32" in note and "weights: grouped)" in note
