@@ -83,7 +83,8 @@ def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precisio
         parts = []
         for a in "hl":
             for b in "hl":
-                conv = helper.make_node("ConvInteger", [xparts[a][0], wparts[b][0], xparts[a][1], wparts[b][1]], [f"{p}_c{a}{b}"],
+                (xa, xz), (wb, wz) = xparts[a], wparts[b]
+                conv = helper.make_node("ConvInteger", [xa, wb, xz, wz], [f"{p}_c{a}{b}"],
                                         name=f"{p}_conv{a}{b}")
                 conv.attribute.extend(node.attribute)
                 parts += [conv, helper.make_node("Cast", [f"{p}_c{a}{b}"], [f"{p}_c{a}{b}64"],
