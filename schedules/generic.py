@@ -6,6 +6,8 @@ Each ``schedule_*`` takes an ``s_tir.Schedule`` of the PrimFunc built from the m
 """
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir
 
 
@@ -222,13 +224,6 @@ def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:
     _schedule_mm(sch, "bbmm", "bbmm_out")
 
 
-def _elements(shape) -> int:
-    n = 1
-    for v in shape:
-        n *= int(v)
-    return n
-
-
 def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> None:
     """Float blocked conv: a register tile of ``WI`` output pixels x ``KBI`` blocks of ``OB``
     (SIMD lanes) output channels; per tap, ``KBI`` weight vectors and ``WI`` broadcast inputs
@@ -251,7 +246,8 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> N
     # serial pass
     data_shape = [int(v) for v in sch.get(pad).reads[0].source.shape]
     unpadded = list(sch.get(pad).writes[0].source.shape) == data_shape
-    weights_outer = unpadded and _elements(sch.get(conv).reads[1].source.shape) > _elements(data_shape[1:])
+    weights = [int(v) for v in sch.get(conv).reads[1].source.shape]
+    weights_outer = unpadded and math.prod(weights) > math.prod(data_shape[1:])
     if weights_outer:
         sch.reorder(n, kbo, oh, wo, rc, rh, rw, wi, kbi, ob)
     else:

@@ -138,3 +138,20 @@ def test_sign_zero_refused_by_name():
     model, _ = _load("torch_sign_conv_ts")
     with pytest.raises(UnsupportedModelError, match=r"'/Sign' \(ai.onnx::Sign\)"):
         canonicalize(model, sign_zero="refuse")
+
+
+@pytest.mark.parametrize("name,precision,quantized", [
+    ("brevitas_cnv_w1a1_clean", "fp32", 0), ("brevitas_cnv_w1a1_clean", "int16", 1),
+    ("larq_quicknet", "int8", 3)])
+def test_compile_self_check_and_conv_precision(name, precision, quantized, tmp_path):
+    """``compile`` with its default self-check on another tool's file: Brevitas fixes the batch
+    at 4 in the graph (the check once fed ONNX Runtime 2 samples and the library batch-1
+    chunks); ``--conv-precision`` quantizes the float convs bnncompile's kernel takes (QuickNet's
+    depthwise ones stay fp32) and still verifies."""
+    import json
+
+    from bnncompile.compiler import compile_model
+
+    res = compile_model(FIXTURES / f"{name}.onnx", output=tmp_path / "m.so", conv_precision=precision)
+    meta = json.loads(res.sidecar.read_text())
+    assert meta["verify"]["ok"] is True and len(meta["quantized_convs"]) == quantized
