@@ -15,6 +15,7 @@ from tvm import s_tir
 
 from . import generic
 from .generic import (
+    TILE_SCOPE,
     extent,
     has_block,
     largest_divisor,
@@ -33,6 +34,11 @@ PIX_VEC_X86 = 16
 PIX_KI_X86 = 4
 #: below this many row bands, a binary matmul's tiles are parallel tasks too
 MIN_ROW_TASKS = 8
+# A pixel's input words (rc) are unrolled below this count.  At 8+ words (C >= 512) the
+# unrolled body of WI pixels x CW words spilled its accumulators (Zen 3, 1 thread, 3x3:
+# 512@14 2.11 -> 1.64 ms, 1024@7 2.06 -> 1.59 ms, R18 512@7 0.58 -> 0.41 ms rolled); at
+# 4 words unrolling stays faster (256@28 1.56 ms against 1.89 ms rolled).
+UNROLL_WORDS_MAX = 8
 
 
 def _copy_out(sch: s_tir.Schedule, wb, at, nchw: bool, wf: int, kf: int) -> None:
@@ -80,7 +86,7 @@ def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -
     # residual reads and the output writes stream plane by plane (wo outside ko touched all K
     # planes per pixel chunk; with a fused residual that cost ~2x on 32->32 @112, 1x1)
     sch.reorder(n, oh, ko, wo, rh, rw, rc, kin, win)
-    wb = sch.cache_write(conv, 0, "local")
+    wb = sch.cache_write(conv, 0, TILE_SCOPE)
     sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, d, c))
     sch.reverse_compute_at(wb, wo)
     sch.reverse_compute_inline(out)
@@ -112,7 +118,7 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
     ko, kin = sch.split(k, factors=[None, kf])
     wo, win = sch.split(ow, factors=[None, wf])
     sch.reorder(n, oh, wo, ko, rh, rw, rc, win, kin)
-    wb = sch.cache_write(conv, 0, "local")
+    wb = sch.cache_write(conv, 0, TILE_SCOPE)
     sch.reverse_compute_at(wb, ko)
     sch.reverse_compute_inline(out)  # epilogue fused into the copy-out of the finished tile
     row = sch.fuse(n, oh)
@@ -124,7 +130,8 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
         vectorize_innermost(sch, sch.get_sblock("bpad"), row, (2, 4, 8, 16))
     sch.vectorize(kin)
     sch.unroll(win)
-    sch.unroll(rc)
+    if extent(sch, rc) < UNROLL_WORDS_MAX:
+        sch.unroll(rc)
     _copy_out(sch, wb, ko, nchw, wf, kf)
     sch.decompose_reduction(conv, rh)
     generic.schedule_output_pack(sch, row)
@@ -135,7 +142,8 @@ def _is_nchw(sch: s_tir.Schedule, out_block) -> bool:
     return str(sch.get(out_block).annotations.get("bnn_out_layout", "NCHW")) == "NCHW"
 
 
-def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int) -> None:
+def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int,
+                 nf: int | None = None) -> None:
     """Register tile ``MI`` rows x ``NI`` lanes for ``[*batch, M, N]`` popcount reductions.
 
     N without an even divisor (odd N: 3, 9, 197, 1001): no lane tile; a task then takes ``MI``
@@ -144,12 +152,12 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
     blk = sch.get_sblock(red)
     *spatial, r = sch.get_loops(blk)
     batch, m, n = spatial[:-2], spatial[-2], spatial[-1]
-    nf = pick_factor(extent(sch, n), (nvec, 4, 2))
+    nf = nf or pick_factor(extent(sch, n), (nvec, 4, 2))
     mf = largest_divisor(extent(sch, m), mi_max)
     mo, mi = sch.split(m, factors=[None, mf])
     if nf == 1:
         sch.reorder(*batch, mo, r, mi, n)
-        wb = sch.cache_write(blk, 0, "local")
+        wb = sch.cache_write(blk, 0, TILE_SCOPE)
         sch.reverse_compute_at(wb, mo)
         sch.reverse_compute_inline(sch.get_sblock(out))
         task = [*batch, mo]
@@ -160,7 +168,7 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
         return
     no, ni = sch.split(n, factors=[None, nf])
     sch.reorder(*batch, mo, no, r, mi, ni)
-    wb = sch.cache_write(blk, 0, "local")
+    wb = sch.cache_write(blk, 0, TILE_SCOPE)
     sch.reverse_compute_at(wb, no)
     sch.reverse_compute_inline(sch.get_sblock(out))
     rows = sch.fuse(*batch, mo) if batch else mo
@@ -192,6 +200,15 @@ def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4) ->
 
 
 def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 8) -> None:
+    *_, m, n, r = sch.get_loops(sch.get_sblock("bbmm"))
+    wide = [f for f in range(4, 4 * nvec + 1, 4) if extent(sch, n) % f == 0]
+    if extent(sch, r) == 1 and extent(sch, n) % nvec and wide:
+        # One word per dot product (attention heads of <= 64): the epilogue (count -> float,
+        # store) costs more than the popcount, and 4-lane tiles ran it on half registers.  A
+        # wide row of lanes packs the int64 counts into full int32 vectors (Zen 3, 1 thread,
+        # Q.K^T 6x196x196, k64: 7 rows x 4 lanes 0.085 ms, 2 rows x 28 lanes 0.074 ms).
+        _schedule_mm(sch, "bbmm", "bbmm_out", nvec, 2, nf=wide[-1])
+        return
     _schedule_mm(sch, "bbmm", "bbmm_out", nvec, mi_max)
 
 

@@ -4,12 +4,14 @@
 ``vpmaddwd`` (AVX2; AVX-512 CPUs run it too): the int16 activation pair is broadcast as one
 32-bit word, multiplied with 8 weight pairs, and the adjacent products summed into int32.  The
 quantized conv's (``compute.qconv2d_blocked``) innermost ``(ob, j)`` loops, with its register
-tile (``C``) in local scope.
+tile (``C``) in ``generic.TILE_SCOPE``.
 """
 from __future__ import annotations
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from .generic import TILE_SCOPE
 
 PMADDWD_8X2 = "bnn_avx2_pmaddwd_8x2"
 
@@ -17,7 +19,7 @@ PMADDWD_8X2 = "bnn_avx2_pmaddwd_8x2"
 @T.prim_func(s_tir=True)
 def _pmaddwd_desc(A: T.Buffer((2,), "int16", offset_factor=1),
                   B: T.Buffer((8, 2), "int16", offset_factor=1),
-                  C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+                  C: T.Buffer((8,), "int32", offset_factor=1, scope=TILE_SCOPE)) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
@@ -31,7 +33,7 @@ def _pmaddwd_desc(A: T.Buffer((2,), "int16", offset_factor=1),
 @T.prim_func(s_tir=True)
 def _pmaddwd_impl(A: T.Buffer((2,), "int16", offset_factor=1),
                   B: T.Buffer((8, 2), "int16", offset_factor=1),
-                  C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+                  C: T.Buffer((8,), "int32", offset_factor=1, scope=TILE_SCOPE)) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule, get_extent, try_inline_contiguous_spatial
 
+from ..generic import TILE_SCOPE
 from .common import normalized, parallel_outer, row_vector, vector_lanes
 
 
@@ -135,7 +136,7 @@ class SpatialReduction(ScheduleRule):
                 sch.unroll(r_i)
         consumers = [bi.block_rv for bi in infos if bi.is_injective() and bi is not red]
         if s_i is not None and outer_spatial:
-            write_back = sch.cache_write(block, 0, "local")
+            write_back = sch.cache_write(block, 0, TILE_SCOPE)
             sch.reverse_compute_at(write_back, outer_spatial[-1], preserve_unit_loops=True)
             for c in consumers:
                 try:
@@ -167,7 +168,7 @@ def _schedule_gemv(sch, block, spatial, reduce_loops, infos, red, lanes: int, n:
     s_o, s_i = sch.split(spatial[-1], factors=[None, chunk])
     v_o, v_i = sch.split(s_i, factors=[None, vec])
     sch.reorder(*spatial[:-1], s_o, *reduce_loops, v_o, v_i)
-    write_back = sch.cache_write(block, 0, "local")
+    write_back = sch.cache_write(block, 0, TILE_SCOPE)
     sch.reverse_compute_at(write_back, s_o, preserve_unit_loops=True)
     for c in (bi.block_rv for bi in infos if bi.is_injective() and bi is not red):
         try:
