@@ -114,6 +114,9 @@ CONV_CASES = [
     (1, 128, 14, 14, 16, (3, 3), 2, (1, 1, 1, 1), 1),
     # a one-pixel-wide map padded only along h: every loop of the per-row padding is unit
     (1, 8, 2, 1, 8, (1, 1), 1, (1, 0, 1, 0), 1),
+    # 8+ words per pixel: x86 leaves the words loop rolled (9 words, the last one partial)
+    (1, 520, 5, 6, 8, (3, 3), 1, (1, 1, 1, 1), 1),
+    (1, 512, 3, 3, 16, (1, 1), 1, (0, 0, 0, 0), 1),
 ]
 
 
@@ -416,7 +419,10 @@ def test_bdense_one_row_odd_outputs_regression(a_shape, n_out, sched, inputs, ho
 
 BMM_CASES = [*kc.BMM_CORE, ((2, 1, 64), (2, 3, 64), None), ((1, 7, 1), (1, 1, 1), None),
              ((2, 3, 5, 65), (2, 3, 9, 65), -0.5), ((2, 8, 63), (2, 17, 63), None),
-             ((1, 2, 130), (1, 5, 130), None), ((2, 197, 64), (2, 197, 64), None)]
+             ((1, 2, 130), (1, 5, 130), None), ((2, 197, 64), (2, 197, 64), None),
+             # one word per dot product, N no multiple of 8: x86's wide rows of lanes (28, 12)
+             ((2, 6, 64), (2, 28, 64), 0.125), ((1, 4, 40), (1, 12, 40), None),
+             ((6, 196, 64), (6, 196, 64), 0.125)]
 
 
 def _check_bbmm(a, b, alpha, sched, inputs, host, run_primfunc):
