@@ -36,12 +36,18 @@ def _bound_loops(sch: s_tir.Schedule, block, kind: str) -> list:
     return found
 
 
-def _loop_binding(sch: s_tir.Schedule, block, kind: str):
-    """The loop bound to the last block iter of ``kind`` ("S" / "R")."""
-    found = _bound_loops(sch, block, kind)
-    if not found:
-        raise ValueError(f"no {kind} loop")
-    return found[-1]
+def _lane_loop(sch: s_tir.Schedule, rf, lanes: int):
+    """The loop of an rfactor block's lane iter (extent ``lanes``): not the last spatial loop,
+    which after ``compute_at`` may be a unit row loop (then the partial results ran serially)."""
+    return next(lp for lp in _bound_loops(sch, rf, "S") if int(sch.get(lp).extent) == lanes)
+
+
+def _fold_lanes(f: int, native: int) -> int:
+    """Lanes of a second partial-result stage for ``f`` first-stage lanes (0: none): one native
+    register (else 4 lanes) when it divides ``f``.  ``f`` partials summed into one value form a
+    chain of ``f`` dependent scalar ops per row (~100 cycles of a ~370-cycle LayerNorm row of
+    256 on Zen 3); folded to a register first, ``f / g`` vector ops and ``g`` scalar ones."""
+    return next((c for c in (native, 4) if f % c == 0 and c < f), 0)
 
 
 def _calls_libm(func) -> bool:
@@ -137,9 +143,16 @@ class RowReduction(ScheduleRule):
             # x[.., h, wo*F + l], one contiguous vector load (F divides W)
             _, ri = sch.split(red_loops[-1], factors=[None, f])
             # partial sums last in the rf buffer: [..row.., F], one contiguous vector per row
-            rf = sch.rfactor(ri, factor_axis=len(sch.get(blk).writes[0].region))
-            rf_blocks.append(rf)
+            axis = len(sch.get(blk).writes[0].region)
+            rf = sch.rfactor(ri, factor_axis=axis)
+            rf_blocks.append((rf, f))
             rf_of.append((blk, rf))
+            g = _fold_lanes(f, vector_bits(target) // 32)
+            if g:  # the F partial sums fold into one register's worth before the serial tail
+                _, gi = sch.split(sch.get_loops(blk)[-1], factors=[None, g])
+                rf2 = sch.rfactor(gi, factor_axis=axis)
+                rf_blocks.append((rf2, g))
+                rf_of.append((blk, rf2))
         # the row loop: leading spatial loops of the last block, in parallel
         last = infos[-1].block_rv
         last_loops = sch.get_loops(last)
@@ -166,12 +179,13 @@ class RowReduction(ScheduleRule):
                 inner = sch.get_loops(bi.block_rv)[-1]
                 if not sch.get(inner).same_as(sch.get(row)):  # only loops inside the row task
                     vectorize_inner(sch, bi.block_rv, lanes)
-        for rf in rf_blocks:
+        for rf, f in rf_blocks:
             # (..., R loops in iter order (h, w_o), ri [S]): partial-sum lanes innermost, vectorised
-            ri, ros = _loop_binding(sch, rf, "S"), _bound_loops(sch, rf, "R")
+            ri = _lane_loop(sch, rf, f)
+            ros = _bound_loops(sch, rf, "R")
             sch.reorder(*ros, ri)
             sch.vectorize(ri)
-        for rf in rf_blocks:
+        for rf, _ in rf_blocks:
             try:
                 sch.decompose_reduction(rf, _bound_loops(sch, rf, "R")[0])
             except Exception:
@@ -203,9 +217,8 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
     n = int(sch.get(sch.get_loops(out)[-1]).extent)
     native = vector_bits(target) // 32  # one register (vector_lanes doubles AVX2's)
     f = _softmax_lanes(n, native)
-    # the f partial results fold into one register's worth (g lanes) before the serial tail:
-    # a chain of f dependent scalar adds / maxima per row cost ~100 cycles of ~600 (Zen 3)
-    g = next((c for c in (native, 4) if f % c == 0 and c < f), 0) if 0 < f < n else 0
+    # the f partial results fold into one register's worth (g lanes) before the serial tail
+    g = _fold_lanes(f, native) if 0 < f < n else 0
     rfs = []  # (partials, lanes), in consumer-first order per reduction
     for name in ("sm_max", "sm_sum"):
         blk = sch.get_sblock(name)
@@ -232,9 +245,7 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
         if f > 1:
             sch.vectorize(inner)
     for rf, lanes in (pair for chain in rfs for pair in chain):
-        # the lane loop is the rfactored iter (extent `lanes`), not the last spatial one: after
-        # compute_at that is the unit batch loop, and the partial maxima / sums ran serially
-        ri = next(lp for lp in _bound_loops(sch, rf, "S") if int(sch.get(lp).extent) == lanes)
+        ri = _lane_loop(sch, rf, lanes)
         ros = _bound_loops(sch, rf, "R")
         sch.reorder(*ros, ri)
         sch.vectorize(ri)
