@@ -104,7 +104,8 @@ def _schedule_bconv2d_pixvec(sch: s_tir.Schedule, conv, out, wf: int, ki: int) -
     generic.schedule_output_pack(sch, row)
 
 
-def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX_X86) -> None:
+def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX_X86,
+                     unroll_words_max: int | None = UNROLL_WORDS_MAX) -> None:
     conv = sch.get_sblock("bconv")
     out = sch.get_sblock("bconv_out")
     nchw = _is_nchw(sch, out)
@@ -130,7 +131,7 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
         vectorize_innermost(sch, sch.get_sblock("bpad"), row, (2, 4, 8, 16))
     sch.vectorize(kin)
     sch.unroll(win)
-    if extent(sch, rc) < UNROLL_WORDS_MAX:
+    if unroll_words_max is None or extent(sch, rc) < unroll_words_max:
         sch.unroll(rc)
     _copy_out(sch, wb, ko, nchw, wf, kf)
     sch.decompose_reduction(conv, rh)
