@@ -205,13 +205,15 @@ def test_softmax_last_kernel_matches_reference(shape, mcpu, rng):
     np.testing.assert_allclose(out.numpy(), reference.softmax_ref(x), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("axis,kernel", [(-1, True), (3, True), (1, False)])
-def test_softmax_legalization_uses_the_kernel_on_the_last_axis(axis, kernel, rng):
-    """compile's pipeline: softmax over the last axis becomes the scheduled kernel, any other
-    axis TOPI's fast_softmax; both match numpy."""
+@pytest.mark.parametrize("shape,axis,kernel", [
+    ((1, 2, 5, 12), -1, True), ((1, 2, 5, 12), 3, True), ((1, 2, 5, 12), 1, False),
+    # only unit axes after it (CCT's sequence pooling over tokens): the kernel on a reshaped view
+    ((1, 40, 1), 1, True), ((2, 3, 1, 1), 1, True), ((40, 1), 0, True), ((40,), 0, True)])
+def test_softmax_legalization_uses_the_kernel_on_the_last_axis(shape, axis, kernel, rng):
+    """compile's pipeline: softmax over the last axis, or over one followed only by unit axes,
+    becomes the scheduled kernel, any other axis TOPI's fast_softmax; both match numpy."""
     from bnncompile.compiler import relax_pipeline
 
-    shape = (1, 2, 5, 12)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(shape, "float32"))
     with bb.function("main", [x]):
