@@ -54,9 +54,13 @@ class BinaryBatchMatMul:
             xb = imp.emit(relax.op.broadcast_to(xb, [*batch, *b_shape[-2:]]))
             b_key = None
         if not layer.b_transposed:
-            # pack B along its reduction axis (-2): transpose X and the broadcast threshold
+            # pack B along its reduction axis (-2): transpose X and the threshold, the threshold
+            # at its own broadcastable shape (materialised to X's shape, the pack read a full
+            # float tensor of thresholds: CCT-7's values, 0.13 ms of packing per inference)
             tb = relax.const(np.zeros((), np.float32)) if tb is None else tb
-            tb = imp.emit(relax.op.broadcast_to(tb, xb.ty.shape))
+            t_shape = imp.shape_of(tb)
+            rank = len(imp.shape_of(xb))
+            tb = imp.emit(relax.op.reshape(tb, [1] * (rank - len(t_shape)) + t_shape))
             perm = [*range(len(batch)), len(batch) + 1, len(batch)]
             xb = imp.emit(relax.op.permute_dims(xb, perm))
             tb = imp.emit(relax.op.permute_dims(tb, perm))
