@@ -50,6 +50,20 @@ def _fold_lanes(f: int, native: int) -> int:
     return next((c for c in (native, 4) if f % c == 0 and c < f), 0)
 
 
+def _vector_partials(sch: s_tir.Schedule, blk, f: int, native: int) -> list:
+    """Split ``blk``'s innermost reduction loop into ``f`` lanes of partial results
+    (``rfactor``, the lanes last in the partials buffer: one contiguous vector per row), folded
+    into one register's worth (:func:`_fold_lanes`) when that divides ``f``.  Returns
+    ``[(rfactor block, lanes), ...]``, producer first; ``blk`` then reduces the last stage."""
+    axis = len(sch.get(blk).writes[0].region)
+    stages = []
+    for lanes in (f, _fold_lanes(f, native)):
+        if lanes:
+            _, inner = sch.split(sch.get_loops(blk)[-1], factors=[None, lanes])
+            stages.append((sch.rfactor(inner, factor_axis=axis), lanes))
+    return stages
+
+
 def _calls_libm(func) -> bool:
     """exp / erf / tanh: scalar libm calls per lane once vectorised (no TIR visitor in 0.27's
     Python API, so the printed script is searched)."""
@@ -129,7 +143,6 @@ class RowReduction(ScheduleRule):
                 return None
             sch.reorder(*loops)
             n_s = len(bi.iters) - len(bi.dom_kind().lstrip("S"))
-            red_loops = loops[n_s:]
             r_ext = 1
             for it in bi.iters[n_s:]:
                 if not isinstance(it.dom, int):
@@ -141,18 +154,9 @@ class RowReduction(ScheduleRule):
                 continue  # short / odd rows: a serial chain, as dlight does
             # split the innermost reduced axis itself, (h, w) not fused: the lanes then read
             # x[.., h, wo*F + l], one contiguous vector load (F divides W)
-            _, ri = sch.split(red_loops[-1], factors=[None, f])
-            # partial sums last in the rf buffer: [..row.., F], one contiguous vector per row
-            axis = len(sch.get(blk).writes[0].region)
-            rf = sch.rfactor(ri, factor_axis=axis)
-            rf_blocks.append((rf, f))
-            rf_of.append((blk, rf))
-            g = _fold_lanes(f, vector_bits(target) // 32)
-            if g:  # the F partial sums fold into one register's worth before the serial tail
-                _, gi = sch.split(sch.get_loops(blk)[-1], factors=[None, g])
-                rf2 = sch.rfactor(gi, factor_axis=axis)
-                rf_blocks.append((rf2, g))
-                rf_of.append((blk, rf2))
+            for stage in _vector_partials(sch, blk, f, vector_bits(target) // 32):
+                rf_blocks.append(stage)
+                rf_of.append((blk, stage[0]))
         # the row loop: leading spatial loops of the last block, in parallel
         last = infos[-1].block_rv
         last_loops = sch.get_loops(last)
@@ -217,20 +221,10 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
     n = int(sch.get(sch.get_loops(out)[-1]).extent)
     native = vector_bits(target) // 32  # one register (vector_lanes doubles AVX2's)
     f = _softmax_lanes(n, native)
-    # the f partial results fold into one register's worth (g lanes) before the serial tail
-    g = _fold_lanes(f, native) if 0 < f < n else 0
-    rfs = []  # (partials, lanes), in consumer-first order per reduction
+    rfs = []  # per reduction, its (partials, lanes) stages consumer first
     for name in ("sm_max", "sm_sum"):
-        blk = sch.get_sblock(name)
         if 0 < f < n:
-            _, ri = sch.split(sch.get_loops(blk)[-1], factors=[None, f])
-            axis = len(sch.get(blk).writes[0].region)
-            first = sch.rfactor(ri, factor_axis=axis)
-            chain = [(first, f)]
-            if g:
-                _, gi = sch.split(sch.get_loops(blk)[-1], factors=[None, g])
-                chain.insert(0, (sch.rfactor(gi, factor_axis=axis), g))
-            rfs.append(chain)
+            rfs.append(_vector_partials(sch, sch.get_sblock(name), f, native)[::-1])
     # consumers first (each compute_at needs its consumers under the row already):
     # 1/sum <- sum <- its partial sums <- exponentials <- max <- its partial maxima
     rf_max, rf_sum = (rfs if rfs else [[], []])
