@@ -263,3 +263,42 @@ def test_division_by_a_constant_becomes_a_multiply_under_fast_math(fast_math, di
         assert np.max(np.abs(got - exact) / np.spacing(np.abs(exact))) <= 2
     else:
         np.testing.assert_array_equal(got, exact)
+
+
+def _gelu_erf(x):
+    """GELU as ONNX files spell it (``Erf``), which compile legalizes to TVM's fast erf."""
+    c = lambda v: relax.const(v, "float32")  # noqa: E731
+    return R.multiply(R.multiply(x, c(0.5)), R.add(c(1.0), R.erf(R.multiply(x, c(2 ** -0.5)))))
+
+
+@pytest.mark.parametrize("fn,width,lanes", [
+    (_gelu_erf, 64, 32),  # fast erf: a polynomial, two register tiles
+    (_gelu_erf, 48, 16),  # the wide tile does not divide the row: the usual one
+    (lambda x: R.nn.relu(R.add(x, x)), 64, 16),  # no polynomial: the usual tile
+])
+def test_polynomial_elementwise_takes_wider_vectors(fn, width, lanes, rng):
+    """compile's pipeline on AVX2 (16-float tiles): an element-wise kernel with a polynomial
+    body (fast-math GELU) vectorises over twice the lanes, anything else over the usual ones;
+    the values match numpy either way."""
+    import re
+
+    from bnncompile.compiler import relax_pipeline
+
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "znver3"})
+    shape = (1, 7, width)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(fn(x))
+        bb.emit_func_output(out)
+    with tgt:
+        lowered = relax_pipeline(tgt)(bb.get())
+        ex = tvm.compile(bb.get(), target=tgt, relax_pipeline=relax_pipeline(tgt))
+    text = "\n".join(f.script() for f in _prim_funcs(lowered).values())
+    assert re.findall(r"in T\.vectorized\(T\.int64\((\d+)\)\)", text) == [str(lanes)], text
+    xv = (rng.standard_normal(shape) * 3).astype(np.float32)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv)).numpy()
+    x64 = xv.astype(np.float64)
+    want = _gelu(x64) if fn is _gelu_erf else np.maximum(2 * x64, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -149,3 +149,22 @@ def test_qconv2d_avx512_blocks_run_as_8_lane_halves(inputs, run_primfunc):
     got = run_primfunc(pf, [pairs, Q.pair_blocked(qw.ints, 16), qw.dequant, np.ones(1, np.float32)],
                        expect.shape, "int32")
     np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
+
+
+@pytest.mark.parametrize("mcpu,vnni", [("znver4", True), ("icelake-server", True),
+                                       ("cascadelake", True), ("znver3", False), ("haswell", False)])
+def test_qconv2d_uses_vnni_where_the_cpu_has_it(mcpu, vnni):
+    """Compile-only (no VNNI CPU here): for a CPU with AVX-512 VNNI, LLVM fuses the tensorized
+    ``vpmaddwd`` + ``vpaddd`` into ``vpdpwssd`` (one instruction per 16 int16 MACs), so the
+    int16 conv needs no VNNI intrinsic of its own; an AVX2 CPU keeps the pair.  Sapphire Rapids
+    and Alder Lake's AVX-VNNI fuse only some (LLVM's per-CPU choice), which is why the host's
+    own LLVM CPU name is the target."""
+    import re
+
+    import tvm
+
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+    pf = S.make_qconv2d((1, 32, 30, 30, 2), (64, 64, 3, 3), target=tgt)
+    asm = tvm.compile(pf, target=tgt).mod.inspect_source("asm")
+    fused, pairs = (len(re.findall(rf"\b{op}\b", asm)) for op in ("vpdpwssd", "vpmaddwd"))
+    assert (fused > 0 and pairs == 0) if vnni else (fused == 0 and pairs > 0), (fused, pairs)
