@@ -314,6 +314,10 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                      (f"; {len(kept)} stay fp32 (grouped or non-constant weights: "
                       f"{', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''})" if kept else "") +
                      "; `bnncompile validate` reports the effect against the fp32 model")
+    stale = getattr(getattr(plan, "tuning", None), "stale", None)
+    if stale:
+        notes.append(f"{len(stale)} tuned record(s) predate today's hand schedules and were not "
+                     "used (the sidecar's tuning.stale says why); `bnncompile tune` re-measures them")
     if not plan.binary:
         notes.append("no layer of this model is binary: it compiled all-float (see `bnncompile "
                      "inspect` for why each Conv/Gemm/MatMul is not)")
@@ -396,4 +400,6 @@ def _tuning_sidecar(tuning_db, session) -> dict | None:
             "records_digest": session.digest(),
             "tuned_kernels": sorted(session.applied),
             "hand_won": sorted(session.hand_won),  # best record: the hand schedule, built as it is now
+            # a searched best measured against an older hand schedule: today's hand schedule built
+            "stale": dict(session.stale),
             "failed": dict(session.failed)}

@@ -46,6 +46,7 @@ __all__ = [
     "open_session",
     "pretuned_dir",
     "record_digest",
+    "stale_reason",
     "tuning_target",
     "workload_mod",
 ]
@@ -150,7 +151,9 @@ def pack_database(src, dst, *, keep: int = 2, target=None, min_speedup: float = 
     A searched record replaces the hand schedule's record (recognised by its trace: hand
     schedules never sample) as the best only if it measured ``min_speedup`` times faster: with a
     few trials, one noisy measurement each, smaller wins are mostly noise (a 1.14x "win" on a
-    1024-channel conv re-timed 10-20 % slower)."""
+    1024-channel conv re-timed 10-20 % slower).  The hand schedule's record is always kept: a
+    searched win counts only against the hand schedule it was measured with
+    (:func:`stale_reason`)."""
     import gzip
     import json
 
@@ -176,7 +179,10 @@ def pack_database(src, dst, *, keep: int = 2, target=None, min_speedup: float = 
         hand = next((t for t in ranked if "Sample" not in json.dumps(t[1][0])), None)
         if hand is not None and ranked[0] is not hand and ranked[0][0] * min_speedup > hand[0]:
             ranked = ranked[ranked.index(hand):]  # drop the marginal "wins": hand ranks first
-        for _, rec in ranked[:keep]:
+        kept = ranked[:keep]
+        if hand is not None and all(t is not hand for t in kept):
+            kept.append(hand)  # what a searched win was measured against (stale_reason)
+        for _, rec in kept:
             out_rec.append(json.dumps([j, rec], separators=(",", ":")))
     dst.mkdir(parents=True, exist_ok=True)
     for name, lines in (("database_workload.json.gz", out_wl),
@@ -277,6 +283,31 @@ def lookup_schedule(db, mod: tvm.IRModule, target):
     return sch, rec
 
 
+def stale_reason(db, mod: tvm.IRModule, target, hand: Callable) -> str | None:
+    """Why the best (searched) record of ``mod`` no longer counts, or None.  A searched
+    schedule is kept only because it beat the hand schedule *of its tuning run*; once the hand
+    schedule improves, that win is unproven (Zen 3: CCT-7's attention scores, a record of
+    0.113 ms kept over the hand schedule of its day; today's hand schedule 0.083 ms, the model
+    6 % faster without the record).  So the hand schedule's own record must be in the database
+    and its trace must still produce what today's hand schedule produces."""
+    from tvm import s_tir
+    from tvm_ffi import structural_equal
+
+    recs = _records_for(db, mod, identify(target).tag, k=1 << 30)
+    old = next((r for r in recs if is_hand_trace(r.trace)), None)
+    if old is None:
+        return "no record of the hand schedule it was measured against"
+    then, now = s_tir.Schedule(mod), s_tir.Schedule(mod)
+    try:
+        old.trace.apply_to_schedule(then, remove_postproc=True)
+    except Exception:
+        return "the hand schedule it was measured against no longer replays"
+    hand(now)
+    if not structural_equal(then.mod, now.mod):
+        return "the hand schedule changed since it was measured"
+    return None
+
+
 @dataclass
 class DatabaseSession:
     """A tuning database opened for one build (:func:`open_session`), and what the build looked
@@ -294,6 +325,9 @@ class DatabaseSession:
     #: kernel symbol -> record digest, for kernels whose best record is the hand schedule's
     #: (built with today's hand schedule)
     hand_won: dict[str, str] = field(default_factory=dict)
+    #: kernel symbol -> reason, for searched records measured against an older hand schedule
+    #: (:func:`stale_reason`; built with today's hand schedule)
+    stale: dict[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
         """SHA-256 over the records used, hand-won ones included (order independent); "" if
@@ -324,6 +358,10 @@ class DatabaseSession:
                 self.misses.append(symbol)
             else:
                 self.hand_won[symbol] = record_digest(rec, mod)
+            return None
+        why = stale_reason(self.db, mod, self.target or as_target(target), hand)
+        if why is not None:
+            self.stale[symbol] = why
             return None
         secs = [float(x) for x in rec.run_secs or []]
         self.applied[symbol] = {"op": op, "run_ms": round(1e3 * sum(secs) / max(len(secs), 1), 4),

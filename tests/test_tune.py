@@ -127,7 +127,31 @@ def test_pack_database_roundtrip(tuned, tmp_path):
     db, _, _ = tuned
     out = tuning.pack_database(db, tmp_path / "packed", keep=1)
     mem = tuning.open_database(out)
-    assert len(mem.get_all_tuning_records()) == 2
+    recs = mem.get_all_tuning_records()
+    by_workload = {}
+    for rec in recs:
+        by_workload.setdefault(str(rec.workload.mod), []).append(rec)
+    assert len(by_workload) == 2
+    for kept in by_workload.values():
+        # the best one, plus the hand schedule's when a searched one is best (stale_reason)
+        assert any(tuning.is_hand_trace(r.trace) for r in kept)
+        assert len(kept) <= 2
+
+
+def test_records_of_a_tuning_run_are_not_stale(tuned, tiny_onnx):
+    """The hand record a tuning run writes (MetaSchedule's trace, postprocessors and all)
+    replays to exactly what the hand schedule builds today: no record of a fresh run is
+    stale, whichever won."""
+    from bnncompile.schedules import tuning
+
+    from bnncompile.tune import extract_workloads
+
+    db, _, _ = tuned
+    mem = tuning.open_database(db)
+    workloads = extract_workloads(tiny_onnx, _host())
+    assert workloads
+    for w in workloads:
+        assert tuning.stale_reason(mem, w.mod, _host(), w.hand) is None, w.symbol
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -304,3 +328,43 @@ def test_a_hand_record_builds_todays_hand_schedule(tmp_path):
     db.commit_tuning_record(ms.database.TuningRecord(searched[-1].trace, wl, [5e-5], tt, args))
     sch, rec = tuning.lookup_schedule(db, w.mod, tgt)
     assert sch is not None and not tuning.is_hand_trace(rec.trace)
+    assert session.schedule(w.mod["main"], op=w.op, symbol=w.symbol, key=w.key, hand=w.hand,
+                            target=tgt) is not None
+    assert list(session.applied) == [w.symbol] and not session.stale
+
+    # the hand schedule improved since that run: the searched win is unproven, today's hand
+    # schedule is built and the sidecar says why
+    def better_hand(sch):
+        w.hand(sch)
+        sch.annotate(sch.get_sblock("bdense_update"), "pragma_better", 1)
+
+    later = tuning.DatabaseSession(db, tvm.target.Target(tt), identify(tt).tag)
+    assert later.schedule(w.mod["main"], op=w.op, symbol=w.symbol, key=w.key, hand=better_hand,
+                          target=tgt) is None
+    assert later.stale == {w.symbol: "the hand schedule changed since it was measured"}
+    assert not later.applied
+
+
+def test_a_searched_record_without_its_hand_record_is_stale(tmp_path):
+    """A database whose searched best has no record of the hand schedule it beat (packed
+    before the hand record was kept) proves nothing: the hand schedule is built."""
+    import tvm
+    from bnncompile.schedules import registry, tuning
+    from tvm.s_tir import meta_schedule as ms
+
+    tgt = _host()
+    collector = tuning.WorkloadCollector()
+    registry.make_bdense((1, 4, 128), (16, 128), target=tgt, tuning=collector)
+    (w,) = collector.seen.values()
+    db = tuning.open_database(tmp_path / "db", create=True)
+    sampled = tvm.s_tir.Schedule(w.mod)
+    n_loop = sampled.get_loops(sampled.get_sblock("bdense"))[-2]
+    sampled.split(n_loop, factors=sampled.sample_perfect_tile(n_loop, n=2))
+    tt = tuning.tuning_target(tgt)
+    db.commit_tuning_record(ms.database.TuningRecord(
+        sampled.trace, db.commit_workload(w.mod), [1e-5], tt,
+        ms.arg_info.ArgInfo.from_prim_func(w.mod["main"])))
+    session = tuning.DatabaseSession(db, tvm.target.Target(tt), identify(tt).tag)
+    assert session.schedule(w.mod["main"], op=w.op, symbol=w.symbol, key=w.key, hand=w.hand,
+                            target=tgt) is None
+    assert session.stale == {w.symbol: "no record of the hand schedule it was measured against"}
