@@ -294,24 +294,34 @@ def test_fused_prelu_conv_tunes_and_replays(tmp_path):
         np.testing.assert_allclose(out.numpy(), expect, rtol=1e-5, atol=1e-4)
 
 
-def test_a_hand_record_builds_todays_hand_schedule(tmp_path):
-    """When the hand schedule's record is the best, the lookup hands back no schedule (the
-    build uses the hand schedule as it is now: a replayed old trace would undo later
-    improvements) and the session lists the kernel as hand-won; a searched best replays."""
+def _bdense_workload_db(tmp_path):
+    """(target, a small bdense workload, an empty database, a schedule of it with a sampled
+    tile size: what a search writes)."""
     import tvm
     from bnncompile.schedules import registry, tuning
-    from tvm.s_tir import meta_schedule as ms
 
     tgt = _host()
     collector = tuning.WorkloadCollector()
     registry.make_bdense((1, 4, 128), (16, 128), target=tgt, tuning=collector)
     (w,) = collector.seen.values()
     db = tuning.open_database(tmp_path / "db", create=True)
-    hand = tvm.s_tir.Schedule(w.mod)
-    w.hand(hand)
-    sampled = tvm.s_tir.Schedule(w.mod)  # what a search writes: its tile sizes are samples
+    sampled = tvm.s_tir.Schedule(w.mod)
     n_loop = sampled.get_loops(sampled.get_sblock("bdense"))[-2]
     sampled.split(n_loop, factors=sampled.sample_perfect_tile(n_loop, n=2))
+    return tgt, w, db, sampled
+
+
+def test_a_hand_record_builds_todays_hand_schedule(tmp_path):
+    """When the hand schedule's record is the best, the lookup hands back no schedule (the
+    build uses the hand schedule as it is now: a replayed old trace would undo later
+    improvements) and the session lists the kernel as hand-won; a searched best replays."""
+    import tvm
+    from bnncompile.schedules import tuning
+    from tvm.s_tir import meta_schedule as ms
+
+    tgt, w, db, sampled = _bdense_workload_db(tmp_path)
+    hand = tvm.s_tir.Schedule(w.mod)
+    w.hand(hand)
     searched = [sampled]
     wl = db.commit_workload(w.mod)
     tt = tuning.tuning_target(tgt)
@@ -349,17 +359,10 @@ def test_a_searched_record_without_its_hand_record_is_stale(tmp_path):
     """A database whose searched best has no record of the hand schedule it beat (packed
     before the hand record was kept) proves nothing: the hand schedule is built."""
     import tvm
-    from bnncompile.schedules import registry, tuning
+    from bnncompile.schedules import tuning
     from tvm.s_tir import meta_schedule as ms
 
-    tgt = _host()
-    collector = tuning.WorkloadCollector()
-    registry.make_bdense((1, 4, 128), (16, 128), target=tgt, tuning=collector)
-    (w,) = collector.seen.values()
-    db = tuning.open_database(tmp_path / "db", create=True)
-    sampled = tvm.s_tir.Schedule(w.mod)
-    n_loop = sampled.get_loops(sampled.get_sblock("bdense"))[-2]
-    sampled.split(n_loop, factors=sampled.sample_perfect_tile(n_loop, n=2))
+    tgt, w, db, sampled = _bdense_workload_db(tmp_path)
     tt = tuning.tuning_target(tgt)
     db.commit_tuning_record(ms.database.TuningRecord(
         sampled.trace, db.commit_workload(w.mod), [1e-5], tt,
