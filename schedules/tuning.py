@@ -287,8 +287,8 @@ def stale_reason(db, mod: tvm.IRModule, target, hand: Callable) -> str | None:
     """Why the best (searched) record of ``mod`` no longer counts, or None.  A searched
     schedule is kept only because it beat the hand schedule *of its tuning run*; once the hand
     schedule improves, that win is unproven (Zen 3: CCT-7's attention scores, a record of
-    0.113 ms kept over the hand schedule of its day; today's hand schedule 0.083 ms, the model
-    6 % faster without the record).  So the hand schedule's own record must be in the database
+    0.113 ms kept over the hand schedule of its day; today's hand schedule 0.083 ms, CCT-7
+    3 % faster without the record).  So the hand schedule's own record must be in the database
     and its trace must still produce what today's hand schedule produces."""
     from tvm import s_tir
     from tvm_ffi import structural_equal

@@ -77,7 +77,7 @@ def _is_polynomial(block) -> bool:
     third of them loads of broadcast coefficients LLVM cannot keep in 16 AVX2 registers.  Twice
     the usual vector tile (4 AVX2 registers) shares each coefficient load among more vectors
     and keeps more independent chains in flight (Zen 3, 1 thread, CCT-14's GELU 196x1152:
-    16 lanes 0.116 ms, 32 lanes 0.100 ms).  No TIR visitor in 0.27's Python API: the constants
+    16 lanes 0.116 ms, 32 lanes 0.098 ms).  No TIR visitor in 0.27's Python API: the constants
     are counted in the printed block."""
     return len(re.findall(r"T\.float32\(", str(block))) >= POLYNOMIAL_CONSTANTS
 
