@@ -66,7 +66,13 @@ def fmt_row(row: dict, cols) -> str:
         out.append(f"{'-' if v is None else format(v, spec):>{width}}" if name != "model"
                    else f"{v:<{width}}")
     text = " ".join(out)
+    if _busy(row):
+        text += f"  (rounds disagree {row['round_spread']:.2f}x: the machine was busy)"
     return text + (f"  ERROR: {row['error']}" if row.get("error") else "")
+
+
+def _busy(row: dict) -> bool:
+    return any(w.startswith("rounds disagree") for w in row.get("warnings") or ())
 
 
 def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: int,
@@ -98,6 +104,10 @@ def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: i
     bench = bnncompile.benchmark(onnx_path, lib=res.library, threads=threads, rounds=rounds,
                                  number=number, warmup=2, torch_model=model, against=against,
                                  profile_vm=False)
+    # rounds that disagree (``bench``'s warning): a busy spell of the shared machine moved this
+    # model's medians; the markdown flags the row so that it is rerun, not quoted
+    row["round_spread"] = max((t.round_spread or 1.0 for t in bench.timings), default=None)
+    row["warnings"] = list(bench.warnings)
     for n in threads:
         ours = row[f"bnn_{n}t_ms"] = bench.median("bnncompile", n)
         for key, engine in engines_for(against):
@@ -141,7 +151,7 @@ def to_markdown(rows: list[dict], argv: list[str], threads, against) -> str:
         if r.get("error"):
             lines.append(f"| {r['model']} | {r.get('size')} | error: {r['error']} |" + " |" * (len(head) - 3))
             continue
-        cells = [r["model"], str(r["size"]), f(r.get("params"), ",d"), str(r.get("bin")),
+        cells = [r["model"] + (" ‡" if _busy(r) else ""), str(r["size"]), f(r.get("params"), ",d"), str(r.get("bin")),
                  f(r.get("max_abs"), ".1e"), f(r.get("top1"), ".0%"), str(r.get("flips"))]
         if quantized:
             cells += [str(r.get("q_flips")), f(r.get("q_top1"), ".0%"), f(r.get("q_logit"), ".2g")]
@@ -150,6 +160,12 @@ def to_markdown(rows: list[dict], argv: list[str], threads, against) -> str:
             for key, _ in engines_for(against):
                 cells += [f(r.get(f"{key}_{n}t_ms"), ".2f"), f(r.get(f"x{key}_{n}t"), ".2f") + "x"]
         lines.append("| " + " | ".join(cells) + " |")
+    busy = [r for r in rows if _busy(r)]
+    if busy:
+        lines += ["", "‡ rounds disagree (slowest / fastest per-round median of some engine: " +
+                  ", ".join(f"{r['model']} {r['round_spread']:.2f}x" for r in busy) +
+                  "): the machine was busy during these rows; rerun them (`--models`) before "
+                  "quoting them."]
     return "\n".join(lines) + "\n"
 
 

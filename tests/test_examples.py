@@ -91,3 +91,21 @@ def test_gpu_check_without_a_gpu_says_so(tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path), "--models", "binary_cct_7_3x1"]) == 3
     assert "no CUDA GPU" in capsys.readouterr().out
     assert (tmp_path / "binary_cct_7_3x1.onnx").is_file()
+
+
+def test_zoo_sweep_flags_rows_measured_in_a_busy_spell():
+    """A row whose benchmark rounds disagreed (``bench``'s warning) is marked in the markdown
+    table and named under it with its spread; quiet rows are not."""
+    sweep = _load("zoo_sweep")
+    base = {"size": 32, "params": 10, "bin": 1, "max_abs": 1e-6, "top1": 1.0, "flips": 0,
+            "bnn_1t_ms": 1.0, "ort_1t_ms": 4.0, "xort_1t": 4.0, "torch_1t_ms": 8.0, "xtorch_1t": 8.0}
+    quiet = {**base, "model": "quiet", "round_spread": 1.1, "warnings": []}
+    busy = {**base, "model": "busy", "round_spread": 1.69,
+            "warnings": ["rounds disagree: bnncompile (1 thread, batch 1) per-round medians ..."]}
+    text = sweep.to_markdown([quiet, busy], ["--small"], (1,), [])
+    assert "| busy ‡ |" in text and "| quiet |" in text
+    assert "busy 1.69x" in text and "quiet 1.10x" not in text
+    assert "‡" not in sweep.to_markdown([quiet], ["--small"], (1,), [])
+    cols = [("model", 8, ""), ("bnn_1t_ms", 8, ".2f")]
+    assert "machine was busy" in sweep.fmt_row(busy, cols)
+    assert "busy" not in sweep.fmt_row(quiet, cols)
