@@ -197,14 +197,16 @@ class RowReduction(ScheduleRule):
         return sch
 
 
-def _softmax_lanes(n: int, lanes: int) -> int:
-    """Vector chunk of a softmax row: the largest divisor of ``n`` up to 4 registers' worth
-    (196 -> 28, 256 -> 32; LLVM splits a 28-lane vector into registers); the whole row when it
-    is that short; 0 (serial) for a long row without such a divisor (a 1009-lane vector would
-    only bloat the code)."""
-    if n <= 4 * lanes:
+def _softmax_lanes(n: int, lanes: int, registers: int = 4) -> int:
+    """Vector chunk of a softmax row: the largest divisor of ``n`` up to ``registers``
+    registers' worth (AVX2, 4: 196 -> 28, 256 -> 32; LLVM splits a 28-lane vector into
+    registers); the whole row when it is that short; 0 (serial) for a long row without such a
+    divisor (a 1009-lane vector would only bloat the code).  AVX-512 takes 2: the exponential's
+    temporaries for 4 zmm spill (Emerald Rapids, 1 thread, [1,6,196,196] 49 lanes 0.208 ms, 28
+    lanes 0.120; [1,4,64,64] 64 lanes 0.033 ms, 32 lanes 0.013)."""
+    if n <= registers * lanes:
         return n
-    return max((d for d in range(4 * lanes, 1, -1) if n % d == 0 and d >= 4), default=0)
+    return max((d for d in range(registers * lanes, 1, -1) if n % d == 0 and d >= 4), default=0)
 
 
 def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
@@ -220,7 +222,7 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
     sch.compute_inline(sch.get_sblock("sm_diff"))
     n = int(sch.get(sch.get_loops(out)[-1]).extent)
     native = vector_bits(target) // 32  # one register (vector_lanes doubles AVX2's)
-    f = _softmax_lanes(n, native)
+    f = _softmax_lanes(n, native, 2 if native >= 16 else 4)
     rfs = []  # per reduction, its (partials, lanes) stages consumer first
     for name in ("sm_max", "sm_sum"):
         if 0 < f < n:

@@ -206,6 +206,18 @@ def test_softmax_last_kernel_matches_reference(shape, mcpu, rng):
     np.testing.assert_allclose(out.numpy(), reference.softmax_ref(x), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("mcpu,n,lanes", [("icelake-server", 196, 28), ("icelake-server", 64, 32),
+                                           ("haswell", 196, 28), ("haswell", 64, 32)])
+def test_softmax_chunks_fit_the_registers(mcpu, n, lanes):
+    """Chunks of up to 4 AVX2 registers, but 2 AVX-512 ones (4 zmm of exponential temporaries
+    spill: [1,4,64,64] ran 2.5x slower as one 64-lane chunk).  Compile only."""
+    import re
+
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    text = float_glue.softmax_last_func((1, 4, n, n), tgt).script()
+    assert set(re.findall(r"in T\.vectorized\((?:T\.int64\()?(\d+)", text)) >= {str(lanes)}, text
+
+
 @pytest.mark.parametrize("shape,axis,kernel", [
     ((1, 2, 5, 12), -1, True), ((1, 2, 5, 12), 3, True), ((1, 2, 5, 12), 1, False),
     # only unit axes after it (CCT's sequence pooling over tokens): the kernel on a reshaped view
@@ -303,3 +315,33 @@ def test_polynomial_elementwise_takes_wider_vectors(fn, width, lanes, rng):
     x64 = xv.astype(np.float64)
     want = _gelu(x64) if fn is _gelu_erf else np.maximum(2 * x64, 0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mcpu,lanes,rows", [("icelake-server", 32, 7), ("haswell", 16, 4)])
+def test_matmul_register_tile_fits_the_vector_registers(mcpu, lanes, rows, rng):
+    """Attention's P.V ([6, 196, 196] @ [6, 196, 64]) through compile's pipeline: AVX-512 (32
+    registers) tiles 7 rows x 2 vectors, 14 accumulators; AVX2 (16) 4 rows x 16 floats (two
+    registers each, ``float_glue.common.vector_lanes``), 8 accumulators.  The AVX-512
+    build is only compiled here unless the CPU has it; the AVX2 one runs against numpy."""
+    import re
+
+    from bnncompile.compiler import relax_pipeline
+
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    bb = relax.BlockBuilder()
+    p = relax.Var("p", relax.TensorType((1, 6, 196, 196), "float32"))
+    v = relax.Var("v", relax.TensorType((1, 6, 196, 64), "float32"))
+    with bb.function("main", [p, v]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(p, v))
+        bb.emit_func_output(out)
+    with tgt:
+        lowered = relax_pipeline(tgt)(bb.get())
+    text = "\n".join(f.script() for f in _prim_funcs(lowered).values())
+    assert str(lanes) in re.findall(r"in T\.vectorized\(T\.int64\((\d+)\)\)", text), text
+    assert re.search(rf"in T\.unroll\(T\.int64\({rows}\)\)", text), text
+    if mcpu == "haswell":
+        ex = tvm.compile(bb.get(), target=tgt, relax_pipeline=relax_pipeline(tgt))
+        pv, vv = (rng.standard_normal(s).astype(np.float32) for s in ((1, 6, 196, 196), (1, 6, 196, 64)))
+        got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(pv), tvm.runtime.tensor(vv)).numpy()
+        np.testing.assert_allclose(got, pv @ vv, rtol=1e-4, atol=1e-3)
