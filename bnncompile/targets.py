@@ -98,7 +98,46 @@ def host_spec() -> TargetSpec:
     target = {"kind": "llvm", "mcpu": cpu}
     if triple:
         target["mtriple"] = triple
-    return TargetSpec("host", target, f"this machine ({machine}, LLVM cpu '{cpu}')")
+    extra = _missing_amx(target)
+    if extra:
+        target["mattr"] = extra
+    note = f" + {', '.join(extra)}" if extra else ""
+    # a library with AMX kernels refuses to load where the CPU has none (instead of SIGILL)
+    requires = tuple(f[1:].replace("-", "_") for f in extra)
+    return TargetSpec("host", target, f"this machine ({machine}, LLVM cpu '{cpu}'{note})",
+                      requires=requires)
+
+
+def _missing_amx(target: dict) -> list[str]:
+    """AMX features this CPU has, Linux lets this process use, and LLVM's name for the CPU
+    lacks (under KVM an Emerald Rapids reports the model LLVM calls ``rocketlake``, a CPU
+    without AMX): ``["+amx-tile", "+amx-int8", "+amx-bf16"]`` or a part of it, else ``[]``."""
+    import tvm
+    from tvm.target.codegen import llvm_cpu_has_features
+
+    flags = cpu_flags()
+    wanted = [f for f in ("amx_tile", "amx_int8", "amx_bf16") if f in flags]
+    if "amx_tile" not in wanted or not amx_permitted():
+        return []
+    t = tvm.target.Target(target)
+    return [f"+{f.replace('_', '-')}" for f in wanted
+            if not llvm_cpu_has_features([f.replace("_", "-")], t)]
+
+
+@lru_cache(maxsize=1)
+def amx_permitted() -> bool:
+    """Does Linux grant this process the AMX tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA)``, Linux >= 5.16)?  Without it the first tile instruction is SIGILL."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XTILEDATA
+    except (OSError, AttributeError):
+        return False
 
 
 def names() -> list[str]:

@@ -278,9 +278,7 @@ def schedule_fconv2d(sch: s_tir.Schedule, wi_max: int = 8, kb_max: int = 2) -> N
     sch.decompose_reduction(conv, rc)
 
 
-def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
-    """|x| maxima as lane partials per channel row (rows in parallel, lanes vectorised), then
-    the pairs: rows of (n, pair, h) in parallel, vectorised along the padded row."""
+def _schedule_abs_max(sch: s_tir.Schedule) -> None:
     part = sch.get_sblock("qabs_part")
     n, c, lane, rh, rs = sch.get_loops(part)
     sch.reorder(n, c, rh, rs, lane)
@@ -288,6 +286,12 @@ def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
     sch.vectorize(lane)
     init = sch.decompose_reduction(part, rh)
     sch.vectorize(sch.get_loops(init)[-1])
+
+
+def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
+    """|x| maxima as lane partials per channel row (rows in parallel, lanes vectorised), then
+    the pairs: rows of (n, pair, h) in parallel, vectorised along the padded row."""
+    _schedule_abs_max(sch)
     pairs = sch.get_sblock("qpairs")
     n, c2, h, w, j = sch.get_loops(pairs)
     sch.parallel(sch.fuse(n, c2, h))
@@ -295,6 +299,30 @@ def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
     f = pick_factor(extent(sch, wj), (16, 8, 4, 2))
     if f > 1:
         sch.vectorize(sch.split(wj, factors=[None, f])[1])
+
+
+def schedule_quantize_hwc(sch: s_tir.Schedule) -> None:
+    """|x| maxima as in :func:`schedule_quantize_pairs`; the NHWC rows of (n, h) in parallel,
+    vectorised along the channels when they fill a vector, else scalar."""
+    _schedule_abs_max(sch)
+    q = sch.get_sblock("qhwc")
+    n, h, w, c = sch.get_loops(q)
+    sch.parallel(sch.fuse(n, h))
+    # vectors along w or a fused (w, c) gather the strided reads: slower than scalar code for
+    # the stem's 3 channels (Emerald Rapids, 3x224x224: 0.145 ms scalar, 0.25 fused (w, c))
+    f = pick_factor(extent(sch, c), (64, 32, 16))
+    if f > 1:
+        sch.vectorize(sch.split(c, factors=[None, f])[1])
+
+
+def schedule_sign_bytes(sch: s_tir.Schedule) -> None:
+    """Rows (tokens) in parallel, vectorised along the features."""
+    blk = sch.get_sblock("sign_bytes")
+    _, r, m, d = sch.get_loops(blk)
+    sch.parallel(sch.fuse(r, m))
+    f = pick_factor(extent(sch, d), (64, 32, 16, 8, 4, 2))
+    if f > 1:
+        sch.vectorize(sch.split(d, factors=[None, f])[1])
 
 
 def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intrin: str | None = None,

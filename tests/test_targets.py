@@ -145,3 +145,22 @@ def test_bad_targets(tmp_path, tiny, bad, match):
     with pytest.raises(UsageError, match=match):
         bnncompile.compile_model(path, output=tmp_path / "m.so", target=bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_host_adds_the_amx_llvm_leaves_out():
+    """Under KVM an Emerald Rapids reports the model LLVM calls ``rocketlake`` (no AMX): the host
+    target adds the AMX features this CPU has and Linux grants, and a library built with them
+    requires them where it loads; a CPU without AMX gets neither."""
+    from tvm.target.codegen import llvm_cpu_has_features
+
+    spec = targets.host_spec()
+    tgt = targets.tvm_target(spec)
+    flags = targets.cpu_flags()
+    usable = "amx_tile" in flags and "amx_int8" in flags and targets.amx_permitted()
+    if usable:
+        assert llvm_cpu_has_features(["amx-tile", "amx-int8"], tgt)
+    added = spec.target.get("mattr", [])
+    assert all(f.startswith("+amx-") for f in added)
+    assert set(spec.requires) == {f[1:].replace("-", "_") for f in added}
+    if not usable:
+        assert not added

@@ -52,6 +52,7 @@ from .engines import (
 )
 from .machine import (
     CPU_FLAGS,
+    amx_ceiling_gmacs,
     binary_ceiling_gbmacs,
     cpu_ghz,
     cpu_info,
@@ -68,7 +69,7 @@ from .vm_overhead import measure as measure_vm_overhead
 
 __all__ = [
     "AGAINST_CHOICES", "CPU_FLAGS", "OPENVINO_EXTRA", "ROUND_SPREAD_WARN", "SETTLE_S", "BenchReport",
-    "EngineTiming", "LayerTiming", "VMOverhead", "VMProfile", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
+    "EngineTiming", "LayerTiming", "VMOverhead", "VMProfile", "amx_ceiling_gmacs", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
     "check_pairing",
     "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "int16_ceiling_gmacs", "format_layers", "plot", "profile",
     "profile_layers", "require_openvino", "round_spread_warnings", "set_tvm_threads", "versions",

@@ -227,6 +227,17 @@ def int16_ceiling_gmacs() -> tuple[float, str]:
     return rate, "measured: independent vpmaddwd + vpaddd chains in vector registers, this CPU"
 
 
+def amx_ceiling_gmacs() -> tuple[float, str]:
+    """Per-thread int8 multiply-add ceiling of AMX (``TDPBSSD``: 16 x 16 x 64 MACs per 16 cycles,
+    1024 a cycle), the AMX convs' roofline; 0 without AMX."""
+    from ..targets import cpu_flags
+
+    if "amx_int8" not in cpu_flags():
+        return 0.0, "no AMX-INT8"
+    ghz, how = cpu_ghz()
+    return 1024 * ghz, f"model: 1024 int8 MACs / cycle (TDPBSSD) at {ghz:.2f} GHz {how}"
+
+
 def pmaddwd_loop_gmacs() -> float:
     """G int16 MAC/s of 12 independent chains ``acc += vpmaddwd(x, w)`` (16 MACs each: the
     quantized conv kernel's inner pair, ``schedules/x86_intrinsics.py``), compiled for this CPU;

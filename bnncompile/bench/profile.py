@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .machine import binary_ceiling_gbmacs, float_ceiling_gmacs, int16_ceiling_gmacs
+from .machine import (
+    amx_ceiling_gmacs,
+    binary_ceiling_gbmacs,
+    float_ceiling_gmacs,
+    int16_ceiling_gmacs,
+)
 
 
 @dataclass
@@ -105,9 +110,16 @@ def format_layers(rows: list[LayerTiming], top: int = 25) -> str:
         if qceiling > 0:
             lines.append(f"quantized convs (qconv2d, --conv-precision) against the int16 ceiling "
                          f"~{qceiling:.0f} G MAC/s per thread, {qsource}")
+    aceiling = 0.0
+    if any(r.kind == "qconv2d_amx" for r in rows[:top]):
+        aceiling, asource = amx_ceiling_gmacs()
+        if aceiling > 0:
+            lines.append(f"AMX int8 convs (qconv2d_amx, --conv-precision int8) against the AMX ceiling "
+                         f"~{aceiling:.0f} G MAC/s per thread, {asource}")
+    ceilings = {"qconv2d": qceiling, "qconv2d_amx": aceiling}
     for r in rows[:top]:
         g = f"{r.gbmacs:9.1f}" if r.gbmacs else (f"{r.gflops_mac:6.1f} GF" if r.gflops_mac else " " * 9)
-        fc = qceiling if r.kind == "qconv2d" else fceiling
+        fc = ceilings.get(r.kind, fceiling)
         pct = (f"{100 * r.gbmacs / ceiling:6.0f}%" if r.gbmacs and ceiling > 0 else
                f"{100 * r.gflops_mac / fc:6.0f}%" if r.gflops_mac and fc > 0 else " " * 7)
         where = f" ({r.layers[0]}{' +' + str(len(r.layers) - 1) if len(r.layers) > 1 else ''})" if r.layers else ""

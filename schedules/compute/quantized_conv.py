@@ -14,6 +14,48 @@ def _lanes(n: int) -> int:
     return max(d for d in range(1, min(n, 16) + 1) if n % d == 0)
 
 
+def _sample_scale(data: te.Tensor, qa: int) -> tuple[te.Tensor, te.Tensor]:
+    """``(amax, qa / amax)`` per sample of an NCHW map (0 where amax is 0)."""
+    N, C, H, W = ints(data.shape)
+    f = _lanes(W)
+    rh, rs = te.reduce_axis((0, H), "rh"), te.reduce_axis((0, W // f), "rs")
+    part = te.compute((N, C, f), lambda n, c, lane: te.max(
+        tirx.abs(data[n, c, rh, rs * f + lane]), axis=[rh, rs]), name="qabs_part")
+    rc, rl = te.reduce_axis((0, C), "rc"), te.reduce_axis((0, f), "rl")
+    amax = te.compute((N,), lambda n: te.max(part[n, rc, rl], axis=[rc, rl]), name="qamax")
+    zero = tirx.const(0.0, "float32")
+    inv = te.compute((N,), lambda n: tirx.Select(
+        amax[n] > zero, tirx.const(float(qa), "float32") / amax[n], zero), name="qinv")
+    return amax, inv
+
+
+def _quantized(data: te.Tensor, inv: te.Tensor, qa: int, n, c, h, w, dtype: str):
+    lo, hi = tirx.const(-float(qa), "float32"), tirx.const(float(qa), "float32")
+    return tirx.max(tirx.min(tirx.nearbyint(data[n, c, h, w] * inv[n]), hi), lo).astype(dtype)
+
+
+def quantize_hwc(data: te.Tensor, *, qa: int, padding: Sequence[int], rows: int) -> tuple[te.Tensor, te.Tensor]:
+    """Per-sample symmetric quantization of an NCHW float map into padded int8 NHWC (the AMX
+    conv's layout, ``x86_amx.AmxGeometry``): ``(q int8 [N, rows, W+pl+pr, C], amax float32
+    [N])``, ``q[n, h, w, c]`` the channel at ``(h - pt, w - pl)`` (0 in the padding and in the
+    ``rows - (H + pt + pb)`` extra rows).  Blocks: ``qabs_part``, ``qamax``, ``qinv``, ``qhwc``."""
+    N, C, H, W = ints(data.shape)
+    pt, pl, pb, pr = normalize_padding(padding)
+    if rows < H + pt + pb:
+        raise ValueError(f"quantize_hwc: {rows} rows cannot hold {H} padded by {pt} + {pb}")
+    if qa > 127:
+        raise ValueError(f"quantize_hwc: int8 holds |x| <= 127, not {qa}")
+    amax, inv = _sample_scale(data, qa)
+
+    def value(n, h, w, c):
+        inside = tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl)
+        hh, ww = tirx.min(tirx.max(h - pt, 0), H - 1), tirx.min(tirx.max(w - pl, 0), W - 1)
+        return tirx.if_then_else(inside, _quantized(data, inv, qa, n, c, hh, ww, "int8"),
+                                 tirx.const(0, "int8"))
+
+    return te.compute((N, rows, W + pl + pr, C), value, name="qhwc"), amax
+
+
 def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int]) -> tuple[te.Tensor, te.Tensor]:
     """Per-sample symmetric quantization of an NCHW float map into padded channel pairs.
 
@@ -26,15 +68,7 @@ def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int]) -> tuple
     """
     N, C, H, W = ints(data.shape)
     pt, pl, pb, pr = normalize_padding(padding)
-    f = _lanes(W)
-    rh, rs = te.reduce_axis((0, H), "rh"), te.reduce_axis((0, W // f), "rs")
-    part = te.compute((N, C, f), lambda n, c, lane: te.max(
-        tirx.abs(data[n, c, rh, rs * f + lane]), axis=[rh, rs]), name="qabs_part")
-    rc, rl = te.reduce_axis((0, C), "rc"), te.reduce_axis((0, f), "rl")
-    amax = te.compute((N,), lambda n: te.max(part[n, rc, rl], axis=[rc, rl]), name="qamax")
-    zero = tirx.const(0.0, "float32")
-    inv = te.compute((N,), lambda n: tirx.Select(
-        amax[n] > zero, tirx.const(float(qa), "float32") / amax[n], zero), name="qinv")
+    amax, inv = _sample_scale(data, qa)
     lo, hi = tirx.const(-float(qa), "float32"), tirx.const(float(qa), "float32")
 
     def pairs(n, c2, h, w, j):

@@ -1,6 +1,7 @@
 """Float convolutions with constant weights (stems, float shortcuts) → bnncompile's blocked float
 conv kernel on CPUs, or with ``compile --conv-precision int16|int8`` its quantized twin (the
-activations quantized per sample into int16 pairs, then an int32 conv; ``schedules.quantize``).
+activations quantized per sample into int16 pairs, then an int32 conv; ``schedules.quantize``;
+int8 on a CPU with AMX-INT8 runs the same numbers on AMX tiles, ``schedules.x86_amx``).
 A conv whose output only a claimed MaxPool reads (a ResNet stem) writes its output
 channel-blocked (NCHWc) for that pool, which transposes its 4x smaller output instead."""
 
@@ -77,6 +78,8 @@ def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs):
 
     qw = quantize.quantize_conv_weight(w, imp.plan.conv_precision)
     imp.plan.quantized_convs[node.name] = {"qa": qw.qa, "qw": qw.qw}
+    if _amx_fits(imp, layout):
+        return _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs)
     pairs = [xs[0], (xs[1] + 1) // 2, xs[2] + pads[0] + pads[2], xs[3] + pads[1] + pads[3], 2]
     pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads)
     q, amax = imp.call_kernel(pq, [x], pairs, "int16", layer=node.name, kind="quantize",
@@ -86,3 +89,30 @@ def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs):
     args = [q, imp.const(quantize.pair_blocked(qw.ints, fconv2d_block(imp.target))),
             imp.const(qw.dequant), amax, *tail]
     return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="qconv2d", float_macs=macs)
+
+
+def _amx_fits(imp, layout) -> bool:
+    """int8 on a CPU with AMX-INT8 (its channel blocks are 16 wide: an NCHWc output needs the
+    pool's blocks to be too)."""
+    from ...schedules import x86_amx
+    from ...schedules.registry import fconv2d_block
+
+    return (imp.plan.conv_precision == "int8" and x86_amx.available(imp.target)
+            and (layout == "NCHW" or fconv2d_block(imp.target) == x86_amx.TILE))
+
+
+def _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs):
+    """quantize_hwc (x -> padded int8 NHWC + per-sample amax), then the AMX int8 conv: the same
+    numbers as the pairs path (``schedules.quantize``, int8 levels), on AMX tiles."""
+    from ...schedules import x86_amx
+
+    g = x86_amx.AmxGeometry(int(xs[0]), int(xs[1]), int(xs[2]), int(xs[3]), int(w.shape[0]),
+                            int(w.shape[2]), int(w.shape[3]), tuple(int(v) for v in stride),
+                            (pads[0], pads[1], pads[2], pads[3]), tuple(int(v) for v in dil))
+    pq = imp.kernel("quantize_hwc", xs, qa=qw.qa, padding=pads, rows=g.hq)
+    q, amax = imp.call_kernel(pq, [x], [g.n, g.hq, g.wp, g.c], "int8", layer=node.name, kind="quantize",
+                              extra_outputs=[((g.n,), "float32")])
+    pf = imp.kernel("qconv2d_amx", g, out_layout=layout)
+    bias = tail or [imp.const(np.zeros(g.k, np.float32))]
+    args = [q, imp.const(x86_amx.block_weight(qw.ints, g)), imp.const(qw.dequant), amax, *bias]
+    return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="qconv2d_amx", float_macs=macs)

@@ -78,6 +78,42 @@ def test_fp32_builds_quantize_nothing(rng):
     np.testing.assert_allclose(y, ort_run(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
+SAPPHIRE_RAPIDS = '{"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"}'
+
+
+def _pooled_stem(rng):
+    """A ResNet stem: the conv's only reader is a max pool, so it writes 16-channel blocks."""
+    w = (rng.standard_normal((32, 3, 7, 7)) * 0.2).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[7, 7], strides=[2, 2],
+                              pads=[3] * 4),
+             helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
+                              pads=[1] * 4)]
+    return make_model(nodes, {"x": [2, 3, 30, 29]}, {"y": None}, {"w": w})
+
+
+def test_int8_runs_on_amx_where_the_target_has_it(rng):
+    """Compile only (any machine): an int8 build for an AMX CPU uses the AMX kernel (blocked for
+    the pool), int16 keeps ``vpmaddwd``.  Run on an AMX host: the numbers of
+    test_quantized_conv_matches_its_reference above and tests/schedules/test_amx.py."""
+    from bnncompile import targets
+    from bnncompile.compiler import build_relax
+
+    spr = targets.resolve(SAPPHIRE_RAPIDS)
+    _, plan = build_relax(_pooled_stem(rng), spec=spr, batch=2, conv_precision="int8")
+    assert any(k.startswith("bnn_qconv2d_amx_") and k.endswith("_c") for k in plan.kernels), list(plan.kernels)
+    _, plan = build_relax(_pooled_stem(rng), spec=spr, batch=2, conv_precision="int16")
+    assert not any("amx" in k for k in plan.kernels)
+
+
+def test_amx_pooled_stem_matches_its_reference(rng):
+    """On this host (AMX or not): the pooled stem at int8 equals the quantized reference."""
+    model = _pooled_stem(rng)
+    x = (rng.standard_normal((2, 3, 30, 29)) * 2).astype(np.float32)
+    (y,), plan = build_and_run(model, {"x": x}, batch=2, conv_precision="int8")
+    (y_q,) = ort_run(quantized_reference(prepare(model), plan.quantized_convs, "int8"), {"x": x})
+    np.testing.assert_allclose(y, y_q, rtol=1e-6, atol=1e-6 * float(np.abs(y_q).max()))
+
+
 @pytest.mark.parametrize("target", ["x86-avx512", "aarch64-neon"])
 def test_quantized_conv_builds_for_other_cpus(target, rng):
     """AVX-512 (16-lane channel blocks, split into tensorized 8-lane halves) and aarch64 (the
