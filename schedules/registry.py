@@ -310,14 +310,14 @@ def fconv2d_block(target: TargetLike = None) -> int:
 
 
 def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *, stride=1, padding=0,
-                 dilation=1, with_bias: bool = False, out_layout: str = "NCHW", target: TargetLike = None,
-                 schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+                 dilation=1, with_bias: bool = False, out_layout: str = "NCHW", relu: bool = False,
+                 target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Float conv2d (NCHW input, zero padding, groups=1) on output-channel-blocked weights.
 
     PrimFunc params: ``(data float32[N,C,H,W], weight float32[KB,C,KH,KW,OB]
     (packing.block_conv_weight(w, fconv2d_block(target))), [bias float32[K]],
     out float32[N,K,OH,OW])``; with ``out_layout="NCHWc"`` out is ``float32[N,KB,OH,OW,OB]``
-    (K must fill the blocks), for make_maxpool2d.
+    (K must fill the blocks), for make_maxpool2d.  ``relu``: ``max(y, 0)`` fused.
     """
     N, C, H, W = (int(v) for v in data_shape_nchw)
     K, C2, KH, KW = (int(v) for v in weight_shape)
@@ -330,10 +330,10 @@ def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *,
     weight = te.placeholder((kb, C, KH, KW, ob), "float32", name="weight")
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
     out = compute.fconv2d_blocked(data, weight, out_channels=K, kernel=(KH, KW), stride=st,
-                                  padding=pd, dilation=dl, bias=bias, out_layout=out_layout)
+                                  padding=pd, dilation=dl, bias=bias, out_layout=out_layout, relu=relu)
     args = [data, weight] + ([bias] if bias is not None else []) + [out]
     name = (f"bnn_fconv2d_{N}x{C}x{H}x{W}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_p{'x'.join(map(str, pd))}"
-            f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}"
+            f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}{'_r' if relu else ''}"
             f"{'_c' if out_layout == 'NCHWc' else ''}")
     return _finish(args, "fconv2d", name, target, schedule, tuning)
 
@@ -355,7 +355,8 @@ def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, t
 
 def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, stride=1, dilation=1,
                  with_bias: bool = False, out_layout: str = "NCHW", accumulate_only: bool = False,
-                 target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+                 relu: bool = False, target: TargetLike = None, schedule: str | None = None,
+                 tuning=None) -> tvm.tirx.PrimFunc:
     """int32 conv of :func:`make_quantize_pairs` output with OIHW ``weight_shape`` weights,
     pair-blocked (``quantize.pair_blocked(ints, fconv2d_block(target))``).
 
@@ -377,10 +378,11 @@ def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, str
     amax = te.placeholder((N,), "float32", name="amax")
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
     out = compute.qconv2d_blocked(q, weight, dequant, amax, out_channels=K, stride=st, dilation=dl,
-                                  bias=bias, out_layout=out_layout, accumulate_only=accumulate_only)
+                                  bias=bias, out_layout=out_layout, accumulate_only=accumulate_only,
+                                  relu=relu)
     args = [q, weight, dequant, amax] + ([bias] if bias is not None else []) + [out]
     name = (f"bnn_qconv2d_{N}x{C2}x{HP}x{WP}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_d{dl[0]}x{dl[1]}"
-            f"{'_b' if with_bias else ''}{'_c' if out_layout == 'NCHWc' else ''}"
+            f"{'_b' if with_bias else ''}{'_r' if relu else ''}{'_c' if out_layout == 'NCHWc' else ''}"
             f"{'_acc' if accumulate_only else ''}")
     return _finish(args, "qconv2d", name, target, schedule, tuning)
 
@@ -417,7 +419,7 @@ def make_sign_bytes(x_shape: Sequence[int], t_shape: Sequence[int], *, rows: int
 
 
 def make_qconv2d_amx(geometry, *, out_layout: str = "NCHW", accumulate_only: bool = False,
-                     out_shape: Sequence[int] | None = None, target: TargetLike = None,
+                     relu: bool = False, out_shape: Sequence[int] | None = None, target: TargetLike = None,
                      schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """The AMX int8 conv (:mod:`.x86_amx`) for an ``x86_amx.AmxGeometry``: hand-written TIR (its
     tile registers are beyond the scheduler), so neither a schedule key nor tuning applies.
@@ -435,8 +437,9 @@ def make_qconv2d_amx(geometry, *, out_layout: str = "NCHW", accumulate_only: boo
                          f"(needs +{', +'.join(x86_amx.FEATURES)})")
     lay = {"NCHW": "", "NCHWc": "_c", "NHWC": "_nhwc"}.get(out_layout, out_layout)
     shape = "" if out_shape is None else "_o" + _shape_tag(out_shape)
-    symbol = f"bnn_qconv2d_amx_{geometry.tag()}{lay}{shape}{'_acc' if accumulate_only else ''}"
-    func = x86_amx.build(geometry, out_layout=out_layout, accumulate_only=accumulate_only,
+    symbol = (f"bnn_qconv2d_amx_{geometry.tag()}{'_r' if relu else ''}{lay}{shape}"
+              f"{'_acc' if accumulate_only else ''}")
+    func = x86_amx.build(geometry, out_layout=out_layout, accumulate_only=accumulate_only, relu=relu,
                          out_shape=out_shape, name=symbol)
     return (func.with_attr("tirx.is_scheduled", True)
             .with_attr("bnn.param_names", ["q", "weight", "dequant", "amax", "bias", "out"]))

@@ -166,14 +166,14 @@ def amx_reference(q: np.ndarray, w_blocked: np.ndarray, g: AmxGeometry) -> np.nd
 
 
 def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = False,
-          out_shape=None, name: str = "main"):
+          relu: bool = False, out_shape=None, name: str = "main"):
     """The kernel's PrimFunc for geometry ``g``.
 
     Params: ``(q int8[N, HQ, WP, C], weight int8[NT, KC, 16, 16, 4], dequant float32[K],
     amax float32[N], bias float32[K], out)``; out is ``float32[N, K, OH, OW]``, ``float32[N, NT,
     OH, OW, 16]`` for ``out_layout="NCHWc"`` (K a multiple of 16), or the int32 sums
     ``int32[N, K, OH, OW]`` with ``accumulate_only`` (the exactness tests):
-    ``out = float(sum) * (amax[n] * dequant[k]) + bias[k]``.
+    ``out = float(sum) * (amax[n] * dequant[k]) + bias[k]``, then ``max(out, 0)`` with ``relu``.
     """
     from tvm.script import tirx as T
 
@@ -199,6 +199,9 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
     KFULL = K // TILE  # channel tiles with no padding channel
     out_dtype = "int32" if accumulate_only else "float32"
     ACC = accumulate_only
+
+    def post(v):  # evaluated while the script is parsed: a fused Relu, or nothing
+        return T.max(v, T.float32(0)) if relu else v
 
     @T.prim_func
     def kernel(q: T.Buffer((N, HQ, WP, C), "int8"), weight: T.Buffer((NT, KC, TILE, TILE, 4), "int8"),
@@ -274,8 +277,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                                 if ACC:
                                                     of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = acc[a, r, c]
                                                 else:
-                                                    of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = (
-                                                        T.Cast("float32", acc[a, r, c])
+                                                    of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = post(T.Cast("float32", acc[a, r, c])
                                                         * (scale * dequant[nt * TILE + c]) + bias[nt * TILE + c])
                                         else:
                                             for c in range(TILE):
@@ -284,8 +286,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                                         of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = (
                                                             acc[a, r, c])
                                                     else:
-                                                        of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = (
-                                                            T.Cast("float32", acc[a, r, c])
+                                                        of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = post(T.Cast("float32", acc[a, r, c])
                                                             * (scale * dequant[nt * TILE + c])
                                                             + bias[nt * TILE + c])
                             elif blocked:
@@ -295,8 +296,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                             if ACC:
                                                 out[n, nt, oh, ow0 + r, c] = acc[a, r, c]
                                             else:
-                                                out[n, nt, oh, ow0 + r, c] = (
-                                                    T.Cast("float32", acc[a, r, c])
+                                                out[n, nt, oh, ow0 + r, c] = post(T.Cast("float32", acc[a, r, c])
                                                     * (scale * dequant[nt * TILE + c]) + bias[nt * TILE + c])
                             else:
                                 for c in range(TILE):
@@ -306,8 +306,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                                 if ACC:
                                                     out[n, nt * TILE + c, oh, ow0 + r] = acc[a, r, c]
                                                 else:
-                                                    out[n, nt * TILE + c, oh, ow0 + r] = (
-                                                        T.Cast("float32", acc[a, r, c])
+                                                    out[n, nt * TILE + c, oh, ow0 + r] = post(T.Cast("float32", acc[a, r, c])
                                                         * (scale * dequant[nt * TILE + c]) + bias[nt * TILE + c])
                                         else:
                                             for r in range(TILE):
@@ -315,8 +314,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                                     if ACC:
                                                         out[n, nt * TILE + c, oh, ow0 + r] = acc[a, r, c]
                                                     else:
-                                                        out[n, nt * TILE + c, oh, ow0 + r] = (
-                                                            T.Cast("float32", acc[a, r, c])
+                                                        out[n, nt * TILE + c, oh, ow0 + r] = post(T.Cast("float32", acc[a, r, c])
                                                             * (scale * dequant[nt * TILE + c])
                                                             + bias[nt * TILE + c])
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))

@@ -55,6 +55,8 @@ class LoweringPlan:
     prelu_stats: dict[str, PreluStats] = field(default_factory=dict)
     #: float convs whose output only a claimed MaxPool reads: written channel-blocked (NCHWc)
     pooled_float_convs: set[str] = field(default_factory=set)
+    #: float conv name -> the Relu its epilogue applies (converters.float_conv.FusedRelu)
+    relu_float_convs: dict[str, str] = field(default_factory=dict)
     #: DynamicSign output -> layouts its binary consumers asked for ("nchw" | "last")
     sign_layouts: dict[str, set[str]] = field(default_factory=dict)
     #: kernel symbol -> {"layers", "kind", "binary_macs", "float_macs", "calls", ["fused"]};

@@ -20,6 +20,7 @@ def fconv2d_blocked(
     dilation: Sequence[int] = (1, 1),
     bias: te.Tensor | None = None,
     out_layout: str = "NCHW",
+    relu: bool = False,
 ) -> te.Tensor:
     """Float conv2d (the FP stem / shortcut / tokenizer convs) with output-channel-blocked weights.
 
@@ -34,6 +35,7 @@ def fconv2d_blocked(
         "NCHWc": the output stays blocked like the weights, ``[N, KB, OH, OW, OB]`` (needs
         ``K = KB * OB``), for a consumer that reads channel blocks (:func:`maxpool2d`); the
         kernel then stores whole vectors instead of transposing its register tile.
+    relu : apply ``max(y, 0)`` to the output (a Relu only this conv feeds, fused).
 
     Returns
     -------
@@ -70,17 +72,21 @@ def fconv2d_blocked(
         if KB * OB != out_channels:
             raise ValueError(f"fconv2d: NCHWc output needs the {out_channels} channels to fill "
                              f"{KB} blocks of {OB}")
-        return te.compute((N, KB, OH, OW, OB), lambda n, kb, oh, ow, ob: (
+        return te.compute((N, KB, OH, OW, OB), lambda n, kb, oh, ow, ob: _relu((
             conv[n, kb, oh, ow, ob] + bias[kb * OB + ob] if bias is not None else conv[n, kb, oh, ow, ob]),
-            name="fconv_out")
+            relu), name="fconv_out")
     if out_layout != "NCHW":
         raise ValueError(f"fconv2d: out_layout must be 'NCHW' or 'NCHWc', got {out_layout!r}")
 
     def out(n, k, oh, ow):
         v = conv[n, k // OB, oh, ow, k % OB]
-        return v + bias[k] if bias is not None else v
+        return _relu(v + bias[k] if bias is not None else v, relu)
 
     return te.compute((N, out_channels, OH, OW), out, name="fconv_out")
+
+
+def _relu(v, on: bool):
+    return tirx.max(v, tirx.const(0.0, "float32")) if on else v
 
 
 def power(v, p: int):

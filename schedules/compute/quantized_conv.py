@@ -94,6 +94,7 @@ def qconv2d_blocked(
     bias: te.Tensor | None = None,
     out_layout: str = "NCHW",
     accumulate_only: bool = False,
+    relu: bool = False,
 ) -> te.Tensor:
     """int32 conv of :func:`quantize_pairs` output (padding already applied) with pair-blocked
     int16 weights, then ``float(acc) * (amax[n] * dequant[k]) + bias[k]``.
@@ -105,6 +106,7 @@ def qconv2d_blocked(
     dequant : float32 ``[K]`` (``QuantizedConvWeight.dequant``); amax : float32 ``[N]``.
     out_layout : "NCHW" or "NCHWc" (``[N, KB, OH, OW, OB]``, for a max pool reading blocks).
     accumulate_only : return the int32 sums as ``[N, K, OH, OW]`` (the exactness tests).
+    relu : ``max(y, 0)`` on the float output (a Relu only this conv feeds, fused).
 
     The reduction block ``qconv`` (``[N, KB, OH, OW, OB]`` int32) ends in ``(ob, j)``: an x86
     schedule tensorizes those two loops into one ``vpmaddwd``.
@@ -129,7 +131,8 @@ def qconv2d_blocked(
 
     def value(n, k, oh, ow, kb, ob):
         v = acc[n, kb, oh, ow, ob].astype("float32") * (amax[n] * dequant[k])
-        return v + bias[k] if bias is not None else v
+        v = v + bias[k] if bias is not None else v
+        return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
 
     if out_layout == "NCHWc":
         if KB * OB != out_channels:

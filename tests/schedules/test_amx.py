@@ -127,10 +127,12 @@ def test_amx_sums_exact(shape, k, kernel, s, p, d, layout, inputs, run_primfunc)
 
 @needs_amx
 @pytest.mark.input_kinds("random-seed0", "alternating")
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
-def test_amx_float_output(layout, inputs, run_primfunc, run_primfunc_outs):
-    """``float(acc) * (amax * dequant) + bias`` as numpy computes it from the exact sums, and
-    the whole path (quantize_hwc, then the kernel) within int8's error of the float conv."""
+def test_amx_float_output(layout, relu, inputs, run_primfunc, run_primfunc_outs):
+    """``float(acc) * (amax * dequant) + bias`` (then a fused Relu's ``max(y, 0)``) as numpy
+    computes it from the exact sums, and the whole path (quantize_hwc, then the kernel) within
+    int8's error of the float conv."""
     shape, k, p = (2, 16, 15, 14), 32, (3, 3, 3, 3)
     g = _geometry(shape, k, (7, 7), 2, p, 1)
     x, w, bias = inputs.floats(shape), inputs.normal((k, shape[1], 7, 7)), inputs.normal(k)
@@ -139,10 +141,12 @@ def test_amx_float_output(layout, inputs, run_primfunc, run_primfunc_outs):
     acc = ref.qconv2d_ref(pairs, qw.ints, stride=2)
     expect = (acc.astype(np.float32) * (amax[:, None, None, None] * qw.dequant[None, :, None, None])
               + bias[None, :, None, None])
+    if relu:
+        expect = np.maximum(expect, 0)
     quant = S.make_quantize_hwc(shape, qa=qw.qa, padding=p, rows=g.hq, target=HERE)
     q, amax_k = run_primfunc_outs(quant, [x], [((2, g.hq, g.wp, g.c), "int8"), ((2,), "float32")],
                                   target=HERE)
-    pf = S.make_qconv2d_amx(g, out_layout=layout, target=HERE)
+    pf = S.make_qconv2d_amx(g, out_layout=layout, relu=relu, target=HERE)
     out_shape = (2, g.nt, g.oh, g.ow, 16) if layout == "NCHWc" else expect.shape
     got = run_primfunc(pf, [q, x86_amx.block_weight(qw.ints, g), qw.dequant, amax_k, bias], out_shape,
                        "float32", target=HERE)
@@ -150,5 +154,6 @@ def test_amx_float_output(layout, inputs, run_primfunc, run_primfunc_outs):
         got = got.transpose(0, 1, 4, 2, 3).reshape(expect.shape)
     np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6 * np.abs(expect).max(), err_msg=str(inputs))
     exact = ref.fconv2d_ref(x, w, stride=2, padding=p, bias=bias)
+    exact = np.maximum(exact, 0) if relu else exact
     assert np.abs(got - exact).max() <= 0.05 * np.abs(exact).max()
 

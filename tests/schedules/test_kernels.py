@@ -601,18 +601,21 @@ def test_fconv2d(shape, k, kernel, s, p, with_bias, sched, inputs, host, run_pri
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("pool", [((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 3), (1, 2), (0, 1, 1, 0))],
                          ids=["stem_pool", "asym"])
-def test_fconv2d_blocked_then_maxpool(pool, sched, inputs, host, run_primfunc):
+def test_fconv2d_blocked_then_maxpool(pool, relu, sched, inputs, host, run_primfunc):
     """A ResNet stem: the conv writes NCHWc (whole channel blocks), the max-pool reads the blocks
-    and writes NCHW; same values as the NCHW conv and pool (max is exact)."""
+    and writes NCHW; same values as the NCHW conv and pool (max is exact).  With ``relu`` the
+    conv applies CCT's tokenizer Relu in its epilogue."""
     ob = S.fconv2d_block(host)
     x = inputs.floats((1, 3, 23, 21))
     w = inputs.normal((2 * ob, 3, 7, 7))
     bias = inputs.normal(2 * ob)
     conv = ref.fconv2d_ref(x, w, stride=2, padding=(3,) * 4, bias=bias)
+    conv = np.maximum(conv, 0) if relu else conv
     pf = S.make_fconv2d(x.shape, w.shape, stride=2, padding=3, with_bias=True, out_layout="NCHWc",
-                        target=host, schedule=sched)
+                        relu=relu, target=host, schedule=sched)
     blocked_shape = (1, 2, *conv.shape[2:], ob)
     got = run_primfunc(pf, [x, pk.block_conv_weight(w, ob), bias], blocked_shape, "float32")
     as_nchw = got.transpose(0, 1, 4, 2, 3).reshape(conv.shape)

@@ -82,8 +82,8 @@ def test_qconv2d_worst_case_sum_fits_int32(host, run_primfunc):
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_qconv2d_float_output(with_bias, layout, sched, inputs, host, run_primfunc):
+@pytest.mark.parametrize("with_bias,relu", [(False, False), (True, False), (True, True)])
+def test_qconv2d_float_output(with_bias, relu, layout, sched, inputs, host, run_primfunc):
     """``float(acc) * (amax * dequant) + bias`` as numpy computes it from the exact sums (one ulp:
     LLVM may contract the multiply-add), and within the quantization error of the float conv."""
     ob = S.fconv2d_block(host)
@@ -96,8 +96,10 @@ def test_qconv2d_float_output(with_bias, layout, sched, inputs, host, run_primfu
     expect = acc.astype(np.float32) * (amax[:, None, None, None] * qw.dequant[None, :, None, None])
     if with_bias:
         expect = expect + bias[None, :, None, None]
+    if relu:
+        expect = np.maximum(expect, 0)
     pf = S.make_qconv2d(pairs.shape, w.shape, stride=2, with_bias=with_bias, out_layout=layout,
-                        target=host, schedule=sched)
+                        relu=relu, target=host, schedule=sched)
     args = [pairs, Q.pair_blocked(qw.ints, ob), qw.dequant, amax] + ([bias] if with_bias else [])
     n, _, oh, ow = expect.shape
     got = run_primfunc(pf, args, (n, k // ob, oh, ow, ob) if layout == "NCHWc" else expect.shape, "float32")
@@ -105,6 +107,7 @@ def test_qconv2d_float_output(with_bias, layout, sched, inputs, host, run_primfu
         got = got.transpose(0, 1, 4, 2, 3).reshape(expect.shape)
     np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6 * np.abs(expect).max(), err_msg=str(inputs))
     exact = ref.fconv2d_ref(x, w, stride=2, padding=p, bias=bias)
+    exact = np.maximum(exact, 0) if relu else exact
     assert np.abs(got - exact).max() <= 0.05 * np.abs(exact).max()  # int8: a few % at most
 
 

@@ -17,7 +17,7 @@ from .base import op_type
 from .binary_conv import BinaryConv, FusedEpilogue
 from .binary_dense import BinaryDense
 from .binary_matmul import BinaryBatchMatMul
-from .float_conv import FloatConv
+from .float_conv import FUSED_RELU, FloatConv
 from .folded_scale import FoldedScale
 from .pooling import AveragePool, MaxPool
 from .statistics import FusedPreluStats, PowerMean
@@ -31,6 +31,7 @@ CONVERTERS = (
     MaxPool(),
     AveragePool(),
     FloatConv(),
+    FUSED_RELU,
     FusedEpilogue(),
     PowerMean(),
     FusedPreluStats(),

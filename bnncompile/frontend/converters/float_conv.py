@@ -2,8 +2,10 @@
 conv kernel on CPUs, or with ``compile --conv-precision int16|int8`` its quantized twin (the
 activations quantized per sample into int16 pairs, then an int32 conv; ``schedules.quantize``;
 int8 on a CPU with AMX-INT8 runs the same numbers on AMX tiles, ``schedules.x86_amx``).
-A conv whose output only a claimed MaxPool reads (a ResNet stem) writes its output
-channel-blocked (NCHWc) for that pool, which transposes its 4x smaller output instead."""
+A Relu that alone reads a conv's output is applied in the conv's epilogue (:class:`FusedRelu`),
+and a conv whose output (after such a Relu) only a claimed MaxPool reads (a ResNet stem, CCT's
+tokenizer) writes its output channel-blocked (NCHWc) for that pool, which transposes its 4x
+smaller output instead."""
 
 from __future__ import annotations
 
@@ -34,10 +36,21 @@ class FloatConv:
             if not ctx.is_claimed(node) and _is_plain_float_conv(ctx.index, node):
                 ctx.claim(node, self)
         if "fuse_epilogues" in ctx.switches:
+            for n in sorted(ctx.plan.float_convs):
+                out = ctx.node(n).output[0]
+                readers = ctx.index.consumers.get(out, [])
+                if (len(readers) == 1 and is_standard(readers[0], "Relu") and not ctx.is_claimed(readers[0])
+                        and only_read_by(ctx.index, out, {readers[0].name}, ctx.keep)):
+                    ctx.claim(readers[0], FUSED_RELU)
+                    ctx.plan.relu_float_convs[n] = readers[0].name
             pools = ctx.plan.max_pools
+
+            def result(n):  # the tensor the conv's kernel writes: after a fused Relu
+                relu = ctx.plan.relu_float_convs.get(n)
+                return ctx.node(relu).output[0] if relu else ctx.node(n).output[0]
+
             ctx.plan.pooled_float_convs = {
-                n for n in ctx.plan.float_convs
-                if only_read_by(ctx.index, ctx.node(n).output[0], pools, ctx.keep)}
+                n for n in ctx.plan.float_convs if only_read_by(ctx.index, result(n), pools, ctx.keep)}
 
     def convert(self, imp, node, inputs, attrs, opset):
         from ...schedules import packing
@@ -62,16 +75,17 @@ class FloatConv:
         if blocked:
             out = [out[0], out[1] // ob, *out[2:], ob]
         layout = "NCHWc" if blocked else "NCHW"
+        relu = node.name in imp.plan.relu_float_convs
         tail = [] if bias is None else [imp.const(bias.astype(np.float32))]
         if imp.plan.conv_precision != "fp32":
-            return _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs)
+            return _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, relu)
         pf = imp.kernel("fconv2d", xs, w.shape, stride=stride, padding=pads, dilation=dil,
-                        with_bias=bias is not None, out_layout=layout)
+                        with_bias=bias is not None, out_layout=layout, relu=relu)
         args = [x, imp.const(packing.block_conv_weight(w, ob)), *tail]
         return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="fconv2d", float_macs=macs)
 
 
-def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs):
+def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, relu):
     """quantize_pairs (x -> padded int16 pairs + per-sample amax), then the int32 conv."""
     from ...schedules import quantize
     from ...schedules.registry import fconv2d_block
@@ -79,13 +93,13 @@ def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs):
     qw = quantize.quantize_conv_weight(w, imp.plan.conv_precision)
     imp.plan.quantized_convs[node.name] = {"qa": qw.qa, "qw": qw.qw}
     if _amx_fits(imp, layout):
-        return _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs)
+        return _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs, relu)
     pairs = [xs[0], (xs[1] + 1) // 2, xs[2] + pads[0] + pads[2], xs[3] + pads[1] + pads[3], 2]
     pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads)
     q, amax = imp.call_kernel(pq, [x], pairs, "int16", layer=node.name, kind="quantize",
                               extra_outputs=[((xs[0],), "float32")])
     pf = imp.kernel("qconv2d", pairs, w.shape, stride=stride, dilation=dil, with_bias=bool(tail),
-                    out_layout=layout)
+                    out_layout=layout, relu=relu)
     args = [q, imp.const(quantize.pair_blocked(qw.ints, fconv2d_block(imp.target))),
             imp.const(qw.dequant), amax, *tail]
     return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="qconv2d", float_macs=macs)
@@ -101,7 +115,7 @@ def _amx_fits(imp, layout) -> bool:
             and (layout == "NCHW" or fconv2d_block(imp.target) == x86_amx.TILE))
 
 
-def _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs):
+def _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs, relu):
     """quantize_hwc (x -> padded int8 NHWC + per-sample amax), then the AMX int8 conv: the same
     numbers as the pairs path (``schedules.quantize``, int8 levels), on AMX tiles."""
     from ...schedules import x86_amx
@@ -112,7 +126,25 @@ def _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs):
     pq = imp.kernel("quantize_hwc", xs, qa=qw.qa, padding=pads, rows=g.hq)
     q, amax = imp.call_kernel(pq, [x], [g.n, g.hq, g.wp, g.c], "int8", layer=node.name, kind="quantize",
                               extra_outputs=[((g.n,), "float32")])
-    pf = imp.kernel("qconv2d_amx", g, out_layout=layout)
+    pf = imp.kernel("qconv2d_amx", g, out_layout=layout, relu=relu)
     bias = tail or [imp.const(np.zeros(g.k, np.float32))]
     args = [q, imp.const(x86_amx.block_weight(qw.ints, g)), imp.const(qw.dequant), amax, *bias]
     return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="qconv2d_amx", float_macs=macs)
+
+
+class FusedRelu:
+    """A Relu that only reads a float conv's output, nothing else reading that: the conv applies
+    it in its epilogue (``FloatConv.plan`` claims it), so here it passes its input through.
+    CCT's tokenizer (Conv -> Relu -> MaxPool) then also writes channel blocks for the pool."""
+
+    name = "FusedRelu"
+    requires = frozenset({"binary_kernels", "cpu"})
+
+    def plan(self, ctx) -> None:
+        pass  # claimed by FloatConv, which decides which convs take their Relu
+
+    def convert(self, imp, node, inputs, attrs, opset):
+        return inputs[0]
+
+
+FUSED_RELU = FusedRelu()

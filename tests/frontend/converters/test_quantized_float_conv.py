@@ -81,13 +81,16 @@ def test_fp32_builds_quantize_nothing(rng):
 SAPPHIRE_RAPIDS = '{"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"}'
 
 
-def _pooled_stem(rng):
-    """A ResNet stem: the conv's only reader is a max pool, so it writes 16-channel blocks."""
+def _pooled_stem(rng, relu=False):
+    """A ResNet stem: the conv's only reader is a max pool (through a Relu, CCT's tokenizer),
+    so it writes 16-channel blocks."""
     w = (rng.standard_normal((32, 3, 7, 7)) * 0.2).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[7, 7], strides=[2, 2],
-                              pads=[3] * 4),
-             helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
-                              pads=[1] * 4)]
+                              pads=[3] * 4)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
+    nodes.append(helper.make_node("MaxPool", ["r" if relu else "c"], ["y"], name="pool", kernel_shape=[3, 3],
+                                  strides=[2, 2], pads=[1] * 4))
     return make_model(nodes, {"x": [2, 3, 30, 29]}, {"y": None}, {"w": w})
 
 
@@ -105,13 +108,22 @@ def test_int8_runs_on_amx_where_the_target_has_it(rng):
     assert not any("amx" in k for k in plan.kernels)
 
 
-def test_amx_pooled_stem_matches_its_reference(rng):
-    """On this host (AMX or not): the pooled stem at int8 equals the quantized reference."""
-    model = _pooled_stem(rng)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("precision", ["fp32", "int16", "int8"])
+def test_pooled_stem_matches_its_reference(precision, relu, rng):
+    """On this host (AMX or not): the pooled stem, with a Relu between conv and pool or not, at
+    each precision equals its reference (ONNX Runtime on the file, or on the quantized graph);
+    the Relu is the conv kernel's, and the conv writes channel blocks for the pool either way."""
+    model = _pooled_stem(rng, relu)
     x = (rng.standard_normal((2, 3, 30, 29)) * 2).astype(np.float32)
-    (y,), plan = build_and_run(model, {"x": x}, batch=2, conv_precision="int8")
-    (y_q,) = ort_run(quantized_reference(prepare(model), plan.quantized_convs, "int8"), {"x": x})
-    np.testing.assert_allclose(y, y_q, rtol=1e-6, atol=1e-6 * float(np.abs(y_q).max()))
+    (y,), plan = build_and_run(model, {"x": x}, batch=2, conv_precision=precision)
+    assert plan.pooled_float_convs == {"conv"}
+    assert plan.relu_float_convs == ({"conv": "relu"} if relu else {})
+    conv_kernels = [k for k in plan.kernels if "conv2d" in k]
+    assert len(conv_kernels) == 1 and ("_r_" in conv_kernels[0]) == relu, conv_kernels
+    ref = model if precision == "fp32" else quantized_reference(prepare(model), plan.quantized_convs, precision)
+    (y_ref,) = ort_run(ref, {"x": x})
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * float(np.abs(y_ref).max()))
 
 
 @pytest.mark.parametrize("target", ["x86-avx512", "aarch64-neon"])
