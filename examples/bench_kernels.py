@@ -101,7 +101,7 @@ class Case:
                             with_bias=True, target=target)
         self.sym = str(pf.attrs["global_symbol"])
         self.lib = tvm.compile(pf, target=tvm.target.Target(target)).jit()
-        args = [pk.pack_bits(self.x, axis=1), pk.pack_conv_weight(self.w)]
+        args = [pk.pack_bits(self.x, axis=1), pk.pack_conv_weight(self.w, block=S.weight_block_of(pf))]
         if pk.needs_border_table(pads, "zero"):
             args.append(pk.conv_border_table(self.w, (H, H), stride=s, padding=pads))
         args += [scale, bias]

@@ -145,7 +145,7 @@ def epilogue(tgt) -> None:
             post_ref = list(zip(ops, [res, vec[2], vec[3], vec[4]]))
             expect = ref.bconv2d_ref(x, w, padding=1, pad_value=pad_value, scale=vec[0], bias=vec[1],
                                      post=post_ref)
-            args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+            args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w, block=S.weight_block_of(pf))]
             if pk.needs_border_table((1,) * 4, pad_value):
                 args.append(pk.conv_border_table(w, (hw, hw), padding=1))
             args += [vec[0], vec[1]] + ([res, vec[2], vec[3], vec[4], np.zeros((1, c, 1, 1), "float32")]

@@ -21,12 +21,12 @@ from __future__ import annotations
 import importlib
 
 _FROM = {
-    "registry": ("SCHEDULES", "fconv2d_block", "get_schedule", "make_avgpool2d",
+    "registry": ("SCHEDULES", "bconv_weight_block", "fconv2d_block", "get_schedule", "make_avgpool2d",
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
                  "make_qconv2d", "make_qconv2d_amx", "make_quantize_hwc", "make_quantize_pairs",
                  "make_sign_bytes",
-                 "target_key"),
+                 "target_key", "weight_block_of"),
     "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
                 "unpack_bits"),
 }

@@ -89,17 +89,26 @@ def unpack_bits(words: np.ndarray, length: int) -> np.ndarray:
     return np.unpackbits(by, axis=-1, bitorder="little")[..., :length].astype(bool)
 
 
-def pack_conv_weight(w_pm1: np.ndarray) -> np.ndarray:
+def pack_conv_weight(w_pm1: np.ndarray, block: int | None = None) -> np.ndarray:
     """Pack OIHW +-1 conv weights ``[K, C, KH, KW]`` into ``[KH, KW, CW, K]`` uint64.
 
     K is last so a kernel can load 8 consecutive output channels as one vector; C is packed
     LSB-first (``CW = ceil(C / 64)``), tail bits zero.  Raises ValueError on non +-1 entries.
+    With ``block`` the channels are blocked outermost, ``[KB, KH, KW, CW, block]`` (channel
+    ``kb * block + i`` at ``[kb, ..., i]``, zero words past K): the words one output tile reads
+    are then contiguous (``registry.bconv_weight_block`` says which targets want it).
     """
     w = check_pm1(w_pm1, "conv weight")
     if w.ndim != 4:
         raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
     packed = pack_bits(w > 0, axis=1)  # [K, KH, KW, CW]
-    return np.ascontiguousarray(packed.transpose(1, 2, 3, 0))
+    if block is None:
+        return np.ascontiguousarray(packed.transpose(1, 2, 3, 0))
+    k = packed.shape[0]
+    kb = -(-k // block)
+    padded = np.zeros((kb * block, *packed.shape[1:]), np.uint64)
+    padded[:k] = packed
+    return np.ascontiguousarray(padded.reshape(kb, block, *packed.shape[1:]).transpose(0, 2, 3, 4, 1))
 
 
 def pack_dense_weight(w_pm1: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ def test_every_tuned_record_is_bit_exact_vs_reference(tuned):
     assert len(recs) >= 2
     ref = reference.bconv2d_ref(x, w, padding=1, scale=scale, post=[("residual", res)])
     xb = reference.bitpack_ref(x, 0.0)
-    args = [xb, packing.pack_conv_weight(w)]
+    args = [xb, packing.pack_conv_weight(w, block=registry.bconv_weight_block(tgt))]
     args.append(packing.conv_border_table(w, x.shape[2:], padding=1))
     args += [scale, res]
     for rec in recs:
@@ -237,7 +237,7 @@ def test_tuned_integer_kernels_bit_exact(tmp_path):
                    reference.bdense_ref(a, wd)),
         "bbatch_matmul": ([reference.bitpack_last_ref(ba, 0.0), reference.bitpack_last_ref(bb, 0.0)],
                           reference.bbatch_matmul_ref(ba, bb)),
-        "bconv2d": ([reference.bitpack_ref(xc, 0.0), packing.pack_conv_weight(wc)],
+        "bconv2d": ([reference.bitpack_ref(xc, 0.0), packing.pack_conv_weight(wc, block=registry.bconv_weight_block(tgt))],
                     reference.bconv2d_ref(xc, wc, padding=1, pad_value="one")),
     }
     dev = tvm.cpu()
@@ -279,7 +279,7 @@ def test_fused_prelu_conv_tunes_and_replays(tmp_path):
     expect = reference.bconv2d_ref(x, wt, padding=1, scale=vec[0], bias=vec[1],
                                    post=[("residual", res_in), ("shift", vec[2]),
                                          ("prelu", vec[3]), ("shift", vec[4])])
-    args = [reference.bitpack_ref(x, 0.0), packing.pack_conv_weight(wt),
+    args = [reference.bitpack_ref(x, 0.0), packing.pack_conv_weight(wt, block=registry.bconv_weight_block(tgt)),
             packing.conv_border_table(wt, (6, 8), padding=1), vec[0], vec[1], res_in, vec[2], vec[3], vec[4]]
     from tvm import s_tir
 

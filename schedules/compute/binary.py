@@ -105,6 +105,7 @@ def bconv2d(
     acc_dtype: str = "int64",
     border_table: te.Tensor | None = None,
     post: Sequence[tuple[str, te.Tensor | None]] = (),
+    out_channels: int | None = None,
 ) -> te.Tensor:
     """Bipolar XNOR-popcount 2-D convolution (groups = 1).
 
@@ -113,7 +114,9 @@ def bconv2d(
     data : te.Tensor
         uint64 ``[N, H, W, CW]`` (NHWC-packed along C, ``CW = ceil(in_channels / 64)``).
     weight : te.Tensor
-        uint64 ``[KH, KW, CW, K]`` from :func:`schedules.packing.pack_conv_weight`.
+        uint64 ``[KH, KW, CW, K]`` from :func:`schedules.packing.pack_conv_weight`, or its
+        channel-blocked form ``[KB, KH, KW, CW, KI]`` (``pack_conv_weight(w, block=KI)``: one
+        output tile's words contiguous, which the hardware prefetcher streams).
     in_channels : int
         True channel count C (the tail bits of the last word are zero in both operands).
     kernel : (int, int)
@@ -142,6 +145,7 @@ def bconv2d(
         RPReLU tail of a block runs in the copy-out of the register tile instead of as a separate
         pass over the activation.  A "residual" tensor has the output's layout and shape, except
         that its channel count may be any divisor R of K: channel k then adds its channel k % R.
+    out_channels : K when ``weight`` is channel-blocked and K does not fill its last block.
 
     Returns
     -------
@@ -155,7 +159,17 @@ def bconv2d(
     if out_layout not in ("NCHW", "NHWC"):
         raise ValueError(f"out_layout must be 'NCHW' or 'NHWC', got {out_layout!r}")
     N, H, W, CW = ints(data.shape)
-    KH, KW, CW2, K = ints(weight.shape)
+    if len(weight.shape) == 5:  # channel-blocked
+        KB, KH, KW, CW2, KI = ints(weight.shape)
+        K = KB * KI if out_channels is None else int(out_channels)
+
+        def wread(rh, rw, rc, k):
+            return weight[k // KI, rh, rw, rc, k % KI]
+    else:
+        KH, KW, CW2, K = ints(weight.shape)
+
+        def wread(rh, rw, rc, k):
+            return weight[rh, rw, rc, k]
     C = int(in_channels)
     if CW != nwords(C) or CW2 != CW:
         raise ValueError(f"word count mismatch: data CW={CW}, weight CW={CW2}, in_channels={C}")
@@ -196,7 +210,7 @@ def bconv2d(
                          "(packing.conv_border_table of the weights)")
 
     def conv_body(n, oh, ow, k):
-        pc = tirx.popcount(src[n, oh * sh + rh * dh, ow * sw + rw * dw, rc] ^ weight[rh, rw, rc, k])
+        pc = tirx.popcount(src[n, oh * sh + rh * dh, ow * sw + rw * dw, rc] ^ wread(rh, rw, rc, k))
         return te.sum(pc.astype(acc_dtype), axis=[rh, rw, rc])
 
     # bnn_cw / bnn_sw: words per pixel and the w stride, for schedules that vectorise along ow.

@@ -151,10 +151,10 @@ def _conv_id(c):
     return f"n{N}c{C}_{H}x{W}_k{K}_{kh}x{kw}_s{s}_p{''.join(map(str, p))}_d{d}"
 
 
-def _conv_args(x, w, s, p, d, pad_value="zero", layout="NCHW"):
+def _conv_args(pf, x, w, s, p, d, pad_value="zero", layout="NCHW"):
     """Packed data, packed weights and (zero padding) the border table, as the frontend
     passes them."""
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w, block=S.weight_block_of(pf))]
     if pk.needs_border_table(p, pad_value):
         args.append(pk.conv_border_table(w, x.shape[2:], stride=s, padding=p, dilation=d,
                                          out_layout=layout))
@@ -174,7 +174,7 @@ def test_bconv2d_int(case, pad_value, a64_kernels):
     out_shape = expect(np.ones((N, C, H, W), "float32"), np.ones((K, C, KH, KW), "float32")).shape
 
     def run(x, w):
-        args = _conv_args(x, w, s, p, d, pad_value)
+        args = _conv_args(pf, x, w, s, p, d, pad_value)
         assert len(args) + 1 == len(pf.params)
         return a64_kernels.run(pf, args, out_shape, "int32")
 
@@ -225,7 +225,7 @@ def test_bconv2d_fused_epilogue(case, epi, layout, a64_kernels, rng):
                                out_layout=layout, post=post_ref)
 
     def run(x, w):
-        args = _conv_args(x, w, s, p, d, "zero", layout)
+        args = _conv_args(pf, x, w, s, p, d, "zero", layout)
         args += [a for a in (scale, bias) if a is not None] + params
         assert len(args) + 1 == len(pf.params)
         return a64_kernels.run(pf, args, out_shape, "float32")
@@ -253,7 +253,7 @@ def test_bconv2d_packed_output(case, a64_kernels, rng):
     pf = _arm(S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                              with_bias=True, post=("shift", "prelu"), pack_output=True,
                              target=TARGET))
-    args = [*_conv_args(x, w, s, p, d), scale, bias, bias, slope, thr]
+    args = [*_conv_args(pf, x, w, s, p, d), scale, bias, bias, slope, thr]
     out, words = a64_kernels.run(pf, args, [expect.shape, (N, *expect.shape[2:], pk.num_words(K))],
                                  ["float32", "uint64"])
     np.testing.assert_allclose(out, expect, **FLOAT_TOL)
@@ -321,7 +321,7 @@ def test_bitpack_then_bconv2d_end_to_end(a64_kernels, rng):
                              (N, H, W, 2), "uint64")
     pf = _arm(S.make_bconv2d(x.shape, w.shape, padding=1, target=TARGET))
     x_pm1 = np.where(x >= t, 1.0, -1.0).astype("float32")
-    got = a64_kernels.run(pf, [packed, *_conv_args(x_pm1, w, 1, 1, 1)[1:]], (N, K, H, W), "int32")
+    got = a64_kernels.run(pf, [packed, *_conv_args(pf, x_pm1, w, 1, 1, 1)[1:]], (N, K, H, W), "int32")
     np.testing.assert_array_equal(got, ref.bconv2d_ref(x_pm1, w, padding=1))
 
 

@@ -125,10 +125,10 @@ def _conv_id(c):
     return f"n{N}c{C}_{H}x{W}_k{K}_{kh}x{kw}_s{s}_p{''.join(map(str, p))}_d{d}"
 
 
-def _conv_args(x, w, s=1, p=0, d=1, pad_value="zero", layout="NCHW"):
+def _conv_args(pf, x, w, s=1, p=0, d=1, pad_value="zero", layout="NCHW"):
     """Packed data, packed weights and (zero padding) the border table, as the frontend passes
     them."""
-    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w)]
+    args = [pk.pack_bits(x, axis=1), pk.pack_conv_weight(w, block=S.weight_block_of(pf))]
     if pk.needs_border_table(p, pad_value):
         args.append(pk.conv_border_table(w, x.shape[2:], stride=s, padding=p, dilation=d,
                                          out_layout=layout))
@@ -150,7 +150,7 @@ def test_bconv2d_int(case, pad_value, sched, inputs, host, run_primfunc):
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, pad_value=pad_value)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value=pad_value,
                         target=host, schedule=sched)
-    args = _conv_args(x, w, s, p, d, pad_value, "NCHW")
+    args = _conv_args(pf, x, w, s, p, d, pad_value, "NCHW")
     assert len(args) + 1 == len(pf.params)
     got = run_primfunc(pf, args, expect.shape, "int32")
     _eq(got, expect, inputs)
@@ -197,7 +197,7 @@ def test_bconv2d_fused_epilogue(case_i, epi, layout, sched, inputs, host, run_pr
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, pad_value="zero",
                         with_scale=with_scale, with_bias=with_bias, out_layout=layout,
                         target=host, schedule=sched)
-    args = _conv_args(x, w, s, p, d, "zero", layout)
+    args = _conv_args(pf, x, w, s, p, d, "zero", layout)
     args += [a for a in (scale, bias) if a is not None]
     got = run_primfunc(pf, args, expect.shape, "float32")
     _close(got, expect, inputs)
@@ -236,7 +236,7 @@ def test_bconv2d_post_ops(case_i, chain_i, layout, sched, inputs, host, run_prim
                              out_layout=layout, post=post_ref)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, out_layout=layout, post=post, target=host, schedule=sched)
-    args = _conv_args(x, w, s, p, d, "zero", layout)
+    args = _conv_args(pf, x, w, s, p, d, "zero", layout)
     args += [scale, bias, *params]
     assert len(args) + 1 == len(pf.params)
     got = run_primfunc(pf, args, expect.shape, "float32")
@@ -268,7 +268,7 @@ def test_bconv2d_tiled_residual(case, layout, sched, inputs, host, run_primfunc)
                         with_bias=True, out_layout=layout, post=("residual", "prelu"),
                         residual_channels=K // 2, target=host, schedule=sched)
     assert "_erpx2_" in str(pf.attrs["global_symbol"])
-    args = _conv_args(x, w, s, p, d, "zero", layout)
+    args = _conv_args(pf, x, w, s, p, d, "zero", layout)
     got = run_primfunc(pf, [*args, scale, bias, res, slope], expect.shape, "float32")
     _close(got, expect, inputs)
 
@@ -298,7 +298,7 @@ def test_bconv2d_packed_output(case, sched, inputs, host, run_primfunc_outs):
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, post=("shift", "prelu"), pack_output=True, target=host,
                         schedule=sched)
-    args = _conv_args(x, w, s, p, d, "zero", "NCHW")
+    args = _conv_args(pf, x, w, s, p, d, "zero", "NCHW")
     args += [scale, bias, bias, np.full(K, 0.25, np.float32), thr.reshape(1, K, 1, 1)]
     out, words = run_primfunc_outs(pf, args, [(expect.shape, "float32"),
                                               ((N, *expect.shape[2:], (K + 63) // 64), "uint64")])
@@ -332,7 +332,7 @@ def test_bconv2d_x86_isas(case, mcpu, inputs, run_primfunc):
     expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
     pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
                         with_bias=True, target=tgt)
-    args = [*_conv_args(x, w, s, p, d), scale, bias]
+    args = [*_conv_args(pf, x, w, s, p, d), scale, bias]
     got = run_primfunc(pf, args, expect.shape, "float32", target=tgt)
     _close(got, expect, inputs)
 
@@ -351,7 +351,7 @@ def test_bitpack_then_bconv2d_end_to_end(sched, inputs, host, run_primfunc):
                           (N, H, W, 2), "uint64")
     pf = S.make_bconv2d(x.shape, w.shape, padding=1, target=host, schedule=sched)
     x_pm1 = np.where(x >= t, 1.0, -1.0).astype("float32")
-    got = run_primfunc(pf, [packed, *_conv_args(x_pm1, w, p=1)[1:]], (N, K, H, W), "int32")
+    got = run_primfunc(pf, [packed, *_conv_args(pf, x_pm1, w, p=1)[1:]], (N, K, H, W), "int32")
     _eq(got, ref.bconv2d_ref(x_pm1, w, padding=1), inputs)
 
 
@@ -477,7 +477,7 @@ def test_all_unit_tile_loops_regression(op, sched, inputs, host, run_primfunc):
             expect = ref.bconv2d_ref(x, w, padding=p, pad_value=pad_value)
             pf = S.make_bconv2d(x.shape, w.shape, padding=p, pad_value=pad_value, target=host,
                                 schedule=sched)
-            got = run_primfunc(pf, _conv_args(x, w, s, p, d, pad_value), expect.shape, "int32")
+            got = run_primfunc(pf, _conv_args(pf, x, w, s, p, d, pad_value), expect.shape, "int32")
             _eq(got, expect, inputs)
     elif op == "fconv2d_k1":
         x = inputs.floats((1, 3, 5, 11))

@@ -38,6 +38,28 @@ def test_pack_conv_weight_layout(rng):
     assert tpc[2, 1, 3] == (w[3, :, 2, 1] > 0).sum()
 
 
+def test_pack_conv_weight_blocked_layout(rng):
+    """x86's layout: channel blocks outermost, ``[KB, KH, KW, CW, block]``, zero past K; the same
+    words as the plain layout."""
+    w = rng.choice([-1.0, 1.0], (13, 70, 3, 2))
+    plain, blocked = pk.pack_conv_weight(w), pk.pack_conv_weight(w, block=8)
+    assert blocked.shape == (2, 3, 2, 2, 8)
+    np.testing.assert_array_equal(blocked.transpose(1, 2, 3, 0, 4).reshape(3, 2, 2, 16)[..., :13], plain)
+    assert not blocked[1, ..., 5:].any()
+
+
+def test_x86_kernels_take_blocked_conv_weights():
+    """The kernel says how to pack its weights: blocked for x86's schedule, plain elsewhere."""
+    from bnncompile import schedules as S
+
+    x86 = S.make_bconv2d((1, 64, 8, 8), (16, 64, 3, 3), padding=1, target={"kind": "llvm", "mcpu": "haswell"})
+    cpu = S.make_bconv2d((1, 64, 8, 8), (16, 64, 3, 3), padding=1, target={"kind": "llvm", "mcpu": "haswell"},
+                         schedule="cpu")
+    arm = S.make_bconv2d((1, 64, 8, 8), (16, 64, 3, 3), padding=1,
+                         target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    assert S.weight_block_of(x86) == 8 and S.weight_block_of(cpu) is None and S.weight_block_of(arm) is None
+
+
 def test_pack_dense_weight_layout(rng):
     w = rng.choice([-1.0, 1.0], (6, 130))
     p = pk.pack_dense_weight(w)

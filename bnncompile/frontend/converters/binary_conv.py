@@ -169,7 +169,9 @@ def emit_bconv(imp, node, layer, scale, bias, post=(), post_args=(), fused=(), p
                     with_bias=bias is not None, post=post, pack_output=pack is not None,
                     residual_channels=residual_channels)
     packed = imp.pack(x, t, last_axis=False, key=layer.signs[0].output[0])
-    args = [packed, imp.const(packing.pack_conv_weight(layer.weight))]
+    from ...schedules.registry import weight_block_of
+
+    args = [packed, imp.const(packing.pack_conv_weight(layer.weight, block=weight_block_of(pf)))]
     if packing.needs_border_table(g.pads, g.pad_value):
         args.append(imp.const(packing.conv_border_table(
             layer.weight, xs[2:], stride=g.stride, padding=g.pads, dilation=g.dilation)))
