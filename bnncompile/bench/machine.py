@@ -227,6 +227,7 @@ def int16_ceiling_gmacs() -> tuple[float, str]:
     return rate, "measured: independent vpmaddwd + vpaddd chains in vector registers, this CPU"
 
 
+@functools.lru_cache(maxsize=1)
 def amx_ceiling_gmacs() -> tuple[float, str]:
     """Per-thread int8 multiply-add ceiling of AMX (``TDPBSSD``: 16 x 16 x 64 MACs per 16 cycles,
     1024 a cycle), the AMX convs' roofline; 0 without AMX."""

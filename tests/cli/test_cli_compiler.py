@@ -311,6 +311,27 @@ def test_int16_loop_rate_is_measured_and_plausible():
     assert "measured" in bench.int16_ceiling_gmacs()[1]
 
 
+def test_per_kernel_table_rates_each_kind_against_its_own_ceiling():
+    """float convs against the FP32 FMA ceiling, AMX convs (where the CPU has AMX-INT8) against
+    AMX's: the same 500 G MAC/s reads as over 100 % of one and a fraction of the other."""
+    from bnncompile import bench
+    from bnncompile.bench.profile import LayerTiming, format_layers
+    from bnncompile.targets import cpu_flags
+
+    rows = [LayerTiming("f", "fconv2d", ["a"], 1, 1.0, 0.5, None, 500.0),
+            LayerTiming("q", "qconv2d_amx", ["b"], 1, 1.0, 0.5, None, 500.0)]
+    text = format_layers(rows)
+    pct = {line.split()[-2]: int(line.split()[4].rstrip("%")) for line in text.splitlines()
+           if line.strip().endswith(("(a)", "(b)"))}
+    fma = bench.float_ceiling_gmacs()[0]
+    assert pct["f"] == round(100 * 500 / fma)
+    if "amx_int8" in cpu_flags():
+        assert "against the AMX ceiling" in text
+        assert pct["q"] == round(100 * 500 / bench.amx_ceiling_gmacs()[0]) < 30
+    else:
+        assert "AMX ceiling" not in text and pct["q"] == pct["f"]
+
+
 def test_bench_bad_threads(work, capsys):
     code = main(["bench", str(work / "tiny.onnx"), "--lib", str(work / "tiny.so"), "--threads", "0"])
     _err_one_line(capsys, code, 2, "--threads")
