@@ -357,6 +357,14 @@ def tvm_error_text(exc: BaseException, limit: int = 1200) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _requires(spec, plan) -> list[str]:
+    """The CPU flags the library needs where it loads: the target's, less AMX's when no kernel
+    uses AMX (``host`` names the AMX features whenever the CPU has them, and LLVM emits AMX
+    instructions only for the AMX kernels)."""
+    uses_amx = any(info.get("kind") == "qconv2d_amx" for info in plan.kernels.values())
+    return [f for f in spec.requires if uses_amx or not f.startswith("amx")]
+
+
 def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha256, plan, tuning_db) -> dict:
     import tvm
 
@@ -372,7 +380,7 @@ def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha
         "target": json.loads(spec.to_json()),
         "arch": spec.arch,
         "identity": spec.identity().to_dict(),
-        "requires": list(spec.requires),
+        "requires": _requires(spec, plan),
         "options": asdict(opts),
         "onnx_sha256": onnx_sha256,
         "onnx_file": str(Path(onnx_path).name),

@@ -140,6 +140,27 @@ def test_quantized_conv_builds_for_other_cpus(target, rng):
     assert any(k.startswith("bnn_qconv2d_") for k in plan.kernels)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_library_requires_amx_only_with_amx_kernels(precision, rng, tmp_path):
+    """A host build names AMX among the CPU flags it needs only when it holds an AMX kernel: an
+    fp32 build from an AMX machine still loads on an AVX-512 CPU without AMX."""
+    import json
+
+    import onnx
+
+    from bnncompile import targets
+    from bnncompile.compiler import compile_model
+
+    onnx.save(_pooled_stem(rng), str(tmp_path / "m.onnx"))
+    compile_model(tmp_path / "m.onnx", output=tmp_path / "m.so", conv_precision=precision)
+    side = json.loads((tmp_path / "m.json").read_text())
+    amx_kernels = [k for k in side["kernels"] if "amx" in k]
+    requires = set(side["requires"])
+    assert bool(amx_kernels) == ("amx_int8" in requires) == (precision == "int8" and "amx_int8" in
+                                                             targets.host_spec().requires)
+    assert requires <= set(targets.host_spec().requires)
+
+
 def test_compile_names_the_float_convs_that_stay_fp32(rng, tmp_path):
     """A grouped float conv is not bnncompile's kernel's: compile says it stays fp32."""
     import onnx
