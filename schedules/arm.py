@@ -35,7 +35,6 @@ schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
 schedule_quantize_pairs = generic.schedule_quantize_pairs
 schedule_quantize_hwc = generic.schedule_quantize_hwc
-schedule_sign_bytes = generic.schedule_sign_bytes
 schedule_qconv2d = generic.schedule_qconv2d  # no NEON intrinsic yet: int32 lanes, vectorised
 
 

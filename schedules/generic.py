@@ -315,16 +315,6 @@ def schedule_quantize_hwc(sch: s_tir.Schedule) -> None:
         sch.vectorize(sch.split(c, factors=[None, f])[1])
 
 
-def schedule_sign_bytes(sch: s_tir.Schedule) -> None:
-    """Rows (tokens) in parallel, vectorised along the features."""
-    blk = sch.get_sblock("sign_bytes")
-    _, r, m, d = sch.get_loops(blk)
-    sch.parallel(sch.fuse(r, m))
-    f = pick_factor(extent(sch, d), (64, 32, 16, 8, 4, 2))
-    if f > 1:
-        sch.vectorize(sch.split(d, factors=[None, f])[1])
-
-
 def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intrin: str | None = None,
                      intrin_lanes: int | None = None) -> None:
     """The float conv's register tile (:func:`schedule_fconv2d`) on int32 accumulators: ``WI``

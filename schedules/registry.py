@@ -28,9 +28,9 @@ from .target_identity import as_target, identify, vector_bits
 TargetLike = Union[tvm.target.Target, dict, None]
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
-       "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d", "quantize_hwc", "sign_bytes")
+       "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d", "quantize_hwc")
 #: CPU kernels only (``compile --conv-precision``, AMX operands): no CUDA schedule
-CPU_ONLY_OPS = ("quantize_pairs", "qconv2d", "quantize_hwc", "sign_bytes")
+CPU_ONLY_OPS = ("quantize_pairs", "qconv2d", "quantize_hwc")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
@@ -59,7 +59,6 @@ __all__ = [
     "make_qconv2d_amx",
     "make_quantize_hwc",
     "make_quantize_pairs",
-    "make_sign_bytes",
     "target_key",
     "weight_block_of",
 ]
@@ -430,45 +429,26 @@ def make_quantize_hwc(data_shape_nchw: Sequence[int], *, qa: int, padding=0, row
     return _finish([data, q, amax], "quantize_hwc", name, target, schedule, tuning)
 
 
-def make_sign_bytes(x_shape: Sequence[int], t_shape: Sequence[int], *, rows: int, target: TargetLike = None,
-                    schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
-    """Signs of token activations as ±1 bytes for the AMX kernel (``compute.sign_bytes``): the
-    bits :func:`make_bitpack_last` packs, one byte each.
-
-    PrimFunc params: ``(x float32[..., D], t float32[t_shape], out int8[1, rows, M, D])`` with
-    ``M`` the product of the leading dims (rows past the first are zero).
-    """
-    shape = tuple(int(v) for v in x_shape)
-    x = te.placeholder(shape, "float32", name="x")
-    t = te.placeholder(tuple(int(v) for v in t_shape), "float32", name="threshold")
-    out = compute.sign_bytes(x, t, rows=int(rows))
-    name = f"bnn_sign_bytes_{_shape_tag(shape)}_t{_shape_tag(t_shape)}_r{int(rows)}"
-    return _finish([x, t, out], "sign_bytes", name, target, schedule, tuning)
-
-
 def make_qconv2d_amx(geometry, *, out_layout: str = "NCHW", accumulate_only: bool = False,
-                     relu: bool = False, out_shape: Sequence[int] | None = None, target: TargetLike = None,
+                     relu: bool = False, target: TargetLike = None,
                      schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """The AMX int8 conv (:mod:`.x86_amx`) for an ``x86_amx.AmxGeometry``: hand-written TIR (its
     tile registers are beyond the scheduler), so neither a schedule key nor tuning applies.
 
     PrimFunc params: ``(q int8[N,HQ,WP,C] (make_quantize_hwc), weight int8[NT,KC,16,16,4]
     (x86_amx.block_weight), dequant float32[K], amax float32[N], bias float32[K], out)``; out as
-    :func:`make_qconv2d` (``float32[N,K/16,OH,OW,16]`` for ``out_layout="NCHWc"``, ``[N,OH,OW,K]``
-    or ``out_shape`` for ``"NHWC"``; int32 sums with ``accumulate_only``).  A binary dense layer
-    is the 1x1 conv of geometry ``(1, D, 1, rows, N_out)`` on ±1 bytes (:func:`make_sign_bytes`).
+    :func:`make_qconv2d` (``float32[N,K/16,OH,OW,16]`` for ``out_layout="NCHWc"``; int32 sums
+    with ``accumulate_only``).
     """
     from . import x86_amx
 
     if not x86_amx.available(target):
         raise ValueError(f"qconv2d_amx: target {as_target(target)} has no AMX-INT8 "
                          f"(needs +{', +'.join(x86_amx.FEATURES)})")
-    lay = {"NCHW": "", "NCHWc": "_c", "NHWC": "_nhwc"}.get(out_layout, out_layout)
-    shape = "" if out_shape is None else "_o" + _shape_tag(out_shape)
-    symbol = (f"bnn_qconv2d_amx_{geometry.tag()}{'_r' if relu else ''}{lay}{shape}"
+    symbol = (f"bnn_qconv2d_amx_{geometry.tag()}{'_r' if relu else ''}{'_c' if out_layout == 'NCHWc' else ''}"
               f"{'_acc' if accumulate_only else ''}")
     func = x86_amx.build(geometry, out_layout=out_layout, accumulate_only=accumulate_only, relu=relu,
-                         out_shape=out_shape, name=symbol)
+                         name=symbol)
     return (func.with_attr("tirx.is_scheduled", True)
             .with_attr("bnn.param_names", ["q", "weight", "dequant", "amax", "bias", "out"]))
 

@@ -240,7 +240,6 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
 
 schedule_quantize_pairs = generic.schedule_quantize_pairs
 schedule_quantize_hwc = generic.schedule_quantize_hwc
-schedule_sign_bytes = generic.schedule_sign_bytes
 
 
 def schedule_qconv2d(sch: s_tir.Schedule) -> None:

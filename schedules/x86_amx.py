@@ -166,7 +166,7 @@ def amx_reference(q: np.ndarray, w_blocked: np.ndarray, g: AmxGeometry) -> np.nd
 
 
 def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = False,
-          relu: bool = False, out_shape=None, name: str = "main"):
+          relu: bool = False, name: str = "main"):
     """The kernel's PrimFunc for geometry ``g``.
 
     Params: ``(q int8[N, HQ, WP, C], weight int8[NT, KC, 16, 16, 4], dequant float32[K],
@@ -177,8 +177,8 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
     """
     from tvm.script import tirx as T
 
-    if out_layout not in ("NCHW", "NCHWc", "NHWC"):
-        raise ValueError(f"qconv2d_amx: out_layout must be 'NCHW', 'NCHWc' or 'NHWC', got {out_layout!r}")
+    if out_layout not in ("NCHW", "NCHWc"):
+        raise ValueError(f"qconv2d_amx: out_layout must be 'NCHW' or 'NCHWc', got {out_layout!r}")
     if out_layout == "NCHWc" and g.k % TILE:
         raise ValueError(f"qconv2d_amx: NCHWc output needs K ({g.k}) in blocks of {TILE}")
     N, C, HQ, WP, K = g.n, g.c, g.hq, g.wp, g.k
@@ -190,13 +190,8 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
     PER = -(-MBLK // CHUNKS)
     ROW = SW * C  # bytes between the rows (pixels) of an A tile
     SAMPLE = HQ * WP * C
-    blocked, nhwc = out_layout == "NCHWc", out_layout == "NHWC"
-    if out_shape is None or not nhwc:
-        out_shape = {"NCHWc": (N, NT, OH, OW, TILE), "NHWC": (N, OH, OW, K)}.get(out_layout, (N, K, OH, OW))
-    out_shape = tuple(int(v) for v in out_shape)
-    if int(np.prod(out_shape)) != N * K * OH * OW:
-        raise ValueError(f"qconv2d_amx: out_shape {list(out_shape)} does not hold {N}x{OH}x{OW}x{K}")
-    KFULL = K // TILE  # channel tiles with no padding channel
+    blocked = out_layout == "NCHWc"
+    out_shape = (N, NT, OH, OW, TILE) if blocked else (N, K, OH, OW)
     out_dtype = "int32" if accumulate_only else "float32"
     ACC = accumulate_only
 
@@ -209,7 +204,6 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                bias: T.Buffer((K,), "float32"), out: T.Buffer(out_shape, out_dtype)):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         qf = T.decl_buffer((N * SAMPLE,), "int8", data=q.data)
-        of = T.decl_buffer((N * OH * OW * K,), out_dtype, data=out.data)
         perm = T.call_extern("int32", "arch_prctl", ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
         assert perm == 0, "AMX: Linux refused the tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
         for n in range(N):
@@ -269,27 +263,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                             oh = tt // OWT
                             ow0 = (tt % OWT) * TILE
                             scale = amax[n]
-                            if nhwc:
-                                for r in range(TILE):
-                                    if ow0 + r < OW:
-                                        if nt < KFULL:
-                                            for c in T.vectorized(TILE):
-                                                if ACC:
-                                                    of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = acc[a, r, c]
-                                                else:
-                                                    of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = post(T.Cast("float32", acc[a, r, c])
-                                                        * (scale * dequant[nt * TILE + c]) + bias[nt * TILE + c])
-                                        else:
-                                            for c in range(TILE):
-                                                if nt * TILE + c < K:
-                                                    if ACC:
-                                                        of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = (
-                                                            acc[a, r, c])
-                                                    else:
-                                                        of[((n * OH + oh) * OW + ow0 + r) * K + nt * TILE + c] = post(T.Cast("float32", acc[a, r, c])
-                                                            * (scale * dequant[nt * TILE + c])
-                                                            + bias[nt * TILE + c])
-                            elif blocked:
+                            if blocked:
                                 for r in range(TILE):
                                     if ow0 + r < OW:
                                         for c in T.vectorized(TILE):

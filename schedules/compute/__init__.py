@@ -8,7 +8,7 @@ bit-exact test in ``tests/schedules``.
 * :mod:`.quantized_conv`: the float conv on int16 pairs (``compile --conv-precision``).
 """
 from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense
-from .bitpack import bitpack, bitpack_last, dynamic_sign, sign_bytes, unpack_bits_float
+from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
 from .common import WORD, conv_out_size, normalize_2d, normalize_padding, nwords
 from .float_ops import (
     avgpool2d,
@@ -41,7 +41,6 @@ __all__ = [
     "power_mean",
     "prelu_stats",
     "qconv2d_blocked",
-    "sign_bytes",
     "quantize_hwc",
     "quantize_pairs",
     "softmax_last",

@@ -125,32 +125,3 @@ def unpack_bits_float(packed: te.Tensor, shape, layout: str) -> te.Tensor:
         raise ValueError(f"unpack_bits_float: layout must be 'nchw' or 'last', got {layout!r}")
     return te.compute(shape, lambda *i: tirx.Select(
         bit(packed[(*i[:-1], i[-1] // WORD)], i[-1]), one, neg), name="unpack_bits")
-
-
-def sign_bytes(x: te.Tensor, t: te.Tensor, *, rows: int, name: str = "sign_bytes") -> te.Tensor:
-    """The signs :func:`bitpack_last` packs, one int8 each (+1 iff ``x >= t``, else -1; NaN -> -1),
-    as the AMX kernel's operand ``[1, rows, M, D]`` (``M`` = product of the leading dims; rows
-    past the first are zero: the last tile's reads past ``M`` land there).
-
-    x : float32 ``[..., D]``; t : broadcastable to x (``[B, L, 1]`` per-token thresholds too).
-    """
-    shape = ints(x.shape)
-    if not 2 <= len(shape) <= 6:
-        raise ValueError(f"sign_bytes: unsupported rank {len(shape)}")
-    D, lead = shape[-1], shape[:-1]
-    M = 1
-    for v in lead:
-        M *= v
-    tr = broadcast_reader(t, len(shape), shape)
-
-    def f(_, r, m, d):
-        idx, rest = [], m
-        for extent_ in reversed(lead):  # m -> the leading indices, last dim fastest
-            idx.append(rest % extent_)
-            rest = rest // extent_
-        idx = idx[::-1]
-        v = x(*idx, d) >= tr(*idx, d)
-        sign = tirx.if_then_else(v, tirx.const(1, "int8"), tirx.const(-1, "int8"))
-        return tirx.if_then_else(r == 0, sign, tirx.const(0, "int8"))
-
-    return te.compute((1, rows, M, D), f, name=name, attrs={"schedule_rule": "bnn_sign_bytes"})
