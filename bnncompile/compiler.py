@@ -360,9 +360,11 @@ def tvm_error_text(exc: BaseException, limit: int = 1200) -> str:
 def _requires(spec, plan) -> list[str]:
     """The CPU flags the library needs where it loads: the target's, less AMX's when no kernel
     uses AMX (``host`` names the AMX features whenever the CPU has them, and LLVM emits AMX
-    instructions only for the AMX kernels)."""
-    uses_amx = any(info.get("kind") == "qconv2d_amx" for info in plan.kernels.values())
-    return [f for f in spec.requires if uses_amx or not f.startswith("amx")]
+    instructions only for the AMX kernels), plus AVX-512 VNNI's when a kernel calls
+    ``vpdpbusd`` (named targets list only what their binary kernels need)."""
+    kinds = {info.get("kind") for info in plan.kernels.values()}
+    needs = [f for f in spec.requires if "qconv2d_amx" in kinds or not f.startswith("amx")]
+    return needs + (["avx512_vnni"] if "qconv2d_vnni" in kinds and "avx512_vnni" not in needs else [])
 
 
 def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha256, plan, tuning_db) -> dict:

@@ -25,7 +25,7 @@ _FROM = {
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
                  "make_qconv2d", "make_qconv2d_amx", "make_quantize_hwc", "make_quantize_pairs",
-                 "target_key", "weight_block_of"),
+                 "target_key", "vnni_available", "weight_block_of"),
     "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
                 "unpack_bits"),
 }

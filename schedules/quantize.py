@@ -15,6 +15,11 @@ levels for which no int32 sum can overflow: ``R * qa * qw < 2**31`` for a reduct
 products, split evenly (``qa = qw = floor(sqrt((2**31 - 1) / R))``, at most 32767); the AVX2
 kernel (``vpmaddwd``: int16 pairs into int32) runs both at the same speed.  Rounding is
 half-to-even everywhere (numpy ``rint``, ONNX ``Round``, LLVM ``nearbyint``).
+
+CPUs with AVX-512 VNNI run int8 as channel quads (``vpdpbusd``: 4 unsigned x signed byte
+products into int32, 64 MACs per zmm instruction): the activations are stored offset by
+:data:`VNNI_OFFSET` (``xq + 128`` in ``[1, 255]``, 128 in the padding), and the sum subtracts
+``128 * sum(wq)`` per output channel (:func:`offset_compensation`): the same exact integers.
 """
 from __future__ import annotations
 
@@ -25,9 +30,11 @@ import numpy as np
 
 PRECISIONS = ("fp32", "int16", "int8")
 INT32_MAX = 2**31 - 1
+VNNI_OFFSET = 128  #: int8 activations + 128 are the unsigned bytes ``vpdpbusd`` multiplies
 
-__all__ = ["PRECISIONS", "QuantizedConvWeight", "levels", "pair_blocked", "quantize_activation",
-           "quantize_conv_weight", "reduction_length", "tie_rtol"]
+__all__ = ["PRECISIONS", "QuantizedConvWeight", "VNNI_OFFSET", "group_blocked", "levels",
+           "offset_compensation", "pair_blocked", "quantize_activation", "quantize_conv_weight",
+           "reduction_length", "tie_rtol"]
 
 
 def reduction_length(weight_shape) -> int:
@@ -70,15 +77,28 @@ def quantize_conv_weight(w: np.ndarray, precision: str) -> QuantizedConvWeight:
     return QuantizedConvWeight(ints, (s_w / np.float32(qa)).astype(np.float32), qa, qw)
 
 
-def pair_blocked(ints: np.ndarray, block: int) -> np.ndarray:
-    """int16 OIHW -> ``[KB, C2, KH, KW, block, 2]``: input channel ``2*c2 + j`` at ``[..., j]``,
-    output channel ``kb*block + b`` at ``[kb, ..., b, :]``, both zero-padded (one ``vpmaddwd``
-    multiplies a broadcast pair of activations with ``block`` such pairs of weights)."""
+def group_blocked(ints: np.ndarray, block: int, group: int) -> np.ndarray:
+    """OIHW integers -> ``[KB, CG, KH, KW, block, group]``: input channel ``group*cg + j`` at
+    ``[..., j]``, output channel ``kb*block + b`` at ``[kb, ..., b, :]``, both zero-padded (one
+    instruction multiplies a broadcast group of activations with ``block`` such weight groups):
+    int16 pairs for ``vpmaddwd`` (``group=2``), int8 quads for ``vpdpbusd`` (``group=4``)."""
     k, c, kh, kw = ints.shape
-    kb, c2 = -(-k // block), -(-c // 2)
-    padded = np.zeros((kb * block, c2 * 2, kh, kw), np.int16)
+    kb, cg = -(-k // block), -(-c // group)
+    dtype = np.int16 if group == 2 else np.int8
+    padded = np.zeros((kb * block, cg * group, kh, kw), dtype)
     padded[:k, :c] = ints
-    return np.ascontiguousarray(padded.reshape(kb, block, c2, 2, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+    return np.ascontiguousarray(padded.reshape(kb, block, cg, group, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def pair_blocked(ints: np.ndarray, block: int) -> np.ndarray:
+    """int16 OIHW -> ``[KB, C2, KH, KW, block, 2]`` (:func:`group_blocked` in pairs)."""
+    return group_blocked(ints, block, 2)
+
+
+def offset_compensation(ints: np.ndarray) -> np.ndarray:
+    """int32 ``[K]``: ``VNNI_OFFSET * sum(wq)`` per output channel, what the offset activations
+    add to every sum (padding included: it holds the offset too)."""
+    return (VNNI_OFFSET * ints.reshape(ints.shape[0], -1).astype(np.int64).sum(axis=1)).astype(np.int32)
 
 
 def quantize_activation(x: np.ndarray, qa: int) -> tuple[np.ndarray, np.ndarray]:

@@ -203,26 +203,30 @@ def softmax_ref(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def quantize_pairs_ref(x: np.ndarray, qa: int, padding=(0, 0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def quantize_pairs_ref(x: np.ndarray, qa: int, padding=(0, 0, 0, 0), group: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``quantize_activation`` (per-sample ``rint(x * (qa / amax))``), zero-padded and laid out
-    as channel pairs ``[N, ceil(C/2), HP, WP, 2]``, and ``amax``."""
-    from .quantize import quantize_activation
+    as channel groups ``[N, ceil(C/G), HP, WP, G]``, and ``amax``: int16 pairs (``group=2``), or
+    uint8 quads holding the value plus ``VNNI_OFFSET`` (``group=4``, the padding too)."""
+    from .quantize import VNNI_OFFSET, quantize_activation
 
     q, amax = quantize_activation(x, qa)
     n, c, h, w = q.shape
     pt, pl, pb, pr = padding
-    padded = np.zeros((n, c + c % 2, h + pt + pb, w + pl + pr), np.int16)
+    cg = -(-c // group)
+    padded = np.zeros((n, cg * group, h + pt + pb, w + pl + pr), np.int16)
     padded[:, :c, pt:pt + h, pl:pl + w] = q
-    return np.ascontiguousarray(padded.reshape(n, -1, 2, *padded.shape[2:]).transpose(0, 1, 3, 4, 2)), amax
+    grouped = np.ascontiguousarray(padded.reshape(n, cg, group, *padded.shape[2:]).transpose(0, 1, 3, 4, 2))
+    return (grouped if group == 2 else (grouped + VNNI_OFFSET).astype(np.uint8)), amax
 
 
 def qconv2d_ref(pairs: np.ndarray, ints: np.ndarray, *, stride=1, dilation=1) -> np.ndarray:
-    """int64 conv of unpaired int16 data (``[N, C2, HP, WP, 2]`` pairs) with int16 OIHW weights:
-    the exact sums the quantized conv accumulates in int32 (float64 torch conv of integers below
+    """int64 conv of ungrouped int16 data (``[N, CG, HP, WP, G]`` groups, as
+    :func:`quantize_pairs_ref` with ``group=2`` lays them out) with int16 OIHW weights: the
+    exact sums the quantized conv accumulates in int32 (float64 torch conv of integers below
     2**53, rounded back)."""
-    n, c2, hp, wp, _ = pairs.shape
-    data = np.asarray(pairs, np.float64).transpose(0, 1, 4, 2, 3).reshape(n, c2 * 2, hp, wp)
-    w = np.zeros((ints.shape[0], c2 * 2, *ints.shape[2:]), np.float64)
+    n, cg, hp, wp, g = pairs.shape
+    data = np.asarray(pairs, np.float64).transpose(0, 1, 4, 2, 3).reshape(n, cg * g, hp, wp)
+    w = np.zeros((ints.shape[0], cg * g, *ints.shape[2:]), np.float64)
     w[:, :ints.shape[1]] = ints
     out = F.conv2d(torch.from_numpy(data), torch.from_numpy(w), stride=stride, dilation=dilation)
     return np.rint(out.numpy()).astype(np.int64)

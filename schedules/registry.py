@@ -60,6 +60,7 @@ __all__ = [
     "make_quantize_hwc",
     "make_quantize_pairs",
     "target_key",
+    "vnni_available",
     "weight_block_of",
 ]
 
@@ -365,19 +366,31 @@ def make_fconv2d(data_shape_nchw: Sequence[int], weight_shape: Sequence[int], *,
     return _finish(args, "fconv2d", name, target, schedule, tuning)
 
 
-def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, target: TargetLike = None,
-                        schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
-    """Per-sample symmetric quantization into padded int16 channel pairs (``quantize``).
+def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, group: int = 2,
+                        target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+    """Per-sample symmetric quantization into padded channel groups (``quantize``): int16 pairs,
+    or with ``group=4`` the offset uint8 quads of VNNI CPUs (:func:`vnni_available`).
 
-    PrimFunc params: ``(data float32[N,C,H,W], q int16[N,ceil(C/2),H+pt+pb,W+pl+pr,2],
-    amax float32[N])``.
+    PrimFunc params: ``(data float32[N,C,H,W], q int16[N,ceil(C/2),H+pt+pb,W+pl+pr,2] (uint8
+    [N,ceil(C/4),...,4] for quads), amax float32[N])``.
     """
     shape = tuple(int(v) for v in data_shape_nchw)
     pd = normalize_padding(padding)
     data = te.placeholder(shape, "float32", name="data")
-    q, amax = compute.quantize_pairs(data, qa=int(qa), padding=pd)
-    name = f"bnn_quantize_pairs_{_shape_tag(shape)}_q{int(qa)}_p{'x'.join(map(str, pd))}"
+    q, amax = compute.quantize_pairs(data, qa=int(qa), padding=pd, group=int(group))
+    kind = "pairs" if group == 2 else "quads"
+    name = f"bnn_quantize_{kind}_{_shape_tag(shape)}_q{int(qa)}_p{'x'.join(map(str, pd))}"
     return _finish([data, q, amax], "quantize_pairs", name, target, schedule, tuning)
+
+
+def vnni_available(target: TargetLike) -> bool:
+    """Does ``target`` (a TVM llvm target) have AVX-512 VNNI (``vpdpbusd`` on zmm), the quads'
+    instruction?"""
+    from tvm.target.codegen import llvm_cpu_has_features
+
+    t = as_target(target)
+    return (t.kind.name == "llvm" and "x86" in str(t.attrs.get("mtriple", "x86_64"))
+            and bool(llvm_cpu_has_features(["avx512vnni"], t)))
 
 
 def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, stride=1, dilation=1,
@@ -385,32 +398,41 @@ def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, str
                  relu: bool = False, target: TargetLike = None, schedule: str | None = None,
                  tuning=None) -> tvm.tirx.PrimFunc:
     """int32 conv of :func:`make_quantize_pairs` output with OIHW ``weight_shape`` weights,
-    pair-blocked (``quantize.pair_blocked(ints, fconv2d_block(target))``).
+    group-blocked (``quantize.group_blocked(ints, fconv2d_block(target), G)``, ``G`` the data's
+    last axis: 2 for int16 pairs, 4 for offset uint8 quads).
 
-    PrimFunc params: ``(q int16[N,C2,HP,WP,2], weight int16[KB,C2,KH,KW,OB,2], dequant
-    float32[K], amax float32[N], [bias float32[K]], out)``; out is ``float32[N,K,OH,OW]``
-    (``float32[N,KB,OH,OW,OB]`` for ``out_layout="NCHWc"``, ``int32[N,K,OH,OW]`` sums with
-    ``accumulate_only``).
+    PrimFunc params: ``(q int16[N,C2,HP,WP,2] | uint8[N,C4,HP,WP,4], weight int16[KB,C2,KH,KW,OB,2]
+    | int8[KB,C4,KH,KW,OB,4], dequant float32[K], amax float32[N], [compensation int32[K]
+    (quads: quantize.offset_compensation)], [bias float32[K]], out)``; out is
+    ``float32[N,K,OH,OW]`` (``float32[N,KB,OH,OW,OB]`` for ``out_layout="NCHWc"``,
+    ``int32[N,K,OH,OW]`` sums with ``accumulate_only``).
     """
-    N, C2, HP, WP, _ = (int(v) for v in pairs_shape)
+    N, CG, HP, WP, G = (int(v) for v in pairs_shape)
     K, C, KH, KW = (int(v) for v in weight_shape)
-    if (C + 1) // 2 != C2:
-        raise ValueError(f"qconv2d: weight in-channels {C} do not fill the {C2} pairs of the data")
+    if G not in (2, 4):
+        raise ValueError(f"qconv2d: data groups of {G} channels; expected 2 (int16) or 4 (uint8)")
+    if -(-C // G) != CG:
+        raise ValueError(f"qconv2d: weight in-channels {C} do not fill the {CG} groups of {G} of the data")
+    if G == 4 and (schedule or target_key(target)) == "x86" and not vnni_available(target):
+        raise ValueError(f"qconv2d: the x86 schedule runs offset quads on vpdpbusd; target "
+                         f"{as_target(target)} has no AVX-512 VNNI (quantize into pairs instead)")
     ob = fconv2d_block(target)
     kb = -(-K // ob)
     st, dl = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
-    q = te.placeholder((N, C2, HP, WP, 2), "int16", name="q")
-    weight = te.placeholder((kb, C2, KH, KW, ob, 2), "int16", name="weight")
+    q = te.placeholder((N, CG, HP, WP, G), "int16" if G == 2 else "uint8", name="q")
+    weight = te.placeholder((kb, CG, KH, KW, ob, G), "int16" if G == 2 else "int8", name="weight")
     dequant = te.placeholder((K,), "float32", name="dequant")
     amax = te.placeholder((N,), "float32", name="amax")
+    comp = te.placeholder((K,), "int32", name="compensation") if G == 4 else None
     bias = te.placeholder((K,), "float32", name="bias") if with_bias else None
     out = compute.qconv2d_blocked(q, weight, dequant, amax, out_channels=K, stride=st, dilation=dl,
                                   bias=bias, out_layout=out_layout, accumulate_only=accumulate_only,
-                                  relu=relu)
-    args = [q, weight, dequant, amax] + ([bias] if bias is not None else []) + [out]
-    name = (f"bnn_qconv2d_{N}x{C2}x{HP}x{WP}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}_d{dl[0]}x{dl[1]}"
-            f"{'_b' if with_bias else ''}{'_r' if relu else ''}{'_c' if out_layout == 'NCHWc' else ''}"
-            f"{'_acc' if accumulate_only else ''}")
+                                  relu=relu, compensation=comp)
+    args = [q, weight, dequant, amax] + ([comp] if comp is not None else []) + \
+        ([bias] if bias is not None else []) + [out]
+    name = (f"bnn_qconv2d_{N}x{CG}x{HP}x{WP}{'' if G == 2 else 'x4'}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}"
+            f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}{'_r' if relu else ''}"
+            f"{'_c' if out_layout == 'NCHWc' else ''}{'_acc' if accumulate_only else ''}")
     return _finish(args, "qconv2d", name, target, schedule, tuning)
 
 

@@ -61,6 +61,7 @@ from .machine import (
     format_environment,
     int16_ceiling_gmacs,
     versions,
+    vnni_ceiling_gmacs,
 )
 from .profile import LayerTiming, VMProfile, format_layers, profile, profile_layers
 from .report import ROUND_SPREAD_WARN, BenchReport, EngineTiming, plot, round_spread_warnings
@@ -71,7 +72,7 @@ __all__ = [
     "AGAINST_CHOICES", "CPU_FLAGS", "OPENVINO_EXTRA", "ROUND_SPREAD_WARN", "SETTLE_S", "BenchReport",
     "EngineTiming", "LayerTiming", "VMOverhead", "VMProfile", "amx_ceiling_gmacs", "benchmark", "benchmark_remote", "binary_ceiling_gbmacs",
     "check_pairing",
-    "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "int16_ceiling_gmacs", "format_layers", "plot", "profile",
+    "cpu_ghz", "cpu_info", "environment", "float_ceiling_gmacs", "format_environment", "int16_ceiling_gmacs", "vnni_ceiling_gmacs", "format_layers", "plot", "profile",
     "profile_layers", "require_openvino", "round_spread_warnings", "set_tvm_threads", "versions",
 ]
 

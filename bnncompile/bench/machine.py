@@ -245,37 +245,63 @@ def pmaddwd_loop_gmacs() -> float:
     ``x`` is the accumulator's own bits so nothing is loop-invariant.  Zen 3, 1 thread: 46 / 73 /
     83 / 83 G with 4 / 8 / 12 / 14 chains (1.6 vpmaddwd per cycle: the vpaddd share its pipes),
     1.6x the FP32 FMA peak, not 2x.  0.0 without AVX2."""
+    from ..targets import cpu_flags
+
+    return _dot_loop_gmacs(vnni=False) if "avx2" in cpu_flags() else 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def vnni_ceiling_gmacs() -> tuple[float, str]:
+    """Per-thread int8 multiply-add ceiling (G MAC/s) of the VNNI quantized convs' instruction,
+    ``vpdpbusd`` on zmm (``--conv-precision int8`` on AVX-512 VNNI CPUs), and where it comes from."""
+    from ..targets import cpu_flags
+
+    rate = _dot_loop_gmacs(vnni=True) if "avx512_vnni" in cpu_flags() else 0.0
+    if rate <= 0:
+        return 0.0, "not measured (no compiler at hand, or no AVX-512 VNNI)"
+    return rate, "measured: independent vpdpbusd chains in zmm registers, this CPU"
+
+
+def _dot_loop_gmacs(*, vnni: bool) -> float:
+    """G MAC/s of 12 independent integer dot-product chains compiled for this CPU: ``acc +=
+    vpmaddwd(acc, 3)`` on ymm (16 int16 MACs) or ``acc = vpdpbusd(acc, acc, 3)`` on zmm (64 int8
+    MACs); the operand is the accumulator's own bits so nothing is loop-invariant.  0.0 when TVM
+    cannot build it."""
     try:
         import tvm
         from tvm.script import tirx as T
 
-        from ..targets import cpu_flags, host_spec, tvm_target
+        from ..targets import host_spec, tvm_target
 
-        if "avx2" not in cpu_flags():
-            return 0.0
-        chains = 12
+        chains, lanes = 12, (16 if vnni else 8)
+        width = chains * lanes
 
         @T.prim_func
-        def pmadd(a: T.Buffer((chains * 8,), "int32"), n: T.int32):
-            T.func_attr({"global_symbol": "pmadd", "tirx.noalias": True})
-            acc = T.alloc_buffer((chains * 8,), "int32", scope="local")
-            for j in T.vectorized(chains * 8):
+        def dot(a: T.Buffer((width,), "int32"), n: T.int32):
+            T.func_attr({"global_symbol": "dot", "tirx.noalias": True})
+            acc = T.alloc_buffer((width,), "int32", scope="local")
+            for j in T.vectorized(width):
                 acc[j] = a[j]
             for i in range(n):
                 for c in T.unroll(chains):
-                    acc[T.ramp(c * 8, 1, 8)] = acc[T.ramp(c * 8, 1, 8)] + T.call_llvm_pure_intrin(
-                        "int32x8", "llvm.x86.avx2.pmadd.wd",
-                        T.reinterpret("int16x16", acc[T.ramp(c * 8, 1, 8)]), T.broadcast(T.int16(3), 16))
-            for j in T.vectorized(chains * 8):
+                    if vnni:
+                        acc[T.ramp(c * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(c * 16, 1, 16)],
+                            T.reinterpret("int8x64", acc[T.ramp(c * 16, 1, 16)]), T.broadcast(T.int8(3), 64))
+                    else:
+                        acc[T.ramp(c * 8, 1, 8)] = acc[T.ramp(c * 8, 1, 8)] + T.call_llvm_pure_intrin(
+                            "int32x8", "llvm.x86.avx2.pmadd.wd",
+                            T.reinterpret("int16x16", acc[T.ramp(c * 8, 1, 8)]), T.broadcast(T.int16(3), 16))
+            for j in T.vectorized(width):
                 a[j] = acc[j]
 
-        f = tvm.compile(pmadd, target=tvm_target(host_spec())).jit()["pmadd"]
-        buf = tvm.runtime.tensor(np.ones(chains * 8, np.int32))
+        f = tvm.compile(dot, target=tvm_target(host_spec())).jit()["dot"]
+        buf = tvm.runtime.tensor(np.ones(width, np.int32))
         n = 100_000
         for _ in range(200):  # warm-up: let the clock ramp up
             f(buf, n)
         best = min(_timed(f, buf, n) for _ in range(15))
-        return chains * 16 * n / best / 1e9
+        return width * (4 if vnni else 2) * n / best / 1e9
     except Exception:
         return 0.0
 

@@ -13,6 +13,7 @@ from .machine import (
     binary_ceiling_gbmacs,
     float_ceiling_gmacs,
     int16_ceiling_gmacs,
+    vnni_ceiling_gmacs,
 )
 
 
@@ -97,6 +98,8 @@ def profile_layers(runner, x: np.ndarray | None = None, *, repeats: int = 5) -> 
 #: kernel kind -> (its ceiling, what the table's header line calls it)
 _OWN_CEILINGS = {
     "qconv2d": (int16_ceiling_gmacs, "quantized convs (qconv2d, --conv-precision) against the int16 ceiling"),
+    "qconv2d_vnni": (vnni_ceiling_gmacs,
+                     "VNNI int8 convs (qconv2d_vnni, --conv-precision int8) against the vpdpbusd ceiling"),
     "qconv2d_amx": (amx_ceiling_gmacs,
                     "AMX int8 convs (qconv2d_amx, --conv-precision int8) against the AMX ceiling"),
 }

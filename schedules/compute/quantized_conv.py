@@ -1,12 +1,14 @@
 """Quantized float conv (``compile --conv-precision int16|int8``): activations quantized per
-sample into padded int16 channel pairs, then an int32 conv on pair-blocked int16 weights, then
-the float output.  The numbers are :mod:`bnncompile.schedules.quantize`'s."""
+sample into padded channel groups (int16 pairs, or on VNNI CPUs offset uint8 quads), then an
+int32 conv on group-blocked weights, then the float output.  The numbers are
+:mod:`bnncompile.schedules.quantize`'s."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from tvm import te, tirx
 
+from ..quantize import VNNI_OFFSET
 from .common import conv_out_size, ints, normalize_2d, normalize_padding
 
 
@@ -56,29 +58,35 @@ def quantize_hwc(data: te.Tensor, *, qa: int, padding: Sequence[int], rows: int)
     return te.compute((N, rows, W + pl + pr, C), value, name="qhwc"), amax
 
 
-def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int]) -> tuple[te.Tensor, te.Tensor]:
-    """Per-sample symmetric quantization of an NCHW float map into padded channel pairs.
+def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int], group: int = 2) -> tuple[te.Tensor, te.Tensor]:
+    """Per-sample symmetric quantization of an NCHW float map into padded channel groups.
 
     Returns
     -------
-    ``(q int16 [N, ceil(C/2), H+pt+pb, W+pl+pr, 2], amax float32 [N])``: ``q[n, c2, h, w, j]``
-    is channel ``2*c2 + j`` at ``(h - pt, w - pl)`` (0 in the padding and past C), as
-    ``clip(nearbyint(x * (qa / amax)), -qa, qa)``.  Blocks: ``qabs_part`` (``F`` lane partial
-    maxima of |x| per channel row), ``qamax``, ``qinv``, ``qpairs``.
+    ``(q [N, ceil(C/G), H+pt+pb, W+pl+pr, G], amax float32 [N])``: ``q[n, cg, h, w, j]`` is
+    channel ``G*cg + j`` at ``(h - pt, w - pl)``, as ``clip(nearbyint(x * (qa / amax)), -qa,
+    qa)`` (0 in the padding and past C).  ``group=2``: int16 pairs; ``group=4``: uint8 quads
+    holding that plus ``quantize.VNNI_OFFSET`` (int8 levels only).  Blocks: ``qabs_part`` (``F``
+    lane partial maxima of |x| per channel row), ``qamax``, ``qinv``, ``qpairs``.
     """
     N, C, H, W = ints(data.shape)
     pt, pl, pb, pr = normalize_padding(padding)
+    if group not in (2, 4) or (group == 4 and qa > 127):
+        raise ValueError(f"quantize_pairs: groups of 2 (int16) or 4 (int8 levels, |x| <= 127), "
+                         f"not {group} at {qa}")
     amax, inv = _sample_scale(data, qa)
+    offset, dtype = (0, "int16") if group == 2 else (VNNI_OFFSET, "uint8")
     lo, hi = tirx.const(-float(qa), "float32"), tirx.const(float(qa), "float32")
 
-    def pairs(n, c2, h, w, j):
-        c = c2 * 2 + j
+    def groups(n, cg, h, w, j):
+        c = cg * group + j
         v = tirx.nearbyint(data[n, tirx.min(c, C - 1), h - pt, w - pl] * inv[n])
         inside = tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl, c < C)
-        return tirx.if_then_else(inside, tirx.max(tirx.min(v, hi), lo).astype("int16"),
-                                 tirx.const(0, "int16"))
+        v = tirx.max(tirx.min(v, hi), lo)
+        v = v.astype(dtype) if offset == 0 else (v.astype("int32") + offset).astype(dtype)
+        return tirx.if_then_else(inside, v, tirx.const(offset, dtype))
 
-    q = te.compute((N, (C + 1) // 2, H + pt + pb, W + pl + pr, 2), pairs, name="qpairs")
+    q = te.compute((N, -(-C // group), H + pt + pb, W + pl + pr, group), groups, name="qpairs")
     return q, amax
 
 
@@ -95,42 +103,54 @@ def qconv2d_blocked(
     out_layout: str = "NCHW",
     accumulate_only: bool = False,
     relu: bool = False,
+    compensation: te.Tensor | None = None,
 ) -> te.Tensor:
     """int32 conv of :func:`quantize_pairs` output (padding already applied) with pair-blocked
     int16 weights, then ``float(acc) * (amax[n] * dequant[k]) + bias[k]``.
 
     Parameters
     ----------
-    q : int16 ``[N, C2, HP, WP, 2]``.
-    weight : int16 ``[KB, C2, KH, KW, OB, 2]`` (``quantize.pair_blocked``).
+    q : int16 ``[N, C2, HP, WP, 2]`` pairs, or uint8 ``[N, C4, HP, WP, 4]`` offset quads.
+    weight : int16 ``[KB, C2, KH, KW, OB, 2]`` or int8 ``[KB, C4, KH, KW, OB, 4]``
+        (``quantize.group_blocked``).
     dequant : float32 ``[K]`` (``QuantizedConvWeight.dequant``); amax : float32 ``[N]``.
     out_layout : "NCHW" or "NCHWc" (``[N, KB, OH, OW, OB]``, for a max pool reading blocks).
     accumulate_only : return the int32 sums as ``[N, K, OH, OW]`` (the exactness tests).
     relu : ``max(y, 0)`` on the float output (a Relu only this conv feeds, fused).
+    compensation : int32 ``[K]`` (``quantize.offset_compensation``), subtracted from each sum of
+        offset quads; required with them.
 
     The reduction block ``qconv`` (``[N, KB, OH, OW, OB]`` int32) ends in ``(ob, j)``: an x86
-    schedule tensorizes those two loops into one ``vpmaddwd``.
+    schedule tensorizes those two loops into one ``vpmaddwd`` (pairs) or ``vpdpbusd`` (quads).
+    The sums of quads may wrap in int32 before the compensation; the difference is exact
+    whenever the true sum fits (two's complement is arithmetic modulo 2**32).
     """
-    N, C2, HP, WP, two = ints(q.shape)
-    KB, C2w, KH, KW, OB, two_w = ints(weight.shape)
-    if (C2w, two, two_w) != (C2, 2, 2):
-        raise ValueError(f"qconv2d: weight {ints(weight.shape)} does not match pairs {ints(q.shape)}")
+    N, C2, HP, WP, G = ints(q.shape)
+    KB, C2w, KH, KW, OB, G_w = ints(weight.shape)
+    if (C2w, G_w) != (C2, G) or G not in (2, 4):
+        raise ValueError(f"qconv2d: weight {ints(weight.shape)} does not match groups {ints(q.shape)}")
+    if (G == 4) != (compensation is not None):
+        raise ValueError("qconv2d: offset quads (groups of 4) need the offset's compensation, pairs none")
     (sh, sw), (dh, dw) = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
     OH, OW = conv_out_size(HP, KH, sh, 0, 0, dh), conv_out_size(WP, KW, sw, 0, 0, dw)
     rc, rh = te.reduce_axis((0, C2), "rc"), te.reduce_axis((0, KH), "rh")
-    rw, rj = te.reduce_axis((0, KW), "rw"), te.reduce_axis((0, 2), "rj")
+    rw, rj = te.reduce_axis((0, KW), "rw"), te.reduce_axis((0, G), "rj")
     acc = te.compute(
         (N, KB, OH, OW, OB),
         lambda n, kb, oh, ow, ob: te.sum(
             q[n, rc, oh * sh + rh * dh, ow * sw + rw * dw, rj].astype("int32")
             * weight[kb, rc, rh, rw, ob, rj].astype("int32"), axis=[rc, rh, rw, rj]),
         name="qconv", attrs={"schedule_rule": "bnn_qconv2d"})
+
+    def exact(n, k, oh, ow, kb, ob):
+        return acc[n, kb, oh, ow, ob] - compensation[k] if compensation is not None else acc[n, kb, oh, ow, ob]
+
     if accumulate_only:
-        return te.compute((N, out_channels, OH, OW), lambda n, k, oh, ow: acc[n, k // OB, oh, ow, k % OB],
-                          name="qconv_out")
+        return te.compute((N, out_channels, OH, OW), lambda n, k, oh, ow: exact(
+            n, k, oh, ow, k // OB, k % OB), name="qconv_out")
 
     def value(n, k, oh, ow, kb, ob):
-        v = acc[n, kb, oh, ow, ob].astype("float32") * (amax[n] * dequant[k])
+        v = exact(n, k, oh, ow, kb, ob).astype("float32") * (amax[n] * dequant[k])
         v = v + bias[k] if bias is not None else v
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
 

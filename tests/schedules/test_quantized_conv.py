@@ -1,7 +1,8 @@
 """The quantized float conv (``compile --conv-precision``): activation quantization bit-exact
-(int16 pairs and amax) against ``reference.quantize_pairs_ref``, int32 sums bit-exact against
-``reference.qconv2d_ref`` (int64), the float output against the same formula in numpy; every
-CPU schedule that runs here ("x86" tensorizes ``vpmaddwd``, "cpu" / "arm_cpu" vectorise int32).
+(int16 pairs or offset uint8 quads, and amax) against ``reference.quantize_pairs_ref``, int32
+sums bit-exact against ``reference.qconv2d_ref`` (int64), the float output against the same
+formula in numpy; every CPU schedule that runs here ("x86" tensorizes ``vpmaddwd`` on pairs and
+``vpdpbusd`` on quads, the latter on AVX-512 VNNI hosts; "cpu" / "arm_cpu" vectorise int32).
 Adversarial kinds of the ``inputs`` fixture give ±1 maps: exact ties of ``x * qa / amax`` at .5
 never arise there, the random kinds hit the rounding and clipping paths."""
 import numpy as np
@@ -12,6 +13,22 @@ from bnncompile.schedules import reference as ref
 from bnncompile import schedules as S
 
 SCHEDS = ["cpu", "x86", "arm_cpu"]
+GROUPS = [2, 4]  # int16 pairs (vpmaddwd), offset uint8 quads (vpdpbusd)
+
+
+VNNI = {"kind": "llvm", "mcpu": "icelake-server"}  # AVX-512 VNNI code: Ice Lake+, Zen 4+
+
+
+def _target(group, sched, host):
+    """The x86 schedule runs quads on ``vpdpbusd`` (AVX-512 VNNI code, run where the CPU has
+    it); every other case runs the host's AVX2 code."""
+    from bnncompile import targets
+
+    if group != 4 or sched != "x86":
+        return host
+    if "avx512_vnni" not in targets.cpu_flags():
+        pytest.skip("the x86 quads kernel needs AVX-512 VNNI; this CPU has none (cpu/arm_cpu ran)")
+    return VNNI
 
 # (data NCHW, K, kernel, stride, padding, dilation)
 CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3), 1),    # ResNet stem: C odd, padded pair
@@ -26,44 +43,76 @@ def _tag(c):
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("qa", [127, 3000])
+@pytest.mark.parametrize("group,qa", [(2, 127), (2, 3000), (4, 127)])
 @pytest.mark.parametrize("shape,pad", [((2, 5, 9, 16), (1, 2, 0, 3)), ((1, 64, 7, 7), (0, 0, 0, 0))],
                          ids=["odd_c-batch2", "1x1"])
-def test_quantize_pairs_exact(shape, pad, qa, sched, inputs, host, run_primfunc_outs):
+def test_quantize_pairs_exact(shape, pad, group, qa, sched, inputs, host, run_primfunc_outs):
     x = inputs.floats(shape, scale=3.0)
     if inputs.random:
         x[0, 0, 0, :3] = [0.0, -x[0].max(), np.abs(x[0]).max()]  # zero and the range's ends
-    expect_q, expect_amax = ref.quantize_pairs_ref(x, qa, pad)
-    pf = S.make_quantize_pairs(shape, qa=qa, padding=pad, target=host, schedule=sched)
-    q, amax = run_primfunc_outs(pf, [x], [(expect_q.shape, "int16"), (expect_amax.shape, "float32")])
+    expect_q, expect_amax = ref.quantize_pairs_ref(x, qa, pad, group=group)
+    pf = S.make_quantize_pairs(shape, qa=qa, padding=pad, group=group, target=host, schedule=sched)
+    q, amax = run_primfunc_outs(pf, [x], [(expect_q.shape, str(expect_q.dtype)), (expect_amax.shape, "float32")])
     np.testing.assert_array_equal(amax, expect_amax, err_msg=str(inputs))
     np.testing.assert_array_equal(q, expect_q, err_msg=str(inputs))
 
 
 def test_quantize_pairs_all_zero_sample(host, run_primfunc_outs):
-    """amax 0 (a dead feature map): all zeros, no NaN from 0 * (qa / 0)."""
+    """amax 0 (a dead feature map): all zeros, no NaN from 0 * (qa / 0); quads hold the offset
+    (128) for zero, in the padding channel too."""
     x = np.zeros((2, 3, 4, 4), np.float32)
     x[1] = 1.5
     pf = S.make_quantize_pairs(x.shape, qa=127, target=host)
     q, amax = run_primfunc_outs(pf, [x], [((2, 2, 4, 4, 2), "int16"), ((2,), "float32")])
     assert amax.tolist() == [0.0, 1.5]
     assert not q[0].any() and (q[1, :, :, :, 0] == 127).all() and (q[1, 1, :, :, 1] == 0).all()
+    pf = S.make_quantize_pairs(x.shape, qa=127, group=4, target=host)
+    q, amax = run_primfunc_outs(pf, [x], [((2, 1, 4, 4, 4), "uint8"), ((2,), "float32")])
+    assert amax.tolist() == [0.0, 1.5]
+    assert (q[0] == 128).all() and (q[1, ..., :3] == 255).all() and (q[1, ..., 3] == 128).all()
+
+
+def _args(group, ints, block, n):
+    """The conv's weight, dequant, amax (1: the sums) and, for quads, compensation operands."""
+    qw_blocked = Q.group_blocked(ints, block, group)
+    comp = [Q.offset_compensation(ints)] if group == 4 else []
+    return [qw_blocked, np.ones(ints.shape[0], np.float32), np.ones(n, np.float32), *comp]
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("precision", ["int16", "int8"])
+@pytest.mark.parametrize("precision,group", [("int16", 2), ("int8", 2), ("int8", 4)])
 @pytest.mark.parametrize("shape,k,kernel,s,p,d", CASES, ids=[_tag(c) for c in CASES])
-def test_qconv2d_sums_exact(shape, k, kernel, s, p, d, precision, sched, inputs, host, run_primfunc):
-    """int32 sums at the precision's largest levels (|x| = qa, |w| = qw reached)."""
+def test_qconv2d_sums_exact(shape, k, kernel, s, p, d, precision, group, sched, inputs, host, run_primfunc):
+    """int32 sums at the precision's largest levels (|x| = qa, |w| = qw reached), from pairs or
+    offset quads (their compensation subtracted), against the conv of the unoffset integers."""
+    tgt = _target(group, sched, host)
     x = inputs.floats(shape)
     qw = Q.quantize_conv_weight(inputs.normal((k, shape[1], *kernel)), precision)
     pairs, _ = ref.quantize_pairs_ref(x, qw.qa, p)
     expect = ref.qconv2d_ref(pairs, qw.ints, stride=s, dilation=d)
-    pf = S.make_qconv2d(pairs.shape, qw.ints.shape, stride=s, dilation=d, accumulate_only=True,
-                        target=host, schedule=sched)
-    blocked = Q.pair_blocked(qw.ints, S.fconv2d_block(host))
-    got = run_primfunc(pf, [pairs, blocked, qw.dequant, np.ones(shape[0], np.float32)], expect.shape, "int32")
+    data, _ = ref.quantize_pairs_ref(x, qw.qa, p, group=group)
+    pf = S.make_qconv2d(data.shape, qw.ints.shape, stride=s, dilation=d, accumulate_only=True,
+                        target=tgt, schedule=sched)
+    got = run_primfunc(pf, [data, *_args(group, qw.ints, S.fconv2d_block(tgt), shape[0])], expect.shape,
+                       "int32", target=tgt)
     np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
+
+
+@pytest.mark.parametrize("sched", ["cpu", "x86"])
+def test_qconv2d_quads_exact_where_the_offset_sum_wraps(sched, host, run_primfunc):
+    """Every product at +127 * +127 over a reduction of 68,600: the true sum (1.1e9) fits int32,
+    the offset quads' (255 * 127 per product, 2.2e9) does not and wraps; subtracting the
+    compensation (wrapping too) still gives the exact sum, modulo 2**32."""
+    tgt = _target(4, sched, host)
+    shape, kernel = (1, 1400, 7, 7), (7, 7)
+    qw = Q.quantize_conv_weight(np.ones((16, 1400, *kernel), np.float32), "int8")
+    pairs, _ = ref.quantize_pairs_ref(np.ones(shape, np.float32), qw.qa)
+    expect = ref.qconv2d_ref(pairs, qw.ints)
+    assert expect.max() < 2**31 <= (127 + Q.VNNI_OFFSET) * 127 * Q.reduction_length(qw.ints.shape)
+    quads, _ = ref.quantize_pairs_ref(np.ones(shape, np.float32), qw.qa, group=4)
+    pf = S.make_qconv2d(quads.shape, qw.ints.shape, accumulate_only=True, target=tgt, schedule=sched)
+    got = run_primfunc(pf, [quads, *_args(4, qw.ints, S.fconv2d_block(tgt), 1)], expect.shape, "int32", target=tgt)
+    np.testing.assert_array_equal(got, expect)
 
 
 def test_qconv2d_worst_case_sum_fits_int32(host, run_primfunc):
@@ -81,12 +130,14 @@ def test_qconv2d_worst_case_sum_fits_int32(host, run_primfunc):
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
 @pytest.mark.parametrize("with_bias,relu", [(False, False), (True, False), (True, True)])
-def test_qconv2d_float_output(with_bias, relu, layout, sched, inputs, host, run_primfunc):
+def test_qconv2d_float_output(with_bias, relu, layout, group, sched, inputs, host, run_primfunc):
     """``float(acc) * (amax * dequant) + bias`` as numpy computes it from the exact sums (one ulp:
     LLVM may contract the multiply-add), and within the quantization error of the float conv."""
-    ob = S.fconv2d_block(host)
+    tgt = _target(group, sched, host)
+    ob = S.fconv2d_block(tgt)
     shape, k, p = (2, 16, 15, 14), 2 * ob, (3, 3, 3, 3)
     x, w = inputs.floats(shape), inputs.normal((k, shape[1], 7, 7))
     bias = inputs.normal(k) if with_bias else None
@@ -98,11 +149,14 @@ def test_qconv2d_float_output(with_bias, relu, layout, sched, inputs, host, run_
         expect = expect + bias[None, :, None, None]
     if relu:
         expect = np.maximum(expect, 0)
-    pf = S.make_qconv2d(pairs.shape, w.shape, stride=2, with_bias=with_bias, out_layout=layout,
-                        relu=relu, target=host, schedule=sched)
-    args = [pairs, Q.pair_blocked(qw.ints, ob), qw.dequant, amax] + ([bias] if with_bias else [])
+    data, _ = ref.quantize_pairs_ref(x, qw.qa, p, group=group)
+    pf = S.make_qconv2d(data.shape, w.shape, stride=2, with_bias=with_bias, out_layout=layout,
+                        relu=relu, target=tgt, schedule=sched)
+    comp = [Q.offset_compensation(qw.ints)] if group == 4 else []
+    args = [data, Q.group_blocked(qw.ints, ob, group), qw.dequant, amax, *comp] + ([bias] if with_bias else [])
     n, _, oh, ow = expect.shape
-    got = run_primfunc(pf, args, (n, k // ob, oh, ow, ob) if layout == "NCHWc" else expect.shape, "float32")
+    got = run_primfunc(pf, args, (n, k // ob, oh, ow, ob) if layout == "NCHWc" else expect.shape, "float32",
+                       target=tgt)
     if layout == "NCHWc":
         got = got.transpose(0, 1, 4, 2, 3).reshape(expect.shape)
     np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6 * np.abs(expect).max(), err_msg=str(inputs))
@@ -132,6 +186,32 @@ def test_quantize_conv_weight_levels():
 def test_qconv2d_refuses_cuda():
     with pytest.raises(ValueError, match="CPU kernel"):
         S.make_qconv2d((1, 2, 8, 8, 2), (8, 4, 3, 3), target={"kind": "cuda", "arch": "sm_80"})
+
+
+def test_qconv2d_refuses_quads_without_vnni():
+    """The x86 schedule tensorizes quads with ``vpdpbusd``: an AVX2 target is told to use pairs
+    (the converter picks pairs there; a SIGILL at run time is what this prevents)."""
+    haswell = {"kind": "llvm", "mcpu": "haswell", "mtriple": "x86_64-linux-gnu"}
+    with pytest.raises(ValueError, match="no AVX-512 VNNI"):
+        S.make_qconv2d((1, 1, 8, 8, 4), (8, 4, 3, 3), target=haswell)
+    with pytest.raises(ValueError, match="groups of 3"):
+        S.make_qconv2d((1, 1, 8, 8, 3), (8, 3, 3, 3), target=haswell)
+    S.make_qconv2d((1, 1, 8, 8, 4), (8, 4, 3, 3), target=haswell, schedule="cpu")  # plain int32
+
+
+@pytest.mark.parametrize("mcpu", ["znver4", "icelake-server", "sapphirerapids"])
+def test_qconv2d_quads_compile_to_vpdpbusd(mcpu):
+    """Compile-only (any machine): quads on a VNNI CPU are one zmm ``vpdpbusd`` per 64 MACs,
+    no ``vpmaddwd`` left; what runs bit-exact above wherever this CPU has VNNI."""
+    import re
+
+    import tvm
+
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+    pf = S.make_qconv2d((1, 8, 30, 30, 4), (64, 32, 3, 3), target=tgt)
+    asm = tvm.compile(pf, target=tgt).mod.inspect_source("asm")
+    dots = re.findall(r"\bvpdpbusd\s+[^\n]*zmm", asm)
+    assert dots and not re.search(r"\bvpmaddwd\b", asm), len(dots)
 
 
 @pytest.mark.input_kinds("random-seed0", "alternating")

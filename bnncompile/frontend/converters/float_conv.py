@@ -1,7 +1,8 @@
 """Float convolutions with constant weights (stems, float shortcuts) → bnncompile's blocked float
 conv kernel on CPUs, or with ``compile --conv-precision int16|int8`` its quantized twin (the
 activations quantized per sample into int16 pairs, then an int32 conv; ``schedules.quantize``;
-int8 on a CPU with AMX-INT8 runs the same numbers on AMX tiles, ``schedules.x86_amx``).
+int8 runs the same numbers as uint8 quads on ``vpdpbusd`` on a CPU with AVX-512 VNNI, and on AMX
+tiles on a CPU with AMX-INT8, ``schedules.x86_amx``).
 A Relu that alone reads a conv's output is applied in the conv's epilogue (:class:`FusedRelu`),
 and a conv whose output (after such a Relu) only a claimed MaxPool reads (a ResNet stem, CCT's
 tokenizer) writes its output channel-blocked (NCHWc) for that pool, which transposes its 4x
@@ -86,7 +87,9 @@ class FloatConv:
 
 
 def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, relu):
-    """quantize_pairs (x -> padded int16 pairs + per-sample amax), then the int32 conv."""
+    """quantize_pairs (x -> padded channel groups + per-sample amax), then the int32 conv: int16
+    pairs (``vpmaddwd``), or at int8 on a VNNI CPU offset uint8 quads (``vpdpbusd``, 2x the MACs
+    per instruction), or on an AMX CPU the AMX kernel.  The same numbers every way."""
     from ...schedules import quantize
     from ...schedules.registry import fconv2d_block
 
@@ -94,15 +97,26 @@ def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, 
     imp.plan.quantized_convs[node.name] = {"qa": qw.qa, "qw": qw.qw}
     if _amx_fits(imp, layout):
         return _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs, relu)
-    pairs = [xs[0], (xs[1] + 1) // 2, xs[2] + pads[0] + pads[2], xs[3] + pads[1] + pads[3], 2]
-    pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads)
-    q, amax = imp.call_kernel(pq, [x], pairs, "int16", layer=node.name, kind="quantize",
-                              extra_outputs=[((xs[0],), "float32")])
-    pf = imp.kernel("qconv2d", pairs, w.shape, stride=stride, dilation=dil, with_bias=bool(tail),
+    ob = fconv2d_block(imp.target)
+    group = 4 if _quads_fit(imp, qw, ob) else 2
+    groups = [xs[0], -(-xs[1] // group), xs[2] + pads[0] + pads[2], xs[3] + pads[1] + pads[3], group]
+    pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads, group=group)
+    q, amax = imp.call_kernel(pq, [x], groups, "int16" if group == 2 else "uint8", layer=node.name,
+                              kind="quantize", extra_outputs=[((xs[0],), "float32")])
+    pf = imp.kernel("qconv2d", groups, w.shape, stride=stride, dilation=dil, with_bias=bool(tail),
                     out_layout=layout, relu=relu)
-    args = [q, imp.const(quantize.pair_blocked(qw.ints, fconv2d_block(imp.target))),
-            imp.const(qw.dequant), amax, *tail]
-    return imp.call_kernel(pf, args, out, "float32", layer=node.name, kind="qconv2d", float_macs=macs)
+    comp = [imp.const(quantize.offset_compensation(qw.ints))] if group == 4 else []
+    args = [q, imp.const(quantize.group_blocked(qw.ints, ob, group)), imp.const(qw.dequant), amax,
+            *comp, *tail]
+    return imp.call_kernel(pf, args, out, "float32", layer=node.name,
+                           kind="qconv2d" if group == 2 else "qconv2d_vnni", float_macs=macs)
+
+
+def _quads_fit(imp, qw, ob) -> bool:
+    """int8 levels on a CPU with AVX-512 VNNI (16-channel blocks: one zmm ``vpdpbusd``)."""
+    from ...schedules.registry import vnni_available
+
+    return qw.qa <= 127 and qw.qw <= 127 and ob == 16 and vnni_available(imp.target)
 
 
 def _amx_fits(imp, layout) -> bool:

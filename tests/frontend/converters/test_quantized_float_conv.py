@@ -108,6 +108,25 @@ def test_int8_runs_on_amx_where_the_target_has_it(rng):
     assert not any("amx" in k for k in plan.kernels)
 
 
+@pytest.mark.parametrize("mcpu,quads", [("znver4", True), ("icelake-server", True), ("znver3", False)])
+def test_int8_runs_on_vnni_where_the_target_has_it(mcpu, quads, rng):
+    """Compile only (any machine): an int8 build for an AVX-512 VNNI CPU quantizes into offset
+    uint8 quads for ``vpdpbusd`` (its ``compensation`` among the kernel's params), an AVX2 CPU
+    into int16 pairs; int16 keeps pairs everywhere.  Run on a VNNI host: the numbers of
+    test_quantized_conv_matches_its_reference above and tests/schedules/test_quantized_conv.py."""
+    from bnncompile import targets
+    from bnncompile.compiler import build_relax
+
+    spec = targets.resolve(f'{{"kind": "llvm", "mcpu": "{mcpu}", "mtriple": "x86_64-linux-gnu"}}')
+    _, plan = build_relax(_pooled_stem(rng), spec=spec, batch=2, conv_precision="int8")
+    kinds = {info["kind"] for info in plan.kernels.values()}
+    assert ("qconv2d_vnni" in kinds) == quads and ("qconv2d" in kinds) != quads, kinds
+    assert any(k.startswith("bnn_quantize_quads_") for k in plan.kernels) == quads, list(plan.kernels)
+    _, plan = build_relax(_pooled_stem(rng), spec=spec, batch=2, conv_precision="int16")
+    assert {info["kind"] for info in plan.kernels.values()} >= {"qconv2d"}
+    assert not any(info["kind"] == "qconv2d_vnni" for info in plan.kernels.values())
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("precision", ["fp32", "int16", "int8"])
 def test_pooled_stem_matches_its_reference(precision, relu, rng):
@@ -143,7 +162,8 @@ def test_quantized_conv_builds_for_other_cpus(target, rng):
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_library_requires_amx_only_with_amx_kernels(precision, rng, tmp_path):
     """A host build names AMX among the CPU flags it needs only when it holds an AMX kernel: an
-    fp32 build from an AMX machine still loads on an AVX-512 CPU without AMX."""
+    fp32 build from an AMX machine still loads on an AVX-512 CPU without AMX.  A build with a
+    ``vpdpbusd`` kernel names AVX-512 VNNI."""
     import json
 
     import onnx
@@ -158,7 +178,9 @@ def test_library_requires_amx_only_with_amx_kernels(precision, rng, tmp_path):
     requires = set(side["requires"])
     assert bool(amx_kernels) == ("amx_int8" in requires) == (precision == "int8" and "amx_int8" in
                                                              targets.host_spec().requires)
-    assert requires <= set(targets.host_spec().requires)
+    vnni_kernels = [k for k, info in side["kernels"].items() if info["kind"] == "qconv2d_vnni"]
+    assert bool(vnni_kernels) == ("avx512_vnni" in requires)
+    assert requires <= set(targets.host_spec().requires) | {"avx512_vnni"}
 
 
 def test_compile_names_the_float_convs_that_stay_fp32(rng, tmp_path):
