@@ -212,10 +212,11 @@ def make_bconv2d(data_shape_nchw: Sequence[int], weight_pm1_shape: Sequence[int]
             raise ValueError(f"unknown post-op {kind!r}; expected one of {compute.POST_OPS}")
         shape = res_shape if kind == "residual" else (K,)
         post_ops.append((kind, None if kind == "relu" else te.placeholder(shape, "float32", name=f"{kind}{i}")))
+    hints = x86.bconv2d_hints(as_target(target)) if (schedule or target_key(target)) == "x86" else {}
     out = compute.bconv2d(data, weight, in_channels=C, kernel=(KH, KW), stride=st, padding=pd,
                           dilation=dl, pad_value=pad_value, scale=scale, bias=bias,
                           out_layout=out_layout, acc_dtype=_acc(target, schedule), border_table=tpc,
-                          post=post_ops, out_channels=K)
+                          post=post_ops, out_channels=K, hints=hints)
     args = ([data, weight] + [a for a in (tpc, scale, bias) if a is not None]
             + [p for _, p in post_ops if p is not None])
     if pack_output:

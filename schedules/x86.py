@@ -32,6 +32,18 @@ WI_MAX_X86 = 14
 # channels; measured on an AVX-512 Xeon, 1 thread: 16x4 0.28 ms vs 8x8 0.37 ms (64->64 @56, 3x3).
 PIX_VEC_X86 = 16
 PIX_KI_X86 = 4
+#: (pixels, output channels) of that tile where a CPU measured another one faster, by LLVM CPU
+#: name.  Zen 4, 1 thread, 3x3 64->64 @56 (bench_kernels.py, 3 interleaved runs each): 16x4
+#: 0.140-0.164 ms, 8x8 0.120-0.133 ms (77 % of the popcount ceiling), 2x16 0.122-0.139; 1x1
+#: 64@56 and 32@112 within noise.
+PIX_TILES = {"znver4": (8, 8)}
+
+
+def bconv2d_hints(target) -> dict[str, int]:
+    """The ``bconv`` block's schedule hints for this target (``compute.bconv2d(hints=)``): the
+    pixel-vectorised tile where :data:`PIX_TILES` names the CPU, else none (the defaults)."""
+    tile = PIX_TILES.get(str(target.attrs.get("mcpu", "")))
+    return {"bnn_pix_vec": tile[0], "bnn_pix_ki": tile[1]} if tile else {}
 #: below this many row bands, a binary matmul's tiles are parallel tasks too
 MIN_ROW_TASKS = 8
 # A pixel's input words (rc) are unrolled below this count.  At 8+ words (C >= 512) the
@@ -69,7 +81,7 @@ def _pixel_vector_ok(sch: s_tir.Schedule, conv, nchw: bool) -> int:
     if int(ann.get("bnn_cw", 0)) != 1 or int(ann.get("bnn_sw", 0)) != 1:
         return 0  # several words per pixel / strided w: the ow vector loads would be strided
     ow_ext = extent(sch, sch.get_loops(conv)[2])
-    f = pick_factor(ow_ext, (PIX_VEC_X86, 8))
+    f = pick_factor(ow_ext, (int(ann.get("bnn_pix_vec", PIX_VEC_X86)), 8))
     return f if f >= 8 else 0
 
 
@@ -111,7 +123,7 @@ def schedule_bconv2d(sch: s_tir.Schedule, ki: int = KI_X86, wi_max: int = WI_MAX
     nchw = _is_nchw(sch, out)
     pv = _pixel_vector_ok(sch, conv, nchw)
     if pv:
-        _schedule_bconv2d_pixvec(sch, conv, out, pv, PIX_KI_X86)
+        _schedule_bconv2d_pixvec(sch, conv, out, pv, int(sch.get(conv).annotations.get("bnn_pix_ki", PIX_KI_X86)))
         return
     n, oh, ow, k, rh, rw, rc = sch.get_loops(conv)
     kf = pick_factor(extent(sch, k), (ki, 4, 2))

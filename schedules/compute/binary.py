@@ -106,6 +106,7 @@ def bconv2d(
     border_table: te.Tensor | None = None,
     post: Sequence[tuple[str, te.Tensor | None]] = (),
     out_channels: int | None = None,
+    hints: dict[str, int] | None = None,
 ) -> te.Tensor:
     """Bipolar XNOR-popcount 2-D convolution (groups = 1).
 
@@ -146,6 +147,8 @@ def bconv2d(
         pass over the activation.  A "residual" tensor has the output's layout and shape, except
         that its channel count may be any divisor R of K: channel k then adds its channel k % R.
     out_channels : K when ``weight`` is channel-blocked and K does not fill its last block.
+    hints : schedule hints for this target, stored on the ``bconv`` block beside ``bnn_cw`` /
+        ``bnn_sw`` (x86: ``bnn_pix_vec`` / ``bnn_pix_ki``, the pixel-vectorised tile).
 
     Returns
     -------
@@ -215,7 +218,7 @@ def bconv2d(
 
     # bnn_cw / bnn_sw: words per pixel and the w stride, for schedules that vectorise along ow.
     acc = te.compute((N, OH, OW, K), conv_body, name="bconv",
-                     attrs={"schedule_rule": "bnn_bconv2d", "bnn_cw": CW, "bnn_sw": sw})
+                     attrs={"schedule_rule": "bnn_bconv2d", "bnn_cw": CW, "bnn_sw": sw, **(hints or {})})
 
     # Zero padding: padded words are 0, so an out-of-image tap added popcount(w[r, s, :, k]) to
     # acc although a zero-padded pixel contributes nothing.  The correction, folded with

@@ -337,6 +337,42 @@ def test_bconv2d_x86_isas(case, mcpu, inputs, run_primfunc):
     _close(got, expect, inputs)
 
 
+# pixel-vectorised (C <= 64, unit w stride, NCHW): 16-pixel and 8-pixel rows, K 8 or 12
+PIX_CASES = [(1, 64, 9, 32, 8, (3, 3), 1, (1, 1, 1, 1), 1), (2, 40, 5, 24, 12, (3, 3), 1, (1, 1, 1, 1), 1),
+             (1, 32, 6, 16, 8, (1, 1), 1, (0, 0, 0, 0), 1)]
+
+
+@pytest.mark.parametrize("tile", [(8, 8), (8, 2), (16, 4)], ids=lambda t: f"{t[0]}px-{t[1]}k")
+@pytest.mark.parametrize("case", PIX_CASES, ids=[_conv_id(c) for c in PIX_CASES])
+def test_bconv2d_pixel_tiles(case, tile, inputs, host, run_primfunc, monkeypatch):
+    """The pixel-vectorised tile a CPU family takes (``x86.PIX_TILES``, e.g. 8 px x 8 channels
+    on Zen 4) is bit-exact with the fused ReActNet tail: the table is pointed at this host's
+    CPU name so the variant runs here."""
+    from bnncompile.schedules import x86
+
+    monkeypatch.setitem(x86.PIX_TILES, host["mcpu"], tile)
+    K, (s, p, d) = case[4], case[6:]
+    x, w = _conv_operands(case, inputs)
+    scale, bias, shift = inputs.normal(K), inputs.normal(K), inputs.normal(K)
+    expect = ref.bconv2d_ref(x, w, stride=s, padding=p, dilation=d, scale=scale, bias=bias,
+                             post=[("shift", shift)])
+    pf = S.make_bconv2d(x.shape, w.shape, stride=s, padding=p, dilation=d, with_scale=True,
+                        with_bias=True, post=("shift",), target=host)
+    assert f"\"bnn_pix_vec\": {tile[0]}" in pf.script() and f"\"bnn_pix_ki\": {tile[1]}" in pf.script()
+    got = run_primfunc(pf, [*_conv_args(pf, x, w, s, p, d), scale, bias, shift], expect.shape, "float32")
+    _close(got, expect, inputs)
+
+
+def test_bconv2d_pixel_tile_is_chosen_per_cpu():
+    """Compile-only: Zen 4 builds carry its measured tile, other CPUs none (the defaults)."""
+    import tvm
+
+    for mcpu, hinted in [("znver4", True), ("znver3", False), ("icelake-server", False)]:
+        tgt = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+        pf = S.make_bconv2d((1, 64, 8, 16), (8, 64, 3, 3), padding=1, target=tgt)
+        assert ("bnn_pix_vec" in pf.script()) == hinted, mcpu
+
+
 @pytest.mark.parametrize("sched", SCHEDS)
 def test_bitpack_then_bconv2d_end_to_end(sched, inputs, host, run_primfunc):
     """float x -> TVM bitpack (per-sample per-channel thresholds, ties) -> TVM bconv2d."""
