@@ -22,18 +22,24 @@ PMADDWD_8X2 = "bnn_avx2_pmaddwd_8x2"
 VPDPBUSD_16X4 = "bnn_avx512_vpdpbusd_16x4"
 
 
-@T.prim_func(s_tir=True)
-def _pmaddwd_desc(A: T.Buffer((2,), "int16", offset_factor=1),
-                  B: T.Buffer((8, 2), "int16", offset_factor=1),
-                  C: T.Buffer((8,), "int32", offset_factor=1, scope=TILE_SCOPE)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _dot_desc(lanes: int, group: int, a_dtype: str, b_dtype: str):
+    """``C[i] += sum_k A[k] * B[i, k]`` in int32 for ``lanes`` outputs and ``group`` products
+    each: the computation both intrinsics replace (``C`` the register tile, TILE_SCOPE)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((group,), a_dtype, offset_factor=1),
+             B: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1, scope=TILE_SCOPE)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:group], B[0:lanes, 0:group])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -50,21 +56,7 @@ def _pmaddwd_impl(A: T.Buffer((2,), "int16", offset_factor=1),
             B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
 
 
-TensorIntrin.register(PMADDWD_8X2, _pmaddwd_desc, _pmaddwd_impl, override=True)
-
-
-@T.prim_func(s_tir=True)
-def _vpdpbusd_desc(A: T.Buffer((4,), "uint8", offset_factor=1),
-                   B: T.Buffer((16, 4), "int8", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1, scope=TILE_SCOPE)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+TensorIntrin.register(PMADDWD_8X2, _dot_desc(8, 2, "int16", "int16"), _pmaddwd_impl, override=True)
 
 
 @T.prim_func(s_tir=True)
@@ -82,4 +74,4 @@ def _vpdpbusd_impl(A: T.Buffer((4,), "uint8", offset_factor=1),
             B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
 
-TensorIntrin.register(VPDPBUSD_16X4, _vpdpbusd_desc, _vpdpbusd_impl, override=True)
+TensorIntrin.register(VPDPBUSD_16X4, _dot_desc(16, 4, "uint8", "int8"), _vpdpbusd_impl, override=True)
