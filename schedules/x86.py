@@ -37,13 +37,6 @@ PIX_KI_X86 = 4
 #: 0.140-0.164 ms, 8x8 0.120-0.133 ms (77 % of the popcount ceiling), 2x16 0.122-0.139; 1x1
 #: 64@56 and 32@112 within noise.
 PIX_TILES = {"znver4": (8, 8)}
-
-
-def bconv2d_hints(target) -> dict[str, int]:
-    """The ``bconv`` block's schedule hints for this target (``compute.bconv2d(hints=)``): the
-    pixel-vectorised tile where :data:`PIX_TILES` names the CPU, else none (the defaults)."""
-    tile = PIX_TILES.get(str(target.attrs.get("mcpu", "")))
-    return {"bnn_pix_vec": tile[0], "bnn_pix_ki": tile[1]} if tile else {}
 #: below this many row bands, a binary matmul's tiles are parallel tasks too
 MIN_ROW_TASKS = 8
 # A pixel's input words (rc) are unrolled below this count.  At 8+ words (C >= 512) the
@@ -51,6 +44,13 @@ MIN_ROW_TASKS = 8
 # 512@14 2.11 -> 1.64 ms, 1024@7 2.06 -> 1.59 ms, R18 512@7 0.58 -> 0.41 ms rolled); at
 # 4 words unrolling stays faster (256@28 1.56 ms against 1.89 ms rolled).
 UNROLL_WORDS_MAX = 8
+
+
+def bconv2d_hints(target) -> dict[str, int]:
+    """The ``bconv`` block's schedule hints for this target (``compute.bconv2d(hints=)``): the
+    pixel-vectorised tile where :data:`PIX_TILES` names the CPU, else none (the defaults)."""
+    tile = PIX_TILES.get(str(target.attrs.get("mcpu", "")))
+    return {"bnn_pix_vec": tile[0], "bnn_pix_ki": tile[1]} if tile else {}
 
 
 def _copy_out(sch: s_tir.Schedule, wb, at, nchw: bool, wf: int, kf: int) -> None:
