@@ -14,8 +14,6 @@ from bnncompile import schedules as S
 
 SCHEDS = ["cpu", "x86", "arm_cpu"]
 GROUPS = [2, 4]  # int16 pairs (vpmaddwd), offset uint8 quads (vpdpbusd)
-
-
 VNNI = {"kind": "llvm", "mcpu": "icelake-server"}  # AVX-512 VNNI code: Ice Lake+, Zen 4+
 
 
