@@ -23,7 +23,7 @@ from tvm import s_tir, te
 from . import arm, compute, cuda, generic, x86
 from .compute import normalize_2d, normalize_padding
 from .packing import border_row_classes, needs_border_table
-from .target_identity import as_target, identify, vector_bits
+from .target_identity import as_target, has_x86_features, identify, vector_bits
 
 TargetLike = Union[tvm.target.Target, dict, None]
 
@@ -387,11 +387,7 @@ def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, g
 def vnni_available(target: TargetLike) -> bool:
     """Does ``target`` (a TVM llvm target) have AVX-512 VNNI (``vpdpbusd`` on zmm), the quads'
     instruction?"""
-    from tvm.target.codegen import llvm_cpu_has_features
-
-    t = as_target(target)
-    return (t.kind.name == "llvm" and "x86" in str(t.attrs.get("mtriple", "x86_64"))
-            and bool(llvm_cpu_has_features(["avx512vnni"], t)))
+    return has_x86_features(target, ["avx512vnni"])
 
 
 def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, stride=1, dilation=1,

@@ -88,14 +88,19 @@ def vector_bits(target) -> int:
     (SSE, NEON, unknown).  TVM 0.27's ``llvm_get_vector_width`` answers 512 for AVX2-only CPUs
     (haswell, znver3), which made every float kernel tile for registers twice the real width
     (spilling on AVX2: the 7x7 stem ran at 16 instead of 21+ G MAC/s on Zen 3)."""
+    for feature, bits in (("avx512f", 512), ("avx", 256)):
+        if has_x86_features(target, [feature]):
+            return bits
+    return 128
+
+
+def has_x86_features(target, features) -> bool:
+    """Is ``target`` an x86 llvm target whose CPU (as LLVM knows it: ``mcpu`` plus ``mattr``) has
+    every one of ``features`` (LLVM names: ``avx512vnni``, ``amx-int8``, ...)?"""
     t = as_target(target)
-    if t.kind.name != "llvm":
-        return 128
+    if t.kind.name != "llvm" or _schedule_key(t) != "x86":
+        return False
     from tvm.target.codegen import llvm_cpu_has_features
 
-    if _schedule_key(t) == "x86":
-        for feature, bits in (("avx512f", 512), ("avx", 256)):
-            if llvm_cpu_has_features([feature], t):
-                return bits
-    return 128
+    return bool(llvm_cpu_has_features(list(features), t))
 

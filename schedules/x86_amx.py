@@ -43,12 +43,9 @@ FEATURES = ("amx-tile", "amx-int8")
 
 def available(target) -> bool:
     """Does ``target`` (a TVM llvm target) have AMX-INT8?"""
-    from tvm.target.codegen import llvm_cpu_has_features
+    from .target_identity import has_x86_features
 
-    from .target_identity import as_target
-
-    t = as_target(target)
-    return t.kind.name == "llvm" and bool(llvm_cpu_has_features(list(FEATURES), t))
+    return has_x86_features(target, FEATURES)
 
 
 @dataclass(frozen=True)
