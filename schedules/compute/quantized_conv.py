@@ -67,7 +67,8 @@ def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int], group: i
     channel ``G*cg + j`` at ``(h - pt, w - pl)``, as ``clip(nearbyint(x * (qa / amax)), -qa,
     qa)`` (0 in the padding and past C).  ``group=2``: int16 pairs; ``group=4``: uint8 quads
     holding that plus ``quantize.VNNI_OFFSET`` (int8 levels only).  Blocks: ``qabs_part`` (``F``
-    lane partial maxima of |x| per channel row), ``qamax``, ``qinv``, ``qpairs``.
+    lane partial maxima of |x| per channel row), ``qamax``, ``qinv``, for quads ``qlevels``
+    (the levels, unpadded NCHW), ``qpairs``.
     """
     N, C, H, W = ints(data.shape)
     pt, pl, pb, pr = normalize_padding(padding)
@@ -78,13 +79,21 @@ def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int], group: i
     offset, dtype = (0, "int16") if group == 2 else (VNNI_OFFSET, "uint8")
     lo, hi = tirx.const(-float(qa), "float32"), tirx.const(float(qa), "float32")
 
+    def level(n, c, h, w):
+        v = tirx.max(tirx.min(tirx.nearbyint(data[n, c, h, w] * inv[n]), hi), lo)
+        return v.astype(dtype) if offset == 0 else (v.astype("int32") + offset).astype(dtype)
+
+    read = level
+    if group == 4:
+        # quads: the levels first, in the map's own layout (vectors along w), then one 32-bit
+        # word per pixel (schedule_quantize_pairs has the timings); pairs keep one stage
+        read = te.compute((N, C, H, W), level, name="qlevels")
+
     def groups(n, cg, h, w, j):
         c = cg * group + j
-        v = tirx.nearbyint(data[n, tirx.min(c, C - 1), h - pt, w - pl] * inv[n])
         inside = tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl, c < C)
-        v = tirx.max(tirx.min(v, hi), lo)
-        v = v.astype(dtype) if offset == 0 else (v.astype("int32") + offset).astype(dtype)
-        return tirx.if_then_else(inside, v, tirx.const(offset, dtype))
+        hh, ww = tirx.min(tirx.max(h - pt, 0), H - 1), tirx.min(tirx.max(w - pl, 0), W - 1)
+        return tirx.if_then_else(inside, read(n, tirx.min(c, C - 1), hh, ww), tirx.const(offset, dtype))
 
     q = te.compute((N, -(-C // group), H + pt + pb, W + pl + pr, group), groups, name="qpairs")
     return q, amax
