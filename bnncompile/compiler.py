@@ -31,10 +31,11 @@ class CompileOptions:
     verify: bool = True
     sign_zero: str = "plus"
     conv_precision: str = "fp32"
+    attention_precision: str = "fp32"
     version: int = artifacts.SIDECAR_VERSION
 
     def __post_init__(self):
-        from .schedules.quantize import PRECISIONS
+        from .schedules.quantize import ATTENTION_PRECISIONS, PRECISIONS
 
         if not isinstance(self.batch, int) or self.batch < 1:
             raise UsageError(f"Expected --batch to be a positive integer, got {self.batch!r}")
@@ -44,6 +45,12 @@ class CompileOptions:
         if self.conv_precision != "fp32" and not self.binary_kernels:
             raise UsageError(f"--conv-precision {self.conv_precision} quantizes bnncompile's float conv "
                              "kernels; --float-only builds none (drop one of the two)")
+        if self.attention_precision not in ATTENTION_PRECISIONS:
+            raise UsageError(f"Expected --attention-precision to be one of {', '.join(ATTENTION_PRECISIONS)}, "
+                             f"got {self.attention_precision!r}")
+        if self.attention_precision != "fp32" and not self.binary_kernels:
+            raise UsageError(f"--attention-precision {self.attention_precision} runs bnncompile's int8 "
+                             "attention kernel; --float-only builds none (drop one of the two)")
 
 
 @dataclass
@@ -164,13 +171,14 @@ def library_build_options(meta: dict) -> dict:
     opts = meta.get("options") or {}
     return {"binary_kernels": opts.get("binary_kernels", True), "fast_math": opts.get("fast_math", True),
             "fuse_epilogues": opts.get("fuse_epilogues", True), "sign_zero": opts.get("sign_zero", "plus"),
-            "conv_precision": opts.get("conv_precision", "fp32")}
+            "conv_precision": opts.get("conv_precision", "fp32"),
+            "attention_precision": opts.get("attention_precision", "fp32")}
 
 
 def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kernels: bool = True,
                 extra_outputs: tuple[str, ...] = (), tuning_db=None, fast_math: bool = True,
                 fuse_epilogues: bool = True, debug_signs: bool = False, sign_zero: str = "plus",
-                conv_precision: str = "fp32", then: tuple = ()):
+                conv_precision: str = "fp32", attention_precision: str = "fp32", then: tuple = ()):
     """ONNX ModelProto → (tvm Executable, plan). Used by compile, validate and bench.
 
     ``tuning_db``: a MetaSchedule database (directory or ``ms.Database``) whose records for this
@@ -184,7 +192,7 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
                            fuse_epilogues=fuse_epilogues, debug_signs=debug_signs, sign_zero=sign_zero,
-                           conv_precision=conv_precision)
+                           conv_precision=conv_precision, attention_precision=attention_precision)
     session = None
     if tuning_db is not None:
         from .schedules import tuning
@@ -220,7 +228,8 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                   binary_kernels: bool = True, progress=None, tuning_db=None,
                   pretuned: bool = True, fast_math: bool = True,
                   fuse_epilogues: bool = True, verify: bool = True,
-                  sign_zero: str = "plus", conv_precision: str = "fp32") -> CompileResult:
+                  sign_zero: str = "plus", conv_precision: str = "fp32",
+                  attention_precision: str = "fp32") -> CompileResult:
     """Compile ``onnx_path`` for ``target`` into ``output`` (a ``.so``, or a ``.tar`` object
     archive when ``output`` ends in ``.tar``) and its sidecar ``.json``, both replaced together
     or not at all.
@@ -251,14 +260,19 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
             (exact), or "int16" / "int8", quantized per sample (``schedules.quantize``; CPU
             targets).  ``verify`` / ``validate`` then compare with the file's graph computing the
             same quantization, and ``validate`` reports its effect against the fp32 model.
+        attention_precision: attention's probability x value products (a float MatMul of a
+            Softmax with an activation): "fp32" (exact), or "int8", both operands quantized at
+            run time (``schedules.quantize``; CPU targets), held to the same checks.
     """
     opts = CompileOptions(target=target, batch=batch, binary_kernels=binary_kernels,
                           fast_math=fast_math, fuse_epilogues=fuse_epilogues, verify=verify,
-                          sign_zero=sign_zero, conv_precision=conv_precision)
+                          sign_zero=sign_zero, conv_precision=conv_precision,
+                          attention_precision=attention_precision)
     spec = targets.resolve(target)
-    if conv_precision != "fp32" and spec.arch == "cuda":
-        raise UsageError(f"--conv-precision {conv_precision}: the quantized conv kernels are CPU "
-                         f"kernels; target {spec.name} is a GPU (use fp32)")
+    for flag, value in (("--conv-precision", conv_precision), ("--attention-precision", attention_precision)):
+        if value != "fp32" and spec.arch == "cuda":
+            raise UsageError(f"{flag} {value}: the quantized kernels are CPU kernels; target "
+                             f"{spec.name} is a GPU (use fp32)")
     say = progress or (lambda msg: None)
     output = Path(output)
     if not output.parent.is_dir():
@@ -278,7 +292,8 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
         tuning_db = tuning.pretuned_dir(targets.tvm_target(spec))
     ex, plan = build_relax(model, spec=spec, batch=batch, binary_kernels=binary_kernels,
                           tuning_db=tuning_db, fast_math=fast_math, fuse_epilogues=fuse_epilogues,
-                          debug_signs=verify, sign_zero=sign_zero, conv_precision=conv_precision)
+                          debug_signs=verify, sign_zero=sign_zero, conv_precision=conv_precision,
+                          attention_precision=attention_precision)
     notes = []
     say(f"linking {output.name}")
     side = artifacts.sidecar_path_for(output)
@@ -313,6 +328,10 @@ def compile_model(onnx_path, *, output, target: str = "host", batch: int = 1,
                      ("" if plan.quantized_convs else " (none in this model)") +
                      (f"; {len(kept)} stay fp32 (grouped or non-constant weights: "
                       f"{', '.join(kept[:3])}{' ...' if len(kept) > 3 else ''})" if kept else "") +
+                     "; `bnncompile validate` reports the effect against the fp32 model")
+    if attention_precision != "fp32":
+        notes.append(f"{len(plan.quantized_matmuls)} attention product(s) (Softmax x values) on "
+                     f"{attention_precision}" + ("" if plan.quantized_matmuls else " (none in this model)") +
                      "; `bnncompile validate` reports the effect against the fp32 model")
     stale = getattr(getattr(plan, "tuning", None), "stale", None)
     if stale:
@@ -364,7 +383,8 @@ def _requires(spec, plan) -> list[str]:
     ``vpdpbusd`` (named targets list only what their binary kernels need)."""
     kinds = {info.get("kind") for info in plan.kernels.values()}
     needs = [f for f in spec.requires if "qconv2d_amx" in kinds or not f.startswith("amx")]
-    return needs + (["avx512_vnni"] if "qconv2d_vnni" in kinds and "avx512_vnni" not in needs else [])
+    vnni = {"qconv2d_vnni", "qbmm_vnni"} & set(kinds)
+    return needs + (["avx512_vnni"] if vnni and "avx512_vnni" not in needs else [])
 
 
 def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha256, plan, tuning_db) -> dict:
@@ -394,6 +414,7 @@ def _sidecar(spec, opts, model, batch, output, fmt, lib_tmp, onnx_path, onnx_sha
         "not_binary": dict(plan.not_binary),
         "sign_zero_sites": [site.node for site in plan.sign_zero_sites],
         "quantized_convs": dict(plan.quantized_convs),  # node -> {"qa", "qw"} (--conv-precision)
+        "quantized_matmuls": dict(plan.quantized_matmuls),  # node -> levels (--attention-precision)
         "kernels": plan.kernels,
         "tuning": _tuning_sidecar(tuning_db, getattr(plan, "tuning", None)),
         "versions": {"bnncompile": __version__, "tvm": tvm.__version__, "numpy": np.__version__},

@@ -9,8 +9,8 @@ sign, and a flip legitimately moves the logits. So the report has three levels:
 2. end to end: max/mean absolute output error against PyTorch (golden file) and ONNX Runtime;
 3. top-1 agreement.
 
-A library compiled with ``--conv-precision int16|int8`` is held to the same three levels against
-the file's graph quantized the same way (:mod:`bnncompile.frontend.quantized_reference`; the
+A library compiled with ``--conv-precision int16|int8`` or ``--attention-precision int8`` is held
+to the same three levels against the file's graph quantized the same way (:mod:`bnncompile.frontend.quantized_reference`; the
 near-tie margin widened to a few quantization steps, ``schedules.quantize.tie_rtol``), and the
 quantization's own effect against the fp32 model (sign flips, top-1 against PyTorch, the largest
 logit change) is reported beside it, not judged: the user chose it.
@@ -86,7 +86,8 @@ class InputSetReport:
     notes: list[str] = field(default_factory=list)  # what a reader should know even if it passed
     #: ONNX Sign sites (compiled as 0 -> +1): how many of their inputs were exactly 0 here
     sign_zero_inputs: dict[str, int] = field(default_factory=dict)
-    #: a --conv-precision int16/int8 library: the quantization's effect against the fp32 model
+    #: a --conv-precision int16/int8 or --attention-precision int8 library: the quantization's
+    #: effect against the fp32 model
     #: (the fields above compare with the file's graph quantized the same way, see
     #: frontend.quantized_reference): {"precision", "flips", "elements", "first_layer",
     #: "top1_vs_torch", "top1_vs_fp32_ort", "max_abs_vs_fp32_ort"}; reported, not judged
@@ -146,7 +147,7 @@ class ParityReport:
             if s.precision_effect:
                 e = s.precision_effect
                 t1 = "n/a" if e["top1_vs_torch"] is None else f"{e['top1_vs_torch']:.0%}"
-                lines.append(f"  {e['precision']} float convs vs the fp32 model: sign flips {e['flips']}/"
+                lines.append(f"  {e['precision']} vs the fp32 model: sign flips {e['flips']}/"
                              f"{e['elements']} (first: {e['first_layer'] or 'none'}), top-1 vs PyTorch {t1}, "
                              f"vs fp32 ONNX Runtime {e['top1_vs_fp32_ort']:.0%}, max |logit change| "
                              f"{e['max_abs_vs_fp32_ort']:.3g} (reported, not judged)")
@@ -300,16 +301,19 @@ def validate_parity(onnx_path, *, lib=None, inputs=None, target: str = "host", r
 
     canonical = prepare(model)
     meta = runner.meta if runner is not None else {}
-    precision = (meta.get("options") or {}).get("conv_precision", "fp32")
+    options = meta.get("options") or {}
+    conv, attention = options.get("conv_precision", "fp32"), options.get("attention_precision", "fp32")
+    # what quantized here, as the report names it ("int8 float convs, int8 attention products")
+    precision = ", ".join([f"{conv} float convs"] * (conv != "fp32") +
+                          [f"{attention} attention products"] * (attention != "fp32"))
     exact_ref = canonical  # what the build must match: the file, its float convs as the library computes them
-    if precision != "fp32":
+    if precision:
         from .frontend.quantized_reference import quantized_reference
+        from .schedules.quantize import activation_levels, tie_rtol
 
-        convs = meta.get("quantized_convs") or {}
-        exact_ref = quantized_reference(canonical, convs, precision)
-        from .schedules.quantize import tie_rtol
-
-        tol = dataclasses.replace(tol, tie_rtol=tie_rtol([c["qa"] for c in convs.values()], tol.tie_rtol))
+        convs, matmuls = meta.get("quantized_convs") or {}, meta.get("quantized_matmuls") or {}
+        exact_ref = quantized_reference(canonical, convs, conv, matmuls)
+        tol = dataclasses.replace(tol, tie_rtol=tie_rtol(activation_levels(convs, matmuls), tol.tie_rtol))
     zero_sites = sign_zero_sites(canonical)
     signs = sign_nodes(canonical)
     index = GraphIndex(canonical)

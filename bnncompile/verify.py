@@ -198,9 +198,9 @@ def verify_build(vm, plan, inputs: list[dict], batch: int, *, device=None, seed:
     got = run_chunked(call, feeds, [i["name"] for i in inputs], batch)
     ours = dict(zip([*outputs, *debug_signs], got))
     by_output = {s.output[0]: s for s in signs}
-    from .schedules.quantize import tie_rtol
+    from .schedules.quantize import activation_levels, tie_rtol
 
-    tie = tie_rtol([c["qa"] for c in plan.quantized_convs.values()], TIE_RTOL)
+    tie = tie_rtol(activation_levels(plan.quantized_convs, plan.quantized_matmuls), TIE_RTOL)
     check = compare_signs([by_output[s] for s in debug_signs], ours, ref, consts, tie_rtol=tie)
     result = VerifyResult(ok=True, samples=n, signs=check)
     if check.bug:

@@ -5,6 +5,7 @@
     python examples/zoo_sweep.py --size-override 64 --models reactnet_18,dybnn_reactnet_18
     python examples/zoo_sweep.py --small --json sweep.json
     python examples/zoo_sweep.py --conv-precision int16 --against openvino   # quantized float convs
+    python examples/zoo_sweep.py --conv-precision int8 --attention-precision int8 --against openvino
     python examples/zoo_sweep.py --against openvino --json docs/bench/CPU-DATE/zoo_sweep.json \
         --markdown sweep.md --plot docs/bench/CPU-DATE/zoo_speedup.png  # docs/benchmarks.md
 
@@ -13,7 +14,8 @@ One table row per model: parameters, binary layers found by the compiler, compil
 batch-1 median latency (1 thread unless --threads says more) of bnncompile, ONNX Runtime FP32 on
 the same ONNX file, PyTorch eager and, with --against openvino, OpenVINO FP32 and OpenVINO's
 default precision (bf16 on AMX / AVX512_BF16 CPUs), each with its ratio engine / bnncompile
-(> 1: bnncompile is faster). With --conv-precision int16|int8 the float convs are quantized; the
+(> 1: bnncompile is faster). With --conv-precision int16|int8 the float convs are quantized (with
+--attention-precision int8 attention's Softmax x values products too); the
 parity columns then compare with the quantized graph (frontend.quantized_reference), and three
 more give the quantization's effect against the fp32 model: sign flips, worst top-1 agreement and
 max |logit change|. Timings on shared VMs are noisy: the engines are interleaved and
@@ -76,7 +78,8 @@ def _busy(row: dict) -> bool:
 
 
 def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: int,
-              threads=(1,), against=(), conv_precision: str = "fp32") -> dict:
+              threads=(1,), against=(), conv_precision: str = "fp32",
+              attention_precision: str = "fp32") -> dict:
     spec = zoo.get_spec(name)
     size = size or spec.input_size
     row: dict = {"model": name, "size": size}
@@ -86,7 +89,7 @@ def sweep_one(name: str, size: int | None, workdir: Path, rounds: int, number: i
     onnx_path = workdir / f"{name}_{size}.onnx"
     bnncompile.export(model, x[:1], onnx_path, golden_inputs=x)
     res = bnncompile.compile_model(onnx_path, output=workdir / f"{name}_{size}.so", target="host", batch=1,
-                                   conv_precision=conv_precision)
+                                   conv_precision=conv_precision, attention_precision=attention_precision)
     row["bin"], row["compile_s"] = res.num_binary_layers, res.seconds
     report = bnncompile.validate_parity(onnx_path, lib=res.library, real_images=2)
     # vs PyTorch; a quantized build vs the quantized graph (ONNX Runtime), PyTorch being fp32
@@ -210,6 +213,8 @@ def main(argv=None) -> int:
                     help="also time OpenVINO (FP32 and its default precision) in the same run")
     ap.add_argument("--conv-precision", default="fp32", choices=["fp32", "int16", "int8"],
                     help="compile the float convs quantized (compile --conv-precision)")
+    ap.add_argument("--attention-precision", default="fp32", choices=["fp32", "int8"],
+                    help="attention's Softmax x values products on int8 (compile --attention-precision)")
     ap.add_argument("--json", type=Path, help="write all rows as JSON")
     ap.add_argument("--markdown", type=Path, help="write a markdown table (docs/benchmarks.md style)")
     ap.add_argument("--plot", type=Path, help="write a PNG: speed-up vs ONNX Runtime per model")
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 row = sweep_one(name, size, Path(tmp), rounds, number, threads, against,
-                                args.conv_precision)
+                                args.conv_precision, args.attention_precision)
             except Exception as exc:  # keep sweeping; report the failure in the row
                 row = {"model": name, "size": size or zoo.get_spec(name).input_size,
                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}

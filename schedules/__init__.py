@@ -11,7 +11,7 @@ Layout, in the order a kernel is made:
 * :mod:`.float_glue` — default schedules for the float ops TVM legalizes;
 * :mod:`.x86_intrinsics` — tensor intrinsics the x86 schedules tensorize with;
 * :mod:`.packing` (numpy: weights, tables), :mod:`.quantize` (numpy: the quantized float convs'
-  numbers) and :mod:`.reference` (independent numpy references).
+  and attention products' numbers) and :mod:`.reference` (independent numpy references).
 
 This package knows nothing about ONNX or bnncompile's frontend.  Names are imported lazily, so
 ``bnncompile.schedules.target_identity`` or ``.packing`` do not pull in every kernel.
@@ -24,8 +24,8 @@ _FROM = {
     "registry": ("SCHEDULES", "bconv_weight_block", "fconv2d_block", "get_schedule", "make_avgpool2d",
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
-                 "make_qconv2d", "make_qconv2d_amx", "make_quantize_hwc", "make_quantize_pairs",
-                 "target_key", "vnni_available", "weight_block_of"),
+                 "make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
+                 "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows", "target_key", "vnni_available", "weight_block_of"),
     "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
                 "unpack_bits"),
 }

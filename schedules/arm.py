@@ -36,6 +36,9 @@ schedule_prelu_stats = generic.schedule_prelu_stats
 schedule_quantize_pairs = generic.schedule_quantize_pairs
 schedule_quantize_hwc = generic.schedule_quantize_hwc
 schedule_qconv2d = generic.schedule_qconv2d  # no NEON intrinsic yet: int32 lanes, vectorised
+schedule_quantize_rows = generic.schedule_quantize_rows
+schedule_quantize_columns = generic.schedule_quantize_columns
+schedule_qbatch_matmul = generic.schedule_qbatch_matmul
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:

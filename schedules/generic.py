@@ -362,6 +362,79 @@ def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intr
         sch.tensorize(ob, intrin)
 
 
+def schedule_quantize_rows(sch: s_tir.Schedule) -> None:
+    """Attention probabilities: rows (b, i) in parallel; per row its lane maxima (vectorised),
+    the max, 1/max and the row's bytes (vectorised), the row read while it is in L1.  The row
+    loop is the max's (an output block stays where it is; the rest moves around it)."""
+    mx = sch.get_sblock("qrow_max")
+    b, i, _ = sch.get_loops(mx)
+    row = sch.fuse(b, i)
+    sch.parallel(row)
+    sch.compute_at(sch.get_sblock("qrow_part"), row, preserve_unit_loops=True)
+    for name in ("qrow_inv", "qrows"):
+        sch.reverse_compute_at(sch.get_sblock(name), row)
+    part = sch.get_sblock("qrow_part")
+    *_, lane, rk = sch.get_loops(part)
+    sch.reorder(rk, lane)
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(part, rk)
+    sch.vectorize(sch.get_loops(init)[-1])
+    k = sch.get_loops(sch.get_sblock("qrows"))[-1]
+    f = pick_factor(extent(sch, k), (16, 8, 4))
+    if f > 1:
+        sch.vectorize(sch.split(k, factors=[None, f])[1])
+
+
+def schedule_quantize_columns(sch: s_tir.Schedule) -> None:
+    """Attention values: the column maxima as rows of |v| (vectorised along the columns), then
+    the 4-row groups, one 32-bit word per column."""
+    mx = sch.get_sblock("qcol_max")
+    b, n, rk = sch.get_loops(mx)
+    sch.reorder(b, rk, n)
+    sch.parallel(b)
+    f = pick_factor(extent(sch, n), (16, 8, 4))
+    if f > 1:
+        sch.vectorize(sch.split(n, factors=[None, f])[1])
+    init = sch.decompose_reduction(mx, rk)
+    sch.vectorize(sch.get_loops(init)[-1])
+    q = sch.get_sblock("qcols")
+    b, kq, n, t = sch.get_loops(q)
+    sch.parallel(sch.fuse(b, kq))
+    sch.vectorize(t)
+
+
+def schedule_qbatch_matmul(sch: s_tir.Schedule, mi_max: int = 4, nb_max: int = 1,
+                           intrin: str | None = None) -> None:
+    """The quantized conv's register tile (:func:`schedule_qconv2d`) for attention's int8
+    product: ``MI`` rows x ``NBI`` column blocks of int32 accumulators, the reduction outside
+    it; the ``(ob, t)`` loops tensorized with ``intrin`` (one instruction per row and block),
+    else vectorised along ``ob``."""
+    acc = sch.get_sblock("qbmm")
+    b, i, nb, ob, rq, rt = sch.get_loops(acc)
+    nbo, nbi = sch.split(nb, factors=[None, largest_divisor(extent(sch, nb), nb_max)])
+    io, ii = sch.split(i, factors=[None, largest_divisor(extent(sch, i), mi_max)])
+    sch.reorder(b, io, nbo, rq, ii, nbi, ob, rt)
+    wb = sch.cache_write(acc, 0, TILE_SCOPE)
+    sch.reverse_compute_at(wb, nbo)
+    sch.parallel(sch.fuse(b, io))
+    sch.unroll(nbi)
+    sch.unroll(ii)
+    sch.compute_inline(wb)
+    for name in ("qbmm_dp", "qbmm_dv"):  # a division per output vector, hoisted by LLVM per row
+        if has_block(sch, name):  # not in the accumulate-only variant
+            sch.compute_inline(sch.get_sblock(name))
+    out = sch.get_sblock("qbmm_out")
+    sch.reverse_compute_at(out, nbo)
+    vectorize_innermost(sch, out, nbo)
+    if intrin is None:
+        sch.unroll(rt)
+        sch.vectorize(ob)
+    init = sch.decompose_reduction(acc, rq)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if intrin is not None:
+        sch.tensorize(ob, intrin)
+
+
 def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
     """Rows of (n, c, oh) in parallel; per row, the KH-row max into a local row buffer
     (vectorised along w, contiguous), then the strided KW-column max as a plain loop for LLVM

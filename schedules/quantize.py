@@ -14,12 +14,22 @@ and ``validate`` compare the build with (``bnncompile.frontend.quantized_referen
 levels for which no int32 sum can overflow: ``R * qa * qw < 2**31`` for a reduction of ``R``
 products, split evenly (``qa = qw = floor(sqrt((2**31 - 1) / R))``, at most 32767); the AVX2
 kernel (``vpmaddwd``: int16 pairs into int32) runs both at the same speed.  Rounding is
-half-to-even everywhere (numpy ``rint``, ONNX ``Round``, LLVM ``nearbyint``).
+half-to-even everywhere (numpy ``rint``, ONNX ``Round``, LLVM ``roundeven``).
 
 CPUs with AVX-512 VNNI run int8 as channel quads (``vpdpbusd``: 4 unsigned x signed byte
 products into int32, 64 MACs per zmm instruction): the activations are stored offset by
 :data:`VNNI_OFFSET` (``xq + 128`` in ``[1, 255]``, 128 in the padding), and the sum subtracts
 ``128 * sum(wq)`` per output channel (:func:`offset_compensation`): the same exact integers.
+
+Attention's probability x value product (``compile --attention-precision int8``): both operands
+are activations, so both are quantized at run time, each from its own range:
+
+* probabilities ``P [..., M, K]`` (a Softmax output, >= 0) per row, to unsigned bytes:
+  ``pq = clip(rint(p * (255 / pmax)), 0, 255)``, ``pmax`` the row's max (0 where it is <= 0);
+* values ``V [..., K, N]`` per column, symmetric: ``vq = clip(rint(v * (127 / vmax)), -127,
+  127)``, ``vmax = max|v|`` over the column;
+* ``y = float(sum pq * vq) * ((pmax / 255) * (vmax / 127))``, the sum exact in int32 (``K`` up
+  to :data:`ATTENTION_MAX_K`): ``vpdpbusd`` multiplies the bytes as they are, no offset.
 """
 from __future__ import annotations
 
@@ -31,8 +41,12 @@ import numpy as np
 PRECISIONS = ("fp32", "int16", "int8")
 INT32_MAX = 2**31 - 1
 VNNI_OFFSET = 128  #: int8 activations + 128 are the unsigned bytes ``vpdpbusd`` multiplies
+ATTENTION_PRECISIONS = ("fp32", "int8")
+P_LEVELS, V_LEVELS = 255, 127  #: attention int8: probabilities as uint8, values as int8
+ATTENTION_MAX_K = INT32_MAX // (P_LEVELS * V_LEVELS)  #: longest reduction an int32 sum holds
 
-__all__ = ["PRECISIONS", "QuantizedConvWeight", "VNNI_OFFSET", "group_blocked", "levels",
+__all__ = ["ATTENTION_MAX_K", "activation_levels", "ATTENTION_PRECISIONS", "P_LEVELS", "PRECISIONS", "QuantizedConvWeight",
+           "V_LEVELS", "attention_product", "quantize_columns", "quantize_rows", "VNNI_OFFSET", "group_blocked", "levels",
            "offset_compensation", "pair_blocked", "quantize_activation", "quantize_conv_weight",
            "reduction_length", "tie_rtol"]
 
@@ -109,6 +123,44 @@ def quantize_activation(x: np.ndarray, qa: int) -> tuple[np.ndarray, np.ndarray]
         inv = np.where(amax > 0, np.float32(qa) / amax, np.float32(0)).astype(np.float32)
     scaled = x * inv.reshape(-1, *([1] * (x.ndim - 1)))
     return np.clip(np.rint(scaled), -qa, qa).astype(np.int16), amax
+
+
+def _levels_of(x: np.ndarray, peak: np.ndarray, levels: int, lo: int) -> np.ndarray:
+    """``clip(rint(x * (levels / peak)), lo, levels)`` in float32 (0 where the peak is <= 0),
+    ``peak`` broadcastable to ``x``."""
+    with np.errstate(divide="ignore"):
+        inv = np.where(peak > 0, np.float32(levels) / peak, np.float32(0)).astype(np.float32)
+    return np.clip(np.rint(x * inv), lo, levels)
+
+
+def quantize_rows(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Attention probabilities ``[..., M, K]`` -> ``(uint8 levels, pmax float32 [..., M])``."""
+    p = np.asarray(p, np.float32)
+    pmax = p.max(axis=-1)
+    return _levels_of(p, pmax[..., None], P_LEVELS, 0).astype(np.uint8), pmax
+
+
+def quantize_columns(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Attention values ``[..., K, N]`` -> ``(int8 levels, vmax float32 [..., N])``."""
+    v = np.asarray(v, np.float32)
+    vmax = np.abs(v).max(axis=-2)
+    return _levels_of(v, vmax[..., None, :], V_LEVELS, -V_LEVELS).astype(np.int8), vmax
+
+
+def attention_product(pq: np.ndarray, pmax: np.ndarray, vq: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(int64 sums [..., M, N], float32 y)``: the exact sums and ``float(sum) * ((pmax / 255)
+    * (vmax / 127))``, each step rounded to float32 as the kernel and the ONNX reference do."""
+    acc = np.matmul(pq.astype(np.int64), vq.astype(np.int64))
+    dp, dv = pmax / np.float32(P_LEVELS), vmax / np.float32(V_LEVELS)
+    scale = (dp[..., :, None] * dv[..., None, :]).astype(np.float32)
+    return acc, (acc.astype(np.float32) * scale).astype(np.float32)
+
+
+def activation_levels(convs: dict, matmuls: dict | None = None) -> list[int]:
+    """Every activation quantizer's levels in a build: its quantized convs' ``qa`` (the plan's or
+    sidecar's ``quantized_convs``) and its attention products' (``quantized_matmuls``)."""
+    return ([int(c["qa"]) for c in convs.values()] +
+            [int(m[k]) for m in (matmuls or {}).values() for k in ("p_levels", "v_levels")])
 
 
 def tie_rtol(activation_levels, base: float) -> float:

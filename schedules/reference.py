@@ -230,3 +230,34 @@ def qconv2d_ref(pairs: np.ndarray, ints: np.ndarray, *, stride=1, dilation=1) ->
     w[:, :ints.shape[1]] = ints
     out = F.conv2d(torch.from_numpy(data), torch.from_numpy(w), stride=stride, dilation=dilation)
     return np.rint(out.numpy()).astype(np.int64)
+
+
+def quantize_rows_ref(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize.quantize_rows`` with the reduction padded to a multiple of 4 (zero bytes):
+    ``(uint8 [B, M, K4], pmax float32 [B, M])``."""
+    from .quantize import quantize_rows
+
+    q, pmax = quantize_rows(p)
+    k = q.shape[-1]
+    return np.pad(q, [(0, 0)] * (q.ndim - 1) + [(0, -k % 4)]), pmax
+
+
+def quantize_columns_ref(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize.quantize_columns`` laid out as 4-row groups ``[B, K4/4, N, 4]`` (zero rows
+    past K) and ``vmax float32 [B, N]``."""
+    from .quantize import quantize_columns
+
+    q, vmax = quantize_columns(v)
+    b, k, n = q.shape
+    padded = np.pad(q, [(0, 0), (0, -k % 4), (0, 0)])
+    return np.ascontiguousarray(padded.reshape(b, -1, 4, n).transpose(0, 1, 3, 2)), vmax
+
+
+def qbatch_matmul_ref(pq: np.ndarray, vq_grouped: np.ndarray, pmax: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize.attention_product`` of :func:`quantize_rows_ref` / :func:`quantize_columns_ref`
+    outputs: ``(int64 sums [B, M, N], float32 [B, M, N])``."""
+    from .quantize import attention_product
+
+    b, kq, n, g = vq_grouped.shape
+    vq = vq_grouped.transpose(0, 1, 3, 2).reshape(b, kq * g, n)
+    return attention_product(pq, pmax, vq, vmax)

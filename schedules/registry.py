@@ -28,9 +28,12 @@ from .target_identity import as_target, has_x86_features, identify, vector_bits
 TargetLike = Union[tvm.target.Target, dict, None]
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
-       "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d", "quantize_hwc")
-#: CPU kernels only (``compile --conv-precision``, AMX operands): no CUDA schedule
-CPU_ONLY_OPS = ("quantize_pairs", "qconv2d", "quantize_hwc")
+       "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d", "quantize_hwc", "quantize_rows",
+       "quantize_columns", "qbatch_matmul")
+#: CPU kernels only (``compile --conv-precision`` / ``--attention-precision``, AMX operands):
+#: no CUDA schedule
+CPU_ONLY_OPS = ("quantize_pairs", "qconv2d", "quantize_hwc", "quantize_rows", "quantize_columns",
+                "qbatch_matmul")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mod in (("cpu", generic), ("x86", x86), ("arm_cpu", arm), ("cuda", cuda)):
@@ -55,10 +58,13 @@ __all__ = [
     "make_fconv2d",
     "make_maxpool2d",
     "make_prelu_stats",
+    "make_qbatch_matmul",
     "make_qconv2d",
     "make_qconv2d_amx",
+    "make_quantize_columns",
     "make_quantize_hwc",
     "make_quantize_pairs",
+    "make_quantize_rows",
     "target_key",
     "vnni_available",
     "weight_block_of",
@@ -431,6 +437,58 @@ def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, str
             f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}{'_r' if relu else ''}"
             f"{'_c' if out_layout == 'NCHWc' else ''}{'_acc' if accumulate_only else ''}")
     return _finish(args, "qconv2d", name, target, schedule, tuning)
+
+
+def make_quantize_rows(p_shape: Sequence[int], *, target: TargetLike = None, schedule: str | None = None,
+                       tuning=None) -> tvm.tirx.PrimFunc:
+    """Attention probabilities into unsigned bytes per row (``quantize.quantize_rows``).
+
+    PrimFunc params: ``(p float32[B,M,K], pq uint8[B,M,K4], pmax float32[B,M])``, ``K4`` = K
+    rounded up to 4 (zeros past K).
+    """
+    shape = tuple(int(v) for v in p_shape)
+    p = te.placeholder(shape, "float32", name="p")
+    pq, pmax = compute.quantize_rows(p)
+    return _finish([p, pq, pmax], "quantize_rows", f"bnn_quantize_rows_{_shape_tag(shape)}", target,
+                   schedule, tuning)
+
+
+def make_quantize_columns(v_shape: Sequence[int], *, target: TargetLike = None, schedule: str | None = None,
+                          tuning=None) -> tvm.tirx.PrimFunc:
+    """Attention values into int8 per column, grouped by 4 rows (``quantize.quantize_columns``).
+
+    PrimFunc params: ``(v float32[B,K,N], vq int8[B,K4/4,N,4], vmax float32[B,N])``.
+    """
+    shape = tuple(int(v) for v in v_shape)
+    v = te.placeholder(shape, "float32", name="v")
+    vq, vmax = compute.quantize_columns(v)
+    return _finish([v, vq, vmax], "quantize_columns", f"bnn_quantize_cols_{_shape_tag(shape)}", target,
+                   schedule, tuning)
+
+
+def make_qbatch_matmul(pq_shape: Sequence[int], vq_shape: Sequence[int], *, accumulate_only: bool = False,
+                       target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+    """Attention's int8 probability x value product (``quantize.attention_product``) of
+    :func:`make_quantize_rows` and :func:`make_quantize_columns` outputs; on x86 ``vpdpbusd``
+    where the target has AVX-512 VNNI (columns in blocks of 16), else plain int32 vectors.
+
+    PrimFunc params: ``(pq uint8[B,M,K4], vq int8[B,K4/4,N,4], pmax float32[B,M], vmax
+    float32[B,N], out float32[B,M,N])`` (``int32`` sums with ``accumulate_only``).
+    """
+    B, M, K4 = (int(v) for v in pq_shape)
+    _, KQ, N, G = (int(v) for v in vq_shape)
+    key = schedule or target_key(target)
+    vnni = key == "x86" and vnni_available(target)
+    if key == "x86" and not vnni:
+        schedule = "cpu"  # the x86 schedule is the vpdpbusd one
+    block = 16 if vnni and N % 16 == 0 else max(d for d in (16, 8, 4, 2, 1) if N % d == 0)
+    pq = te.placeholder((B, M, K4), "uint8", name="pq")
+    vq = te.placeholder((B, KQ, N, G), "int8", name="vq")
+    pmax = te.placeholder((B, M), "float32", name="pmax")
+    vmax = te.placeholder((B, N), "float32", name="vmax")
+    out = compute.qbatch_matmul(pq, vq, pmax, vmax, block=block, accumulate_only=accumulate_only)
+    name = f"bnn_qbmm_{B}x{M}x{K4}_n{N}{'_acc' if accumulate_only else ''}"
+    return _finish([pq, vq, pmax, vmax, out], "qbatch_matmul", name, target, schedule, tuning)
 
 
 def make_quantize_hwc(data_shape_nchw: Sequence[int], *, qa: int, padding=0, rows: int,

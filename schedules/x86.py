@@ -252,6 +252,23 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
 
 schedule_quantize_pairs = generic.schedule_quantize_pairs
 schedule_quantize_hwc = generic.schedule_quantize_hwc
+schedule_quantize_rows = generic.schedule_quantize_rows
+schedule_quantize_columns = generic.schedule_quantize_columns
+
+
+def schedule_qbatch_matmul(sch: s_tir.Schedule) -> None:
+    """Attention's int8 product on AVX-512 VNNI (the registry sends targets without it to the
+    generic schedule): one zmm ``vpdpbusd`` per (row, 16 columns, 4 keys): the row's 4
+    probability bytes broadcast, times 16 columns of 4 value bytes; 4 rows x 4 blocks (64
+    columns, CCT's head) of accumulators."""
+    from .x86_intrinsics import VPDPBUSD_16X4
+
+    lanes = extent(sch, sch.get_loops(sch.get_sblock("qbmm"))[3])
+    if lanes == 16:
+        generic.schedule_qbatch_matmul(sch, mi_max=4, nb_max=4, intrin=VPDPBUSD_16X4)
+    else:
+        generic.schedule_qbatch_matmul(sch)
+
 
 
 def schedule_qconv2d(sch: s_tir.Schedule) -> None:

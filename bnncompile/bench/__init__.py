@@ -204,9 +204,13 @@ def benchmark(onnx_path, *, lib, threads=(1, 2), rounds: int = 5, number: int = 
         tvm_in = r.set_inputs(xb)
         sess = _ort_session(model_bytes, n)
         feed = {sess.get_inputs()[0].name: xb}
-        # binary layers + f32 glue; "conv:int16" when the float convs were quantized
-        conv = (r.meta.get("options") or {}).get("conv_precision", "fp32")
-        ours = "f32" if conv == "fp32" else f"conv:{conv}"
+        # binary layers + f32 glue; "conv:int16" when the float convs were quantized, "attn:int8"
+        # when attention's products were
+        opts = r.meta.get("options") or {}
+        quantized = [f"{what}:{opts[key]}" for what, key in (("conv", "conv_precision"),
+                                                             ("attn", "attention_precision"))
+                     if opts.get(key, "fp32") != "fp32"]
+        ours = "+".join(quantized) or "f32"
         out = [_Engine("bnncompile", lambda: r._vm["main"](*tvm_in), b, b, ours),
                _Engine("onnxruntime-fp32", lambda: sess.run(None, feed), b, b)]
         if torch_model is not None:

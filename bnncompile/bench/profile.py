@@ -102,6 +102,8 @@ _OWN_CEILINGS = {
                      "VNNI int8 convs (qconv2d_vnni, --conv-precision int8) against the vpdpbusd ceiling"),
     "qconv2d_amx": (amx_ceiling_gmacs,
                     "AMX int8 convs (qconv2d_amx, --conv-precision int8) against the AMX ceiling"),
+    "qbmm_vnni": (vnni_ceiling_gmacs, "VNNI int8 attention products (qbmm_vnni, --attention-precision "
+                                      "int8) against the vpdpbusd ceiling"),
 }
 
 

@@ -97,24 +97,24 @@ class BenchReport:
         lines = [f"benchmark: {self.model} (batch {self.batch}, {self.rounds} interleaved rounds "
                  f"of {self.number} calls)"]
         lines += format_environment(self.environment)
-        lines.append(f"{'engine':<22}{'threads':>8}{'precision':>12}{'median ms':>12}"
+        lines.append(f"{'engine':<22}{'threads':>8}{'precision':>20}{'median ms':>12}"
                      f"{'p10-p90 ms':>18}{'vs bnncompile':>15}")
         for t in self.timings:
             ours = self.median("bnncompile", t.threads)
             ratio = "" if t.engine == "bnncompile" or not ours else f"{t.median_ms / ours:.2f}x"
-            lines.append(f"{t.engine:<22}{t.threads:>8}{t.precision:>12}{t.median_ms:>12.3f}"
+            lines.append(f"{t.engine:<22}{t.threads:>8}{t.precision:>20}{t.median_ms:>12.3f}"
                          f"{f'{t.p10_ms:.3f}-{t.p90_ms:.3f}':>18}{ratio:>15}")
         lines.append("ratios > 1 mean bnncompile is faster (other engine's median / ours)")
         if self.throughput:
             b = self.throughput[0].batch
             lines.append(f"throughput, batch {b} ({self.throughput_library}; OpenVINO under its "
                          "THROUGHPUT hint, its requests in flight at once):")
-            lines.append(f"{'engine':<22}{'threads':>8}{'precision':>12}{'images/s':>12}"
+            lines.append(f"{'engine':<22}{'threads':>8}{'precision':>20}{'images/s':>12}"
                          f"{'ms/call':>10}{'imgs/call':>10}{'bnncompile vs':>15}")
             ratios = self.throughput_ratios()
             for t in self.throughput:
                 r = ratios.get(t.engine, {}).get(t.threads)
-                lines.append(f"{t.engine:<22}{t.threads:>8}{t.precision:>12}{t.images_per_s:>12.1f}"
+                lines.append(f"{t.engine:<22}{t.threads:>8}{t.precision:>20}{t.images_per_s:>12.1f}"
                              f"{t.median_ms:>10.3f}{t.images_per_call:>10}"
                              f"{'' if r is None else f'{r:.2f}x':>15}")
             lines.append("throughput ratios > 1 mean bnncompile does more images/s")

@@ -39,9 +39,14 @@ from ..errors import InputFileError
               help="the float convs (stem, CCT tokenizer, shortcuts): fp32 exact, or quantized per "
                    "sample to int16 / int8 levels on integer units (CPU targets; `validate` "
                    "reports the sign flips and top-1 changes against fp32)")
+@click.option("--attention-precision", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True,
+              help="attention's probability x value products (a Softmax times an activation): "
+                   "fp32 exact, or int8 (probabilities per row, values per column, quantized at "
+                   "run time; CPU targets, vpdpbusd on AVX-512 VNNI; `validate` reports the effect)")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def command(model, target, output, batch, float_only, tuning_db, no_pretuned, exact_math,
-            no_fuse_epilogues, verify, sign_zero, conv_precision, quiet):
+            no_fuse_epilogues, verify, sign_zero, conv_precision, attention_precision, quiet):
     """Compile an exported ONNX model into a native library plus a JSON sidecar."""
     from .. import artifacts
     from ..compiler import compile_model
@@ -58,7 +63,8 @@ def command(model, target, output, batch, float_only, tuning_db, no_pretuned, ex
                             binary_kernels=not float_only, progress=say, tuning_db=tuning_db,
                             pretuned=not no_pretuned, fast_math=not exact_math,
                             fuse_epilogues=not no_fuse_epilogues, verify=verify,
-                            sign_zero=sign_zero, conv_precision=conv_precision)
+                            sign_zero=sign_zero, conv_precision=conv_precision,
+                            attention_precision=attention_precision)
     click.echo(f"wrote {res.library} and {res.sidecar.name} ({res.seconds:.1f} s): {res.summary()}")
     for warning in res.warnings:
         click.echo(f"warning: {warning}", err=True)

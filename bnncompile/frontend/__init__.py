@@ -43,6 +43,8 @@ class FrontendOptions:
     #: the float convs bnncompile's kernels compute (stems, tokenizers, shortcuts): "fp32", or
     #: quantized "int16" / "int8" (schedules.quantize; CPU targets)
     conv_precision: str = "fp32"
+    #: attention's Softmax x value MatMuls: "fp32", or "int8" (schedules.quantize; CPU targets)
+    attention_precision: str = "fp32"
     #: also build a ``debug_signs`` function returning the outputs followed by every
     #: DynamicSign's ±1 as the binary kernels consume it (one build serves ``main`` and the
     #: per-layer parity checks of ``compile --verify`` and ``validate``)
@@ -57,6 +59,8 @@ class FrontendOptions:
                 on.add("cpu")
             if self.fuse_epilogues:
                 on.add("fuse_epilogues")
+            if self.attention_precision == "int8":
+                on.add("attention_int8")
         return frozenset(on)
 
 
@@ -193,11 +197,12 @@ def from_onnx(model: onnx.ModelProto, *, target, options: FrontendOptions | None
     shapes = static_input_shapes(m, options.batch)
     mod = import_graph(renamed, shapes, plan=plan, nodes_by_name=nodes_by_name, index=index,
                        target=target, tuning=tuning, debug_outputs=options.extra_outputs)
-    if plan.quantized_convs:
+    if plan.quantized_convs or plan.quantized_matmuls:
         from .quantized_reference import quantized_reference
 
         # what verify / validate compare with: the file's graph computing the quantized numbers
-        plan.canonical = quantized_reference(m, plan.quantized_convs, options.conv_precision)
+        plan.canonical = quantized_reference(m, plan.quantized_convs, options.conv_precision,
+                                             plan.quantized_matmuls)
     if options.debug_signs:
         plan.debug_signs = [o.name for o in m.graph.output[n_outputs:]]
         mod = _split_debug_entry(mod, n_outputs, len(plan.debug_signs))

@@ -73,6 +73,9 @@ class LoweringPlan:
     #: quantized conv's levels {node: {"qa", "qw"}} (filled at import)
     conv_precision: str = "fp32"
     quantized_convs: dict[str, dict] = field(default_factory=dict)
+    #: attention's probability x value products on int8 (``--attention-precision int8``):
+    #: {node: {"p_levels", "v_levels"}} (filled at import)
+    quantized_matmuls: dict[str, dict] = field(default_factory=dict)
     #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
     sign_zero_sites: list = field(default_factory=list)
 

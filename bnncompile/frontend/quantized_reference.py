@@ -16,6 +16,15 @@ and ORT has no int16 or float64 conv, so each operand is split into bytes, ``v =
 (hi signed, lo in [0, 255]), and four ``ConvInteger`` (uint8, zero point 128 for the signed
 halves: exact int32) are combined in int64: ``65536 hh + 256 (hl + lh) + ll``, then cast to
 float32 once, as the kernel casts its int32 sum.
+
+Per attention product ``Y = MatMul(P, V)`` of an ``--attention-precision int8`` build::
+
+    pmax = ReduceMax(P) over the last axis;  vmax = ReduceMax(Abs(V)) over the second last
+    Pq   = Clip(Round(P * Where(pmax > 0, 255 / pmax, 0)), 0, 255) as uint8
+    Vq   = Clip(Round(V * Where(vmax > 0, 127 / vmax, 0)), -127, 127) as int8
+    Y    = float(MatMulInteger(Pq, Vq)) * ((pmax / 255) * (vmax / 127))
+
+(``MatMulInteger`` of uint8 x int8 is exact in int32, as ``vpdpbusd`` is.)
 """
 from __future__ import annotations
 
@@ -32,13 +41,17 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
 
 
-def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precision: str) -> onnx.ModelProto:
+def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precision: str,
+                        matmuls: dict[str, dict] | None = None) -> onnx.ModelProto:
     """A copy of the canonical ``model`` with every conv named in ``convs`` ({node: {"qa", "qw"}},
-    the plan's ``quantized_convs``) computed as ``precision`` would."""
+    the plan's ``quantized_convs``) computed as ``precision`` would, and every attention product
+    named in ``matmuls`` (the plan's ``quantized_matmuls``) on int8."""
     from ..schedules import quantize
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if matmuls:
+        _attention_products(out, matmuls)
     if not convs:
         return out
     opset = _opset(out)
@@ -131,3 +144,65 @@ def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precisio
     out.graph.node.extend(new_nodes)
     out.graph.initializer.extend(new_inits)
     return out
+
+
+def _attention_products(model: onnx.ModelProto, matmuls: dict[str, dict]) -> None:
+    """Rewrite, in place, each ``MatMul(P, V)`` named in ``matmuls`` as the int8 build computes it
+    (the module docstring's formula; ``schedules.quantize.quantize_rows`` / ``quantize_columns``)."""
+    from ..schedules.quantize import P_LEVELS, V_LEVELS
+
+    opset = _opset(model)
+    if opset < 11:
+        raise UnsupportedModelError(f"--attention-precision int8: the model's opset {opset} has no "
+                                    "Round (opset 11); re-export it with opset >= 11, or compile with fp32")
+    new_nodes, new_inits, found = [], [], set()
+
+    def const(p, name, value):
+        new_inits.append(numpy_helper.from_array(np.asarray(value), f"{p}_{name}"))
+        return f"{p}_{name}"
+
+    def reduce_max(p, x, axis, y):
+        if opset < 18:
+            return helper.make_node("ReduceMax", [x], [y], axes=[axis], keepdims=1)
+        return helper.make_node("ReduceMax", [x, const(p, f"axes{axis}", np.int64([axis]))], [y], keepdims=1)
+
+    def levels(p, x, peak, top, lo, to):
+        """Clip(Round(x * Where(peak > 0, top / peak, 0)), lo, top) cast to ``to``."""
+        return [
+            helper.make_node("Greater", [peak, const(p, "zero", np.float32(0))], [f"{p}_pos"]),
+            helper.make_node("Div", [const(p, "top", np.float32(top)), peak], [f"{p}_inv0"]),
+            helper.make_node("Where", [f"{p}_pos", f"{p}_inv0", f"{p}_zero"], [f"{p}_inv"]),
+            helper.make_node("Mul", [x, f"{p}_inv"], [f"{p}_xs"]),
+            helper.make_node("Round", [f"{p}_xs"], [f"{p}_xr"]),
+            helper.make_node("Clip", [f"{p}_xr", const(p, "lo", np.float32(lo)), f"{p}_top"], [f"{p}_xc"]),
+            helper.make_node("Cast", [f"{p}_xc"], [f"{p}_q"], to=to),
+            helper.make_node("Div", [peak, f"{p}_top"], [f"{p}_d"]),
+        ]
+
+    for node in model.graph.node:
+        if node.name not in matmuls:
+            new_nodes.append(node)
+            continue
+        if node.op_type != "MatMul" or len(node.input) != 2:
+            raise UnsupportedModelError(f"node {node_label(node)}: the library quantized it as an "
+                                        "attention product, but it is not a MatMul here")
+        found.add(node.name)
+        p, (a, b) = f"{node.name}__q", node.input
+        pa, pb = f"{p}_p", f"{p}_v"
+        new_nodes += [
+            reduce_max(pa, a, -1, f"{pa}_max"),
+            *levels(pa, a, f"{pa}_max", P_LEVELS, 0, onnx.TensorProto.UINT8),
+            helper.make_node("Abs", [b], [f"{pb}_abs"]),
+            reduce_max(pb, f"{pb}_abs", -2, f"{pb}_max"),
+            *levels(pb, b, f"{pb}_max", V_LEVELS, -V_LEVELS, onnx.TensorProto.INT8),
+            helper.make_node("MatMulInteger", [f"{pa}_q", f"{pb}_q"], [f"{p}_acc"], name=f"{p}_mm"),
+            helper.make_node("Cast", [f"{p}_acc"], [f"{p}_accf"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{pa}_d", f"{pb}_d"], [f"{p}_scale"]),  # [.., M, 1] x [.., 1, N]
+            helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [node.output[0]]),
+        ]
+    missing = set(matmuls) - found
+    if missing:
+        raise UnsupportedModelError(f"quantized attention products {sorted(missing)} are not in the model")
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    model.graph.initializer.extend(new_inits)

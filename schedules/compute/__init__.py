@@ -5,7 +5,9 @@ bit-exact test in ``tests/schedules``.
 * :mod:`.bitpack`: ``x >= t`` packed into uint64 words, the float ±1 of a DynamicSign, unpacking;
 * :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
 * :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax;
-* :mod:`.quantized_conv`: the float conv on int16 pairs (``compile --conv-precision``).
+* :mod:`.quantized_conv`: the float conv on int16 pairs (``compile --conv-precision``);
+* :mod:`.quantized_matmul`: attention's probability x value product on int8
+  (``compile --attention-precision``).
 """
 from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense
 from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
@@ -20,6 +22,7 @@ from .float_ops import (
     softmax_last,
 )
 from .quantized_conv import qconv2d_blocked, quantize_hwc, quantize_pairs
+from .quantized_matmul import qbatch_matmul, quantize_columns, quantize_rows
 
 __all__ = [
     "POST_OPS",
@@ -40,9 +43,12 @@ __all__ = [
     "power",
     "power_mean",
     "prelu_stats",
+    "qbatch_matmul",
     "qconv2d_blocked",
+    "quantize_columns",
     "quantize_hwc",
     "quantize_pairs",
+    "quantize_rows",
     "softmax_last",
     "unpack_bits_float",
 ]

@@ -346,3 +346,26 @@ def test_quantized_conv_end_to_end(precision, a64_kernels, rng):
     got = a64_kernels.run(pf, [q, Q.pair_blocked(qw.ints, S.fconv2d_block(TARGET)), qw.dequant, amax],
                           expect.shape, "int32")
     np.testing.assert_array_equal(got, expect)
+
+
+def test_attention_int8_end_to_end(a64_kernels, rng):
+    """``--attention-precision int8``: probabilities per row (LLVM's ``roundeven`` is ``frintn``
+    here), values per column, then the int32 product, on aarch64 (generic schedules): levels,
+    peaks, sums and the float output exact."""
+    b, m, k, n = 2, 5, 10, 16
+    z = rng.standard_normal((b, m, k)).astype("float32") * 3
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p = (p / p.sum(-1, keepdims=True)).astype("float32")
+    v = (rng.standard_normal((b, k, n)) * 2).astype("float32")
+    pq_ref, pmax_ref = ref.quantize_rows_ref(p)
+    vq_ref, vmax_ref = ref.quantize_columns_ref(v)
+    pq, pmax = a64_kernels.run(_arm(S.make_quantize_rows(p.shape, target=TARGET)), [p],
+                               [pq_ref.shape, pmax_ref.shape], ["uint8", "float32"])
+    vq, vmax = a64_kernels.run(_arm(S.make_quantize_columns(v.shape, target=TARGET)), [v],
+                               [vq_ref.shape, vmax_ref.shape], ["int8", "float32"])
+    for got, want in ((pq, pq_ref), (pmax, pmax_ref), (vq, vq_ref), (vmax, vmax_ref)):
+        np.testing.assert_array_equal(got, want)
+    acc, y = ref.qbatch_matmul_ref(pq_ref, vq_ref, pmax_ref, vmax_ref)
+    got = a64_kernels.run(_arm(S.make_qbatch_matmul(pq.shape, vq.shape, target=TARGET)), [pq, vq, pmax, vmax],
+                          y.shape, "float32")
+    np.testing.assert_array_equal(got, y)

@@ -359,11 +359,52 @@ def test_conv_precision_compile_validate_bench(work, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True
     effect = report["sets"][0]["precision_effect"]
-    assert effect["precision"] == "int16" and 0 < effect["max_abs_vs_fp32_ort"] < 0.05
+    assert effect["precision"] == "int16 float convs" and 0 < effect["max_abs_vs_fp32_ort"] < 0.05
     assert main(["bench", str(work / "tiny.onnx"), "--lib", str(out), "--rounds", "1", "--number", "1",
                  "--threads", "1", "--json"]) == 0
     ours = [t for t in json.loads(capsys.readouterr().out)["timings"] if t["engine"] == "bnncompile"]
     assert ours[0]["precision"] == "conv:int16"
+
+
+class TinyAttention(nn.Module):
+    """stem -> 16 tokens -> binary q, k, v -> softmax(q k^T / 4) v -> binary linear -> mean."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, stride=2, padding=1)
+        self.q, self.k, self.v, self.out = (bnn.BinaryLinear(c, c, binarizer=bnn.DySign(c, reduction=2))
+                                            for _ in range(4))
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)
+        a = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / 4, dim=-1)
+        return self.out(a @ self.v(t)).mean(1)
+
+
+def test_attention_precision_compile_validate_bench(tmp_path, capsys):
+    """--attention-precision int8: the Softmax x values product runs on int8 (sidecar), compile's
+    verify and validate judge the build against the quantized graph and report its effect."""
+    from bnncompile.exporter import export
+
+    torch.manual_seed(0)
+    export(TinyAttention().eval(), torch.randn(2, 3, 8, 8), tmp_path / "att.onnx")
+    out = tmp_path / "att.so"
+    assert main(["compile", str(tmp_path / "att.onnx"), "-o", str(out), "--attention-precision", "int8",
+                 "-q"]) == 0
+    assert "1 attention product(s) (Softmax x values) on int8" in capsys.readouterr().err
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["options"]["attention_precision"] == "int8" and len(meta["quantized_matmuls"]) == 1
+    assert meta["verify"]["ok"] is True
+    assert main(["validate", str(tmp_path / "att.onnx"), "--lib", str(out), "-q", "--images", "2",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    effect = report["sets"][0]["precision_effect"]
+    assert report["ok"] is True and effect["precision"] == "int8 attention products"
+    assert 0 < effect["max_abs_vs_fp32_ort"] < 0.1
+    assert main(["bench", str(tmp_path / "att.onnx"), "--lib", str(out), "--rounds", "1", "--number", "1",
+                 "--threads", "1", "--no-layers", "--json"]) == 0
+    ours = [t for t in json.loads(capsys.readouterr().out)["timings"] if t["engine"] == "bnncompile"]
+    assert ours[0]["precision"] == "attn:int8"
 
 
 def test_conv_precision_unknown_choice(work, tmp_path, capsys):
@@ -376,6 +417,8 @@ def test_conv_precision_unknown_choice(work, tmp_path, capsys):
 @pytest.mark.parametrize("extra,fragment", [
     (["--conv-precision", "int8", "--float-only"], "--float-only"),
     (["--conv-precision", "int8", "--target", "cuda-sm80"], "CPU kernels"),
+    (["--attention-precision", "int8", "--float-only"], "--float-only"),
+    (["--attention-precision", "int8", "--target", "cuda-sm80"], "CPU kernels"),
 ])
 def test_conv_precision_bad_combinations(work, tmp_path, capsys, extra, fragment):
     out = tmp_path / "bad.so"

@@ -13,6 +13,7 @@ test file in ``tests/frontend/converters/``.
 from __future__ import annotations
 
 from ...custom_ops import registry as custom_ops
+from .attention_product import AttentionProduct
 from .base import op_type
 from .binary_conv import BinaryConv, FusedEpilogue
 from .binary_dense import BinaryDense
@@ -27,6 +28,7 @@ CONVERTERS = (
     BinaryConv(),
     BinaryDense(),
     BinaryBatchMatMul(),
+    AttentionProduct(),  # after the binary matmuls: a Softmax x DynamicSign product is theirs
     FoldedScale(),
     MaxPool(),
     AveragePool(),

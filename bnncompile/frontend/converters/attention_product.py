@@ -1,0 +1,65 @@
+"""Attention's probability x value product on int8 (``compile --attention-precision int8``): a
+float ``MatMul(P, V)`` whose ``P`` is a Softmax over its last axis and whose ``V`` is an
+activation (not an initializer) → ``P`` quantized per row into unsigned bytes, ``V`` per
+column into int8, an exact int32 batch matmul (``vpdpbusd`` on AVX-512 VNNI) and the float
+output (``schedules.quantize``'s attention numbers).  Every other MatMul keeps its float
+lowering; so does one whose shapes do not fit (batch dims that broadcast, rank < 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import UnsupportedModelError, node_label
+from ..graph import attr, is_standard
+
+
+def _softmax_axis(index, tensor: str, opset: int) -> int | None:
+    """The axis of the Softmax that produces ``tensor`` (None: not a Softmax)."""
+    node = index.producer.get(tensor)
+    if node is None or not is_standard(node, "Softmax"):
+        return None
+    return int(attr(node, "axis", -1 if opset >= 13 else 1))
+
+
+class AttentionProduct:
+    name = "AttentionProduct"
+    requires = frozenset({"binary_kernels", "cpu", "attention_int8"})
+
+    def plan(self, ctx) -> None:
+        opset = next((o.version for o in ctx.model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        for node in ctx.model.graph.node:
+            if (is_standard(node, "MatMul") and not ctx.is_claimed(node) and len(node.input) == 2
+                    and ctx.index.constant(node.input[1]) is None
+                    and _softmax_axis(ctx.index, node.input[0], opset) is not None):
+                ctx.claim(node, self)  # its axis is checked against the rank at import
+
+    def convert(self, imp, node, inputs, attrs, opset):
+        from tvm import relax
+
+        from ...schedules import quantize
+        from ...schedules.registry import vnni_available
+
+        p, v = inputs
+        ps, vs = imp.shape_of(p), imp.shape_of(v)
+        axis = _softmax_axis(imp.index, node.input[0], opset)
+        if (len(ps) < 3 or len(ps) != len(vs) or ps[:-2] != vs[:-2] or ps[-1] != vs[-2]
+                or axis not in (-1, len(ps) - 1)):
+            return imp.fallback("MatMul", inputs, attrs, opset)  # stays float, as written
+        batch, (m, k), n = ps[:-2], ps[-2:], vs[-1]
+        if k > quantize.ATTENTION_MAX_K:
+            raise UnsupportedModelError(
+                f"node {node_label(node)}: --attention-precision int8 sums {k} products of 255 x 127 "
+                f"in int32 (at most {quantize.ATTENTION_MAX_K}); compile it with fp32")
+        b = int(np.prod(batch))
+        p3 = imp.emit(relax.op.reshape(p, [b, m, k]))
+        v3 = imp.emit(relax.op.reshape(v, [b, k, n]))
+        k4 = -(-k // 4) * 4
+        pq, pmax = imp.call_kernel(imp.kernel("quantize_rows", [b, m, k]), [p3], [b, m, k4], "uint8",
+                                   layer=node.name, kind="quantize", extra_outputs=[((b, m), "float32")])
+        vq, vmax = imp.call_kernel(imp.kernel("quantize_columns", [b, k, n]), [v3], [b, k4 // 4, n, 4], "int8",
+                                   layer=node.name, kind="quantize", extra_outputs=[((b, n), "float32")])
+        pf = imp.kernel("qbatch_matmul", [b, m, k4], [b, k4 // 4, n, 4])
+        y = imp.call_kernel(pf, [pq, vq, pmax, vmax], [b, m, n], "float32", layer=node.name,
+                            kind="qbmm_vnni" if vnni_available(imp.target) else "qbmm", float_macs=b * m * k * n)
+        imp.plan.quantized_matmuls[node.name] = {"p_levels": quantize.P_LEVELS, "v_levels": quantize.V_LEVELS}
+        return imp.emit(relax.op.reshape(y, [*batch, m, n]))
