@@ -192,7 +192,8 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
                            fuse_epilogues=fuse_epilogues, debug_signs=debug_signs, sign_zero=sign_zero,
-                           conv_precision=conv_precision, attention_precision=attention_precision)
+                           conv_precision=conv_precision, attention_precision=attention_precision,
+                           fast_math=fast_math)
     session = None
     if tuning_db is not None:
         from .schedules import tuning

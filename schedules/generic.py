@@ -363,15 +363,20 @@ def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intr
 
 
 def schedule_quantize_rows(sch: s_tir.Schedule) -> None:
-    """Attention probabilities: rows (b, i) in parallel; per row its lane maxima (vectorised),
-    the max, 1/max and the row's bytes (vectorised), the row read while it is in L1.  The row
-    loop is the max's (an output block stays where it is; the rest moves around it)."""
-    mx = sch.get_sblock("qrow_max")
-    b, i, _ = sch.get_loops(mx)
+    """Attention probabilities: rows (b, i) in parallel, each as :func:`quantize_rows_in`.  The
+    row loop is the max's (an output block stays where it is; the rest moves around it)."""
+    b, i, _ = sch.get_loops(sch.get_sblock("qrow_max"))
     row = sch.fuse(b, i)
     sch.parallel(row)
+    quantize_rows_in(sch, row)
+
+
+def quantize_rows_in(sch: s_tir.Schedule, row, *, bytes_in_row: bool = True) -> None:
+    """Per probability row, under ``row`` (the loop over rows of ``qrow_max``): the row's lane
+    maxima (vectorised), its max, 1/max and (``bytes_in_row``) its bytes (vectorised), the row
+    read while it is in L1; else the bytes stay in their own loops (vectorised)."""
     sch.compute_at(sch.get_sblock("qrow_part"), row, preserve_unit_loops=True)
-    for name in ("qrow_inv", "qrows"):
+    for name in ("qrow_inv", "qrows")[:2 if bytes_in_row else 1]:
         sch.reverse_compute_at(sch.get_sblock(name), row)
     part = sch.get_sblock("qrow_part")
     *_, lane, rk = sch.get_loops(part)

@@ -45,6 +45,9 @@ class FrontendOptions:
     conv_precision: str = "fp32"
     #: attention's Softmax x value MatMuls: "fp32", or "int8" (schedules.quantize; CPU targets)
     attention_precision: str = "fp32"
+    #: the build's softmax is the polynomial one (compile's fast_math): an int8 attention
+    #: product may then compute it in its own kernel
+    fast_math: bool = True
     #: also build a ``debug_signs`` function returning the outputs followed by every
     #: DynamicSign's ±1 as the binary kernels consume it (one build serves ``main`` and the
     #: per-layer parity checks of ``compile --verify`` and ``validate``)
@@ -61,6 +64,8 @@ class FrontendOptions:
                 on.add("fuse_epilogues")
             if self.attention_precision == "int8":
                 on.add("attention_int8")
+            if self.fast_math:
+                on.add("fast_math")
         return frozenset(on)
 
 

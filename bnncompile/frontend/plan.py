@@ -76,6 +76,9 @@ class LoweringPlan:
     #: attention's probability x value products on int8 (``--attention-precision int8``):
     #: {node: {"p_levels", "v_levels"}} (filled at import)
     quantized_matmuls: dict[str, dict] = field(default_factory=dict)
+    #: such a product's MatMul -> the Softmax it computes in its own kernel (that Softmax's
+    #: only reader, fast math): the probabilities never exist as a float tensor
+    fused_softmaxes: dict[str, str] = field(default_factory=dict)
     #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
     sign_zero_sites: list = field(default_factory=list)
 
@@ -108,7 +111,8 @@ class PlanContext:
     model: onnx.ModelProto
     index: GraphIndex
     plan: LoweringPlan
-    #: switches a converter may require: "binary_kernels", "cpu", "fuse_epilogues"
+    #: switches a converter may require: "binary_kernels", "cpu", "fuse_epilogues",
+    #: "attention_int8", "fast_math"
     switches: frozenset[str]
     #: tensors that must stay materialised (graph outputs, debug outputs): fusions end there
     keep: set[str]

@@ -217,16 +217,21 @@ def _softmax_lanes(n: int, lanes: int, registers: int = 4) -> int:
     return max((d for d in range(registers * lanes, 1, -1) if n % d == 0 and d >= 4), default=0)
 
 
-def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
+def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int | None = None):
     """:func:`compute.softmax_last`: rows in parallel, each row's max, exponentials and sum
     computed inside its task (the exponentials stay in a row buffer), element-wise passes in
     vector chunks, both reductions as a vector of partial results.  Zen 3, 1 thread, attention
     [1,6,196,196]: TOPI's fast_softmax under dlight's rule 0.37 ms -> 0.20 ms; with chunks of
-    4 native registers (28 lanes, not 49) and vectorised partial results 0.17 ms."""
+    4 native registers (28 lanes, not 49) and vectorised partial results 0.17 ms.
+    ``matrix_rows``: the parallel tasks are whole matrices of that many rows (their rows in
+    order inside), for consumers placed under the returned task loop."""
     out = sch.get_sblock("sm_out")
     *lead, _ = sch.get_loops(out)
     row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    sch.parallel(row)
+    task = row
+    if matrix_rows:  # tasks of whole matrices, their rows in order (returned for consumers)
+        task, row = sch.split(row, factors=[None, matrix_rows])
+    sch.parallel(task)
     sch.compute_inline(sch.get_sblock("sm_diff"))
     n = int(sch.get(sch.get_loops(out)[-1]).extent)
     native = vector_bits(target) // 32  # one register (vector_lanes doubles AVX2's)
@@ -254,6 +259,7 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target) -> None:
         sch.reorder(*ros, ri)
         sch.vectorize(ri)
         sch.decompose_reduction(rf, ros[0])
+    return task
 
 
 def softmax_last_func(shape, target: Target):
@@ -269,3 +275,32 @@ def softmax_last_func(shape, target: Target):
     schedule_softmax_last(sch, target)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
+
+
+def softmax_quantize_rows_func(shape, target: Target):
+    """A scheduled PrimFunc ``(x float32[B, M, K], pq uint8[B, M, K4], pmax float32[B, M])``:
+    :func:`softmax_last_func`'s softmax, then ``compute.quantize_rows`` of its rows
+    (``--attention-precision int8``), one (batch x head) matrix at a time: its softmax rows,
+    then its quantizer's rows, while the matrix's probabilities are in L2 instead of a whole
+    float tensor written out and read back.  Zen 4, 1 thread, CCT-7's [4,256,256]: 0.120 ms
+    against 0.126 + 0.043 as two kernels; CCT-14's [6,196,196] 0.163 against 0.104 + 0.063
+    (fused per row instead: 0.194, the two reductions' latency chains in one loop body).  K
+    must be a multiple of 4."""
+    from tvm import te
+
+    from .. import compute
+    from ..generic import quantize_rows_in
+
+    if int(shape[-1]) % compute.quantized_matmul.GROUP:
+        # the zero bytes past K read garbage once TVM drops their guard here (a row of 10 gave
+        # the next row's levels in its padding); such rows take the two kernels
+        raise ValueError(f"softmax_quantize_rows: rows of {shape[-1]} are not whole 4-byte words")
+    x = te.placeholder(tuple(int(v) for v in shape), "float32", name="x")
+    pq, pmax = compute.quantize_rows(compute.softmax_last(x))
+    sch = s_tir.Schedule(te.create_prim_func([x, pq, pmax]))
+    matrix = schedule_softmax_last(sch, target, matrix_rows=int(shape[-2]))
+    for name in ("qrow_part", "qrow_max", "qrow_inv", "qrows"):
+        sch.reverse_compute_at(sch.get_sblock(name), matrix)
+    # the bytes read the softmax's rows, produced in the matrix's own row loop
+    quantize_rows_in(sch, sch.get_loops(sch.get_sblock("qrow_max"))[-2], bytes_in_row=False)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

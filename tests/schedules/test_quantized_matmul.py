@@ -119,3 +119,30 @@ def test_attention_numbers_approximate_the_float_product(rng):
     bound = (dp[..., None] * np.abs(v)[:, None] + p[..., None] * dv[:, None] + dp[..., None] * dv[:, None]).sum(axis=2)
     assert (np.abs(y - exact) <= bound * (1 + 1e-5) + 1e-6).all()
     assert np.abs(y - exact).max() > 1e-6  # it did quantize
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 64), (2, 7, 20), (1, 5, 12)], ids=_ids)
+def test_softmax_quantize_rows_is_softmax_then_quantize_rows(shape, rng, host, run_primfunc, run_primfunc_outs):
+    """The fused kernel (softmax in the quantizer's kernel, one matrix at a time) computes the
+    same bytes and peaks as the softmax kernel followed by the quantizer, bit for bit."""
+    import tvm
+    from bnncompile.schedules.float_glue import softmax_last_func
+    from bnncompile.schedules.float_glue.rows import softmax_quantize_rows_func
+
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    x[0, 0] = 0.0  # a flat row: every probability at the peak
+    target = tvm.target.Target(host)
+    p = run_primfunc(softmax_last_func(shape, target).with_attr("global_symbol", "sm"), [x], shape, "float32")
+    expect_q, expect_max = ref.quantize_rows_ref(p)
+    fused = softmax_quantize_rows_func(shape, target).with_attr("global_symbol", "smq")
+    q, pmax = run_primfunc_outs(fused, [x], [(expect_q.shape, "uint8"), (expect_max.shape, "float32")])
+    np.testing.assert_array_equal(pmax, expect_max)
+    np.testing.assert_array_equal(q, expect_q)
+
+
+def test_softmax_quantize_rows_refuses_partial_words(host):
+    import tvm
+    from bnncompile.schedules.float_glue.rows import softmax_quantize_rows_func
+
+    with pytest.raises(ValueError, match="not whole 4-byte words"):
+        softmax_quantize_rows_func((2, 7, 10), tvm.target.Target(host))

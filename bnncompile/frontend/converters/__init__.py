@@ -13,7 +13,7 @@ test file in ``tests/frontend/converters/``.
 from __future__ import annotations
 
 from ...custom_ops import registry as custom_ops
-from .attention_product import AttentionProduct
+from .attention_product import FUSED_SOFTMAX, AttentionProduct
 from .base import op_type
 from .binary_conv import BinaryConv, FusedEpilogue
 from .binary_dense import BinaryDense
@@ -29,6 +29,7 @@ CONVERTERS = (
     BinaryDense(),
     BinaryBatchMatMul(),
     AttentionProduct(),  # after the binary matmuls: a Softmax x DynamicSign product is theirs
+    FUSED_SOFTMAX,
     FoldedScale(),
     MaxPool(),
     AveragePool(),

@@ -3,7 +3,9 @@ float ``MatMul(P, V)`` whose ``P`` is a Softmax over its last axis and whose ``V
 activation (not an initializer) → ``P`` quantized per row into unsigned bytes, ``V`` per
 column into int8, an exact int32 batch matmul (``vpdpbusd`` on AVX-512 VNNI) and the float
 output (``schedules.quantize``'s attention numbers).  Every other MatMul keeps its float
-lowering; so does one whose shapes do not fit (batch dims that broadcast, rank < 3)."""
+lowering; so does one whose shapes do not fit (batch dims that broadcast, rank < 3).  A Softmax
+that only this MatMul reads is computed in the quantizer's kernel (fast math builds: the same
+polynomial softmax, ``float_glue.softmax_quantize_rows_func``), one matrix at a time."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from ...errors import UnsupportedModelError, node_label
 from ..graph import attr, is_standard
+from ..plan import only_read_by
 
 
 def _softmax_axis(index, tensor: str, opset: int) -> int | None:
@@ -32,6 +35,12 @@ class AttentionProduct:
                     and ctx.index.constant(node.input[1]) is None
                     and _softmax_axis(ctx.index, node.input[0], opset) is not None):
                 ctx.claim(node, self)  # its axis is checked against the rank at import
+                softmax = ctx.index.producer[node.input[0]]
+                if ("fast_math" in ctx.switches and _softmax_axis(ctx.index, node.input[0], opset) == -1
+                        and not ctx.is_claimed(softmax)
+                        and only_read_by(ctx.index, node.input[0], {node.name}, ctx.keep)):
+                    ctx.claim(softmax, FUSED_SOFTMAX)
+                    ctx.plan.fused_softmaxes[node.name] = softmax.name
 
     def convert(self, imp, node, inputs, attrs, opset):
         from tvm import relax
@@ -39,23 +48,37 @@ class AttentionProduct:
         from ...schedules import quantize
         from ...schedules.registry import vnni_available
 
-        p, v = inputs
+        p, v = inputs  # p: the Softmax's input where the Softmax is fused (FusedSoftmax)
+        fused = node.name in imp.plan.fused_softmaxes
         ps, vs = imp.shape_of(p), imp.shape_of(v)
         axis = _softmax_axis(imp.index, node.input[0], opset)
         if (len(ps) < 3 or len(ps) != len(vs) or ps[:-2] != vs[:-2] or ps[-1] != vs[-2]
                 or axis not in (-1, len(ps) - 1)):
-            return imp.fallback("MatMul", inputs, attrs, opset)  # stays float, as written
+            if fused:  # stays float, as written: the softmax too
+                imp.plan.fused_softmaxes.pop(node.name)
+                p = imp.emit(relax.op.nn.softmax(p, axis=-1))
+            return imp.fallback("MatMul", [p, v], attrs, opset)
         batch, (m, k), n = ps[:-2], ps[-2:], vs[-1]
         if k > quantize.ATTENTION_MAX_K:
             raise UnsupportedModelError(
                 f"node {node_label(node)}: --attention-precision int8 sums {k} products of 255 x 127 "
                 f"in int32 (at most {quantize.ATTENTION_MAX_K}); compile it with fp32")
         b = int(np.prod(batch))
+        if fused and k % 4:  # the fused kernel takes whole 4-byte words: two kernels instead
+            imp.plan.fused_softmaxes.pop(node.name)
+            fused, p = False, imp.emit(relax.op.nn.softmax(p, axis=-1))
         p3 = imp.emit(relax.op.reshape(p, [b, m, k]))
         v3 = imp.emit(relax.op.reshape(v, [b, k, n]))
         k4 = -(-k // 4) * 4
-        pq, pmax = imp.call_kernel(imp.kernel("quantize_rows", [b, m, k]), [p3], [b, m, k4], "uint8",
-                                   layer=node.name, kind="quantize", extra_outputs=[((b, m), "float32")])
+        if fused:
+            from ...schedules.float_glue.rows import softmax_quantize_rows_func
+
+            rows = softmax_quantize_rows_func([b, m, k], imp.target).with_attr(
+                "global_symbol", f"bnn_softmax_quantize_rows_{b}x{m}x{k}")
+        else:
+            rows = imp.kernel("quantize_rows", [b, m, k])
+        pq, pmax = imp.call_kernel(rows, [p3], [b, m, k4], "uint8", layer=node.name, kind="quantize",
+                                   extra_outputs=[((b, m), "float32")])
         vq, vmax = imp.call_kernel(imp.kernel("quantize_columns", [b, k, n]), [v3], [b, k4 // 4, n, 4], "int8",
                                    layer=node.name, kind="quantize", extra_outputs=[((b, n), "float32")])
         pf = imp.kernel("qbatch_matmul", [b, m, k4], [b, k4 // 4, n, 4])
@@ -63,3 +86,20 @@ class AttentionProduct:
                             kind="qbmm_vnni" if vnni_available(imp.target) else "qbmm", float_macs=b * m * k * n)
         imp.plan.quantized_matmuls[node.name] = {"p_levels": quantize.P_LEVELS, "v_levels": quantize.V_LEVELS}
         return imp.emit(relax.op.reshape(y, [*batch, m, n]))
+
+
+class FusedSoftmax:
+    """A Softmax that only an int8 attention product reads, computed in that product's
+    quantizer kernel (:class:`AttentionProduct` claims it): here it passes its input through."""
+
+    name = "FusedSoftmax"
+    requires = frozenset({"binary_kernels", "cpu", "attention_int8", "fast_math"})
+
+    def plan(self, ctx) -> None:
+        pass  # claimed by AttentionProduct
+
+    def convert(self, imp, node, inputs, attrs, opset):
+        return inputs[0]
+
+
+FUSED_SOFTMAX = FusedSoftmax()

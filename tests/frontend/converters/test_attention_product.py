@@ -71,6 +71,25 @@ def test_what_does_not_fit_stays_float(why, kwargs, shapes, rng):
     np.testing.assert_allclose(y, ort_run(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("why,kwargs,fused", [
+    ("fast math: the product's kernel computes the softmax", {}, True),
+    ("exact math: TVM's softmax, as written", dict(fast_math=False), False),
+    ("the probabilities are also an output", dict(extra_outputs=("p",)), False),
+    ("rows of 10 probabilities: not whole words", dict(case="odd_k"), False),
+])
+def test_softmax_fused_into_the_product_only_where_nothing_else_reads_it(why, kwargs, fused, rng):
+    kwargs = dict(kwargs)
+    s_shape, v_shape = CASES[kwargs.pop("case", "heads")]
+    model = _graph(s_shape, v_shape)
+    feeds = {"s": (rng.standard_normal(s_shape) * 4).astype(np.float32),
+             "v": (rng.standard_normal(v_shape) * 2).astype(np.float32)}
+    outs, plan = build_and_run(model, feeds, batch=s_shape[0], attention_precision="int8", **kwargs)
+    assert set(plan.quantized_matmuls) == {"mm"}, why
+    assert plan.fused_softmaxes == ({"mm": "softmax"} if fused else {}), why
+    (y_q,) = ort_run(quantized_reference(prepare(model), {}, "fp32", plan.quantized_matmuls), feeds)
+    np.testing.assert_allclose(outs[0], y_q, rtol=1e-6, atol=3 * np.abs(feeds["v"]).max() / 255)
+
+
 def test_fp32_builds_quantize_no_attention(rng):
     s_shape, v_shape = CASES["heads"]
     model = _graph(s_shape, v_shape)
