@@ -356,13 +356,21 @@ def schedule_qconv2d(sch: s_tir.Schedule, wi_max: int = 4, kb_max: int = 2, intr
     if obo is not None:
         sch.unroll(obo)
     sch.compute_inline(wb)
-    out = sch.get_sblock("qconv_out")
-    sch.reverse_compute_at(out, wo)
-    vectorize_innermost(sch, out, wo)
+    _int_tile_finish(sch, conv, "qconv_out", wo, ob, rj, rc, intrin)
+
+
+def _int_tile_finish(sch: s_tir.Schedule, acc, out_name: str, anchor, ob, group, first_reduction,
+                     intrin: str | None) -> None:
+    """The int32 register tile's last steps (quantized conv, int8 attention product): its float
+    output under ``anchor``, the ``(ob, group)`` loops one instruction (``intrin``) or vectors
+    along ``ob``, the accumulators' init vectorised."""
+    out = sch.get_sblock(out_name)
+    sch.reverse_compute_at(out, anchor)
+    vectorize_innermost(sch, out, anchor)
     if intrin is None:
-        sch.unroll(rj)
+        sch.unroll(group)
         sch.vectorize(ob)
-    init = sch.decompose_reduction(conv, rc)
+    init = sch.decompose_reduction(acc, first_reduction)
     sch.vectorize(sch.get_loops(init)[-1])
     if intrin is not None:
         sch.tensorize(ob, intrin)
@@ -434,16 +442,7 @@ def schedule_qbatch_matmul(sch: s_tir.Schedule, mi_max: int = 4, nb_max: int = 1
     for name in ("qbmm_dp", "qbmm_dv"):  # a division per output vector, hoisted by LLVM per row
         if has_block(sch, name):  # not in the accumulate-only variant
             sch.compute_inline(sch.get_sblock(name))
-    out = sch.get_sblock("qbmm_out")
-    sch.reverse_compute_at(out, nbo)
-    vectorize_innermost(sch, out, nbo)
-    if intrin is None:
-        sch.unroll(rt)
-        sch.vectorize(ob)
-    init = sch.decompose_reduction(acc, rq)
-    sch.vectorize(sch.get_loops(init)[-1])
-    if intrin is not None:
-        sch.tensorize(ob, intrin)
+    _int_tile_finish(sch, acc, "qbmm_out", nbo, ob, rt, rq, intrin)
 
 
 def schedule_maxpool2d(sch: s_tir.Schedule) -> None:

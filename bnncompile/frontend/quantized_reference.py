@@ -137,13 +137,18 @@ def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precisio
             helper.make_node("Mul", [f"{p}_amax", const("dq", qw.dequant.reshape(1, k, 1, 1))], [f"{p}_scale"]),
             *tail,
         ]
-    missing = set(convs) - found
-    if missing:
-        raise UnsupportedModelError(f"quantized convs {sorted(missing)} are not in the model")
-    del out.graph.node[:]
-    out.graph.node.extend(new_nodes)
-    out.graph.initializer.extend(new_inits)
+    _splice(out, new_nodes, new_inits, set(convs) - found, "quantized convs")
     return out
+
+
+def _splice(model: onnx.ModelProto, nodes, inits, missing: set, what: str) -> None:
+    """Replace ``model``'s nodes by ``nodes`` and add ``inits``, once every rewritten node the
+    library named was found (``missing`` empty)."""
+    if missing:
+        raise UnsupportedModelError(f"{what} {sorted(missing)} are not in the model")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
 
 
 def _attention_products(model: onnx.ModelProto, matmuls: dict[str, dict]) -> None:
@@ -200,9 +205,4 @@ def _attention_products(model: onnx.ModelProto, matmuls: dict[str, dict]) -> Non
             helper.make_node("Mul", [f"{pa}_d", f"{pb}_d"], [f"{p}_scale"]),  # [.., M, 1] x [.., 1, N]
             helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [node.output[0]]),
         ]
-    missing = set(matmuls) - found
-    if missing:
-        raise UnsupportedModelError(f"quantized attention products {sorted(missing)} are not in the model")
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    model.graph.initializer.extend(new_inits)
+    _splice(model, new_nodes, new_inits, set(matmuls) - found, "quantized attention products")
