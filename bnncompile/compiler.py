@@ -39,18 +39,13 @@ class CompileOptions:
 
         if not isinstance(self.batch, int) or self.batch < 1:
             raise UsageError(f"Expected --batch to be a positive integer, got {self.batch!r}")
-        if self.conv_precision not in PRECISIONS:
-            raise UsageError(f"Expected --conv-precision to be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.conv_precision!r}")
-        if self.conv_precision != "fp32" and not self.binary_kernels:
-            raise UsageError(f"--conv-precision {self.conv_precision} quantizes bnncompile's float conv "
-                             "kernels; --float-only builds none (drop one of the two)")
-        if self.attention_precision not in ATTENTION_PRECISIONS:
-            raise UsageError(f"Expected --attention-precision to be one of {', '.join(ATTENTION_PRECISIONS)}, "
-                             f"got {self.attention_precision!r}")
-        if self.attention_precision != "fp32" and not self.binary_kernels:
-            raise UsageError(f"--attention-precision {self.attention_precision} runs bnncompile's int8 "
-                             "attention kernel; --float-only builds none (drop one of the two)")
+        for flag, value, allowed in (("--conv-precision", self.conv_precision, PRECISIONS),
+                                     ("--attention-precision", self.attention_precision, ATTENTION_PRECISIONS)):
+            if value not in allowed:
+                raise UsageError(f"Expected {flag} to be one of {', '.join(allowed)}, got {value!r}")
+            if value != "fp32" and not self.binary_kernels:
+                raise UsageError(f"{flag} {value} runs bnncompile's quantized kernels; --float-only "
+                                 "builds none (drop one of the two)")
 
 
 @dataclass
