@@ -4,9 +4,11 @@ Layout, in the order a kernel is made:
 
 * :mod:`.compute` — target-agnostic tensor expressions (bit-packing, binary conv / dense /
   batch matmul with fused epilogues, the float kernels bnncompile schedules itself);
-* :mod:`.generic`, :mod:`.x86`, :mod:`.arm`, :mod:`.cuda` — hand schedules per target, chosen by
-  the target's identity (:mod:`.target_identity`) in :mod:`.registry`;
-* :mod:`.registry` — the public ``make_*`` builders (compute + schedule → PrimFunc);
+* :mod:`.generic` (+ :mod:`.generic_quantized`), :mod:`.x86`, :mod:`.arm`, :mod:`.cuda` — hand
+  schedules per target, chosen by the target's identity (:mod:`.target_identity`) in
+  :mod:`.registry`;
+* :mod:`.registry` — the public ``make_*`` builders (compute + schedule → PrimFunc) and the
+  dispatch table; :mod:`.registry_quantized` those of the quantized kernels;
 * :mod:`.tuning` + ``databases/`` — MetaSchedule records that replace hand schedules;
 * :mod:`.float_glue` — default schedules for the float ops TVM legalizes;
 * :mod:`.x86_intrinsics` — tensor intrinsics the x86 schedules tensorize with;
@@ -24,8 +26,10 @@ _FROM = {
     "registry": ("SCHEDULES", "bconv_weight_block", "fconv2d_block", "get_schedule", "make_avgpool2d",
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
-                 "make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
-                 "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows", "target_key", "vnni_available", "weight_block_of"),
+                 "target_key", "weight_block_of"),
+    "registry_quantized": ("make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
+                           "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows",
+                           "vnni_available"),
     "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
                 "unpack_bits"),
 }

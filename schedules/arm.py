@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from . import generic, x86
+from . import generic, generic_quantized, x86
 
 KI_ARM = 4
 WI_MAX_ARM = 8
@@ -33,12 +33,12 @@ schedule_bitpack_last = generic.schedule_bitpack_last
 schedule_maxpool2d = generic.schedule_maxpool2d
 schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
-schedule_quantize_pairs = generic.schedule_quantize_pairs
-schedule_quantize_hwc = generic.schedule_quantize_hwc
-schedule_qconv2d = generic.schedule_qconv2d  # no NEON intrinsic yet: int32 lanes, vectorised
-schedule_quantize_rows = generic.schedule_quantize_rows
-schedule_quantize_columns = generic.schedule_quantize_columns
-schedule_qbatch_matmul = generic.schedule_qbatch_matmul
+schedule_quantize_pairs = generic_quantized.schedule_quantize_pairs
+schedule_quantize_hwc = generic_quantized.schedule_quantize_hwc
+schedule_qconv2d = generic_quantized.schedule_qconv2d  # no NEON intrinsic yet: int32 lanes, vectorised
+schedule_quantize_rows = generic_quantized.schedule_quantize_rows
+schedule_quantize_columns = generic_quantized.schedule_quantize_columns
+schedule_qbatch_matmul = generic_quantized.schedule_qbatch_matmul
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:

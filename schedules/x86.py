@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from . import generic
+from . import generic, generic_quantized
 from .generic import (
     TILE_SCOPE,
     extent,
@@ -250,10 +250,10 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
         generic.schedule_fconv2d(sch, wi_max=12, kb_max=1)
 
 
-schedule_quantize_pairs = generic.schedule_quantize_pairs
-schedule_quantize_hwc = generic.schedule_quantize_hwc
-schedule_quantize_rows = generic.schedule_quantize_rows
-schedule_quantize_columns = generic.schedule_quantize_columns
+schedule_quantize_pairs = generic_quantized.schedule_quantize_pairs
+schedule_quantize_hwc = generic_quantized.schedule_quantize_hwc
+schedule_quantize_rows = generic_quantized.schedule_quantize_rows
+schedule_quantize_columns = generic_quantized.schedule_quantize_columns
 
 
 def schedule_qbatch_matmul(sch: s_tir.Schedule) -> None:
@@ -265,9 +265,9 @@ def schedule_qbatch_matmul(sch: s_tir.Schedule) -> None:
 
     lanes = extent(sch, sch.get_loops(sch.get_sblock("qbmm"))[3])
     if lanes == 16:
-        generic.schedule_qbatch_matmul(sch, mi_max=4, nb_max=4, intrin=VPDPBUSD_16X4)
+        generic_quantized.schedule_qbatch_matmul(sch, mi_max=4, nb_max=4, intrin=VPDPBUSD_16X4)
     else:
-        generic.schedule_qbatch_matmul(sch)
+        generic_quantized.schedule_qbatch_matmul(sch)
 
 
 
@@ -289,12 +289,12 @@ def schedule_qconv2d(sch: s_tir.Schedule) -> None:
     lanes, group = extent(sch, loops[4]), extent(sch, loops[-1])  # ob, j
     if group == 4:
         if lanes % 16:
-            generic.schedule_qconv2d(sch)
+            generic_quantized.schedule_qconv2d(sch)
         else:
-            generic.schedule_qconv2d(sch, wi_max=8, kb_max=2, intrin=VPDPBUSD_16X4, intrin_lanes=16)
+            generic_quantized.schedule_qconv2d(sch, wi_max=8, kb_max=2, intrin=VPDPBUSD_16X4, intrin_lanes=16)
     elif lanes % 8:
-        generic.schedule_qconv2d(sch)  # no 8-lane halves: plain int32 vectors
+        generic_quantized.schedule_qconv2d(sch)  # no 8-lane halves: plain int32 vectors
     elif lanes == 8:
-        generic.schedule_qconv2d(sch, wi_max=4, kb_max=2, intrin=PMADDWD_8X2)
+        generic_quantized.schedule_qconv2d(sch, wi_max=4, kb_max=2, intrin=PMADDWD_8X2)
     else:
-        generic.schedule_qconv2d(sch, wi_max=8, kb_max=1, intrin=PMADDWD_8X2, intrin_lanes=8)
+        generic_quantized.schedule_qconv2d(sch, wi_max=8, kb_max=1, intrin=PMADDWD_8X2, intrin_lanes=8)

@@ -98,10 +98,11 @@ class Importer(of.ONNXGraphImporter):
         return tensor in self._debug_outputs
 
     def kernel(self, op: str, *args, **kwargs):
-        """``schedules.registry.make_<op>`` for this build's target and tuning session."""
-        from ..schedules import registry
+        """``schedules.make_<op>`` (:mod:`~bnncompile.schedules.registry` or its quantized
+        builders) for this build's target and tuning session."""
+        from .. import schedules
 
-        return getattr(registry, f"make_{op}")(*args, target=self.target, tuning=self.tuning, **kwargs)
+        return getattr(schedules, f"make_{op}")(*args, target=self.target, tuning=self.tuning, **kwargs)
 
     def call_kernel(self, prim_func, args, out_shape, out_dtype, *, layer=None, kind="bitpack",
                     binary_macs=0, float_macs=0, extra_outputs=()):

@@ -289,7 +289,7 @@ def softmax_quantize_rows_func(shape, target: Target):
     from tvm import te
 
     from .. import compute
-    from ..generic import quantize_rows_in
+    from ..generic_quantized import quantize_rows_in
 
     if int(shape[-1]) % compute.quantized_matmul.GROUP:
         # the zero bytes past K read garbage once TVM drops their guard here (a row of 10 gave

@@ -46,7 +46,7 @@ class AttentionProduct:
         from tvm import relax
 
         from ...schedules import quantize
-        from ...schedules.registry import vnni_available
+        from ...schedules.registry_quantized import vnni_available
 
         p, v = inputs  # p: the Softmax's input where the Softmax is fused (FusedSoftmax)
         fused = node.name in imp.plan.fused_softmaxes

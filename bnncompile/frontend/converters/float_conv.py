@@ -114,7 +114,7 @@ def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, 
 
 def _quads_fit(imp, qw, ob) -> bool:
     """int8 levels on a CPU with AVX-512 VNNI (16-channel blocks: one zmm ``vpdpbusd``)."""
-    from ...schedules.registry import vnni_available
+    from ...schedules.registry_quantized import vnni_available
 
     return qw.qa <= 127 and qw.qw <= 127 and ob == 16 and vnni_available(imp.target)
 
