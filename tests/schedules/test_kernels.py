@@ -280,7 +280,11 @@ def test_bconv2d_residual_channels_must_divide(host):
 
 
 PACK_CASES = [CONV_CASES[10], CONV_CASES[11], CONV_CASES[5], CONV_CASES[16], CONV_CASES[1],
-              (1, 16, 4, 56, 130, (3, 3), 1, (1, 1, 1, 1), 1)]
+              (1, 16, 4, 56, 130, (3, 3), 1, (1, 1, 1, 1), 1),
+              # rows no 8 divides (ResNet-18's 28, 14, 7): packed in chunks of 14 / 7 in the row
+              (1, 16, 3, 28, 64, (3, 3), 1, (1, 1, 1, 1), 1),
+              (1, 32, 6, 28, 128, (3, 3), 2, (1, 1, 1, 1), 1),
+              (1, 64, 7, 7, 128, (3, 3), 1, (1, 1, 1, 1), 1)]
 
 
 @pytest.mark.parametrize("sched", SCHEDS)
