@@ -9,31 +9,32 @@ from collections.abc import Sequence
 from tvm import te, tirx
 
 from ..quantize import VNNI_OFFSET
-from .common import conv_out_size, ints, normalize_2d, normalize_padding
-
-
-def _lanes(n: int) -> int:
-    return max(d for d in range(1, min(n, 16) + 1) if n % d == 0)
+from .common import (
+    clipped_levels,
+    conv_out_size,
+    divisor_lanes,
+    ints,
+    level_scale,
+    normalize_2d,
+    normalize_padding,
+)
 
 
 def _sample_scale(data: te.Tensor, qa: int) -> tuple[te.Tensor, te.Tensor]:
     """``(amax, qa / amax)`` per sample of an NCHW map (0 where amax is 0)."""
     N, C, H, W = ints(data.shape)
-    f = _lanes(W)
+    f = divisor_lanes(W)
     rh, rs = te.reduce_axis((0, H), "rh"), te.reduce_axis((0, W // f), "rs")
     part = te.compute((N, C, f), lambda n, c, lane: te.max(
         tirx.abs(data[n, c, rh, rs * f + lane]), axis=[rh, rs]), name="qabs_part")
     rc, rl = te.reduce_axis((0, C), "rc"), te.reduce_axis((0, f), "rl")
     amax = te.compute((N,), lambda n: te.max(part[n, rc, rl], axis=[rc, rl]), name="qamax")
-    zero = tirx.const(0.0, "float32")
-    inv = te.compute((N,), lambda n: tirx.Select(
-        amax[n] > zero, tirx.const(float(qa), "float32") / amax[n], zero), name="qinv")
+    inv = te.compute((N,), lambda n: level_scale(amax[n], qa), name="qinv")
     return amax, inv
 
 
 def _quantized(data: te.Tensor, inv: te.Tensor, qa: int, n, c, h, w, dtype: str):
-    lo, hi = tirx.const(-float(qa), "float32"), tirx.const(float(qa), "float32")
-    return tirx.max(tirx.min(tirx.nearbyint(data[n, c, h, w] * inv[n]), hi), lo).astype(dtype)
+    return clipped_levels(data[n, c, h, w] * inv[n], -qa, qa).astype(dtype)
 
 
 def quantize_hwc(data: te.Tensor, *, qa: int, padding: Sequence[int], rows: int) -> tuple[te.Tensor, te.Tensor]:
@@ -77,10 +78,9 @@ def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int], group: i
                          f"not {group} at {qa}")
     amax, inv = _sample_scale(data, qa)
     offset, dtype = (0, "int16") if group == 2 else (VNNI_OFFSET, "uint8")
-    lo, hi = tirx.const(-float(qa), "float32"), tirx.const(float(qa), "float32")
 
     def level(n, c, h, w):
-        v = tirx.max(tirx.min(tirx.nearbyint(data[n, c, h, w] * inv[n]), hi), lo)
+        v = clipped_levels(data[n, c, h, w] * inv[n], -qa, qa)
         return v.astype(dtype) if offset == 0 else (v.astype("int32") + offset).astype(dtype)
 
     read = level

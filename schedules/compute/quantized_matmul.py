@@ -8,24 +8,14 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from ..quantize import P_LEVELS, V_LEVELS
-from .common import ints, round_half_even
+from .common import clipped_levels, divisor_lanes, ints, level_scale, round_half_even
 
 GROUP = 4  #: reduction values per 32-bit word (``vpdpbusd``'s 4 byte products)
 
 
-def _lanes(n: int) -> int:
-    return max(d for d in range(1, min(n, 16) + 1) if n % d == 0)
-
-
 def _levels(x, inv, levels: int, lo: int, dtype: str, vector_round: bool):
-    v = round_half_even(x * inv) if vector_round else tirx.nearbyint(x * inv)
-    v = tirx.max(tirx.min(v, tirx.const(float(levels), "float32")), tirx.const(float(lo), "float32"))
-    return v.astype("int32").astype(dtype)
-
-
-def _inverse(peak, levels: int):
-    zero = tirx.const(0.0, "float32")
-    return tirx.Select(peak > zero, tirx.const(float(levels), "float32") / peak, zero)
+    rounding = round_half_even if vector_round else tirx.nearbyint
+    return clipped_levels(x * inv, lo, levels, rounding).astype("int32").astype(dtype)
 
 
 def quantize_rows(p: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
@@ -33,12 +23,12 @@ def quantize_rows(p: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
     ``K4`` = K rounded up to :data:`GROUP` (zeros past K).  Blocks: ``qrow_part`` (lane partial
     maxima), ``qrow_max``, ``qrow_inv``, ``qrows``."""
     B, M, K = ints(p.shape)
-    f = _lanes(K)
+    f = divisor_lanes(K)
     rk = te.reduce_axis((0, K // f), "rk")
     part = te.compute((B, M, f), lambda b, i, lane: te.max(p[b, i, rk * f + lane], axis=rk), name="qrow_part")
     rl = te.reduce_axis((0, f), "rl")
     pmax = te.compute((B, M), lambda b, i: te.max(part[b, i, rl], axis=rl), name="qrow_max")
-    inv = te.compute((B, M), lambda b, i: _inverse(pmax[b, i], P_LEVELS), name="qrow_inv")
+    inv = te.compute((B, M), lambda b, i: level_scale(pmax[b, i], P_LEVELS), name="qrow_inv")
     k4 = -(-K // GROUP) * GROUP
 
     def level(b, i, k):
@@ -57,7 +47,7 @@ def quantize_columns(v: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
     B, K, N = ints(v.shape)
     rk = te.reduce_axis((0, K), "rk")
     vmax = te.compute((B, N), lambda b, n: te.max(tirx.abs(v[b, rk, n]), axis=rk), name="qcol_max")
-    inv = te.compute((B, N), lambda b, n: _inverse(vmax[b, n], V_LEVELS), name="qcol_inv")
+    inv = te.compute((B, N), lambda b, n: level_scale(vmax[b, n], V_LEVELS), name="qcol_inv")
 
     def level(b, kq, n, t):
         k = kq * GROUP + t
