@@ -18,6 +18,11 @@ def is_standard(node: onnx.NodeProto, *op_types: str) -> bool:
     return node.domain in STANDARD_DOMAINS and (not op_types or node.op_type in op_types)
 
 
+def standard_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset (18 when it names none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+
+
 def attr(node: onnx.NodeProto, name: str, default=None):
     """An attribute's value (strings decoded), or ``default``."""
     for a in node.attribute:

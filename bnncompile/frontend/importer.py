@@ -20,6 +20,7 @@ from tvm.relax.frontend.onnx import onnx_frontend as of
 from ..errors import UnsupportedModelError, node_label
 from .converters import BY_OP_TYPE
 from .converters.base import MANGLE
+from .graph import standard_opset
 
 
 class Importer(of.ONNXGraphImporter):
@@ -184,7 +185,7 @@ class Importer(of.ONNXGraphImporter):
 def import_graph(model: onnx.ModelProto, shapes: dict, *, plan, nodes_by_name, index, target,
                  tuning=None, debug_outputs=()):
     """Run the importer over ``model`` (claimed nodes already renamed) → Relax IRModule."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    opset = standard_opset(model)
     importer = Importer(shapes, plan=plan, nodes_by_name=nodes_by_name, index=index, target=target,
                         tuning=tuning, debug_outputs=debug_outputs)
     # TVM prints "Error converting operator ..." before re-raising; our errors already name the node.

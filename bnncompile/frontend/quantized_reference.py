@@ -33,12 +33,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError, node_label
+from .graph import standard_opset
 
 __all__ = ["quantized_reference"]
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
 
 
 def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precision: str,
@@ -54,7 +51,7 @@ def quantized_reference(model: onnx.ModelProto, convs: dict[str, dict], precisio
         _attention_products(out, matmuls)
     if not convs:
         return out
-    opset = _opset(out)
+    opset = standard_opset(out)
     if opset < 11:  # Round and input-form Clip; ConvInteger needs 10
         raise UnsupportedModelError(f"--conv-precision {precision}: the model's opset {opset} has no "
                                     "Round (opset 11); re-export it with opset >= 11, or compile with fp32")
@@ -156,7 +153,7 @@ def _attention_products(model: onnx.ModelProto, matmuls: dict[str, dict]) -> Non
     (the module docstring's formula; ``schedules.quantize.quantize_rows`` / ``quantize_columns``)."""
     from ..schedules.quantize import P_LEVELS, V_LEVELS
 
-    opset = _opset(model)
+    opset = standard_opset(model)
     if opset < 11:
         raise UnsupportedModelError(f"--attention-precision int8: the model's opset {opset} has no "
                                     "Round (opset 11); re-export it with opset >= 11, or compile with fp32")

@@ -407,10 +407,12 @@ def test_attention_precision_compile_validate_bench(tmp_path, capsys):
     assert ours[0]["precision"] == "attn:int8"
 
 
-def test_conv_precision_unknown_choice(work, tmp_path, capsys):
-    code = main(["compile", str(work / "tiny.onnx"), "-o", str(tmp_path / "x.so"), "--conv-precision", "int4"])
+@pytest.mark.parametrize("flag,choices", [("--conv-precision", "'fp32', 'int16', 'int8'"),
+                                          ("--attention-precision", "'fp32', 'int8'")])
+def test_precision_unknown_choice(work, tmp_path, capsys, flag, choices):
+    code = main(["compile", str(work / "tiny.onnx"), "-o", str(tmp_path / "x.so"), flag, "int4"])
     err = capsys.readouterr().err
-    assert code == 2 and "'--conv-precision': 'int4' is not one of 'fp32', 'int16', 'int8'" in err
+    assert code == 2 and f"'{flag}': 'int4' is not one of {choices}" in err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import UnsupportedModelError, node_label
-from ..graph import attr, is_standard
+from ..graph import attr, is_standard, standard_opset
 from ..plan import only_read_by
 
 
@@ -29,14 +29,16 @@ class AttentionProduct:
     requires = frozenset({"binary_kernels", "cpu", "attention_int8"})
 
     def plan(self, ctx) -> None:
-        opset = next((o.version for o in ctx.model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        opset = standard_opset(ctx.model)
         for node in ctx.model.graph.node:
-            if (is_standard(node, "MatMul") and not ctx.is_claimed(node) and len(node.input) == 2
-                    and ctx.index.constant(node.input[1]) is None
-                    and _softmax_axis(ctx.index, node.input[0], opset) is not None):
+            if not (is_standard(node, "MatMul") and not ctx.is_claimed(node) and len(node.input) == 2
+                    and ctx.index.constant(node.input[1]) is None):
+                continue
+            axis = _softmax_axis(ctx.index, node.input[0], opset)
+            if axis is not None:
                 ctx.claim(node, self)  # its axis is checked against the rank at import
                 softmax = ctx.index.producer[node.input[0]]
-                if ("fast_math" in ctx.switches and _softmax_axis(ctx.index, node.input[0], opset) == -1
+                if ("fast_math" in ctx.switches and axis == -1
                         and not ctx.is_claimed(softmax)
                         and only_read_by(ctx.index, node.input[0], {node.name}, ctx.keep)):
                     ctx.claim(softmax, FUSED_SOFTMAX)
