@@ -299,8 +299,9 @@ def softmax_quantize_rows_func(shape, target: Target):
     pq, pmax = compute.quantize_rows(compute.softmax_last(x))
     sch = s_tir.Schedule(te.create_prim_func([x, pq, pmax]))
     matrix = schedule_softmax_last(sch, target, matrix_rows=int(shape[-2]))
-    for name in ("qrow_part", "qrow_max", "qrow_inv", "qrows"):
-        sch.reverse_compute_at(sch.get_sblock(name), matrix)
+    for name in ("qrow_part", "qrow_max", "qrow_inv", "qrows"):  # unit row loops kept: a
+        # matrix of one row (one query) otherwise loses the row loop quantize_rows_in places under
+        sch.reverse_compute_at(sch.get_sblock(name), matrix, preserve_unit_loops=True)
     # the bytes read the softmax's rows, produced in the matrix's own row loop
     quantize_rows_in(sch, sch.get_loops(sch.get_sblock("qrow_max"))[-2], bytes_in_row=False)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

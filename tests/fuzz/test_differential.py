@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import pytest
 from bnncompile.custom_ops import dynamic_sign
-from bnncompile.schedules.quantize import tie_rtol
+from bnncompile.schedules.quantize import activation_levels, tie_rtol
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -101,16 +101,17 @@ def _ort_with_intermediates(model, feeds, names):
     return dict(zip([o.name for o in m.graph.output], outs))
 
 
-def check(cases, conv_precision: str = "fp32") -> None:
-    """``conv_precision`` int16 / int8: the float convs quantized; the reference is then the
-    plan's canonical graph, which computes the same quantization (frontend.quantized_reference)."""
+def check(cases, conv_precision: str = "fp32", attention_precision: str = "fp32") -> None:
+    """``conv_precision`` int16 / int8: the float convs quantized, ``attention_precision`` int8:
+    the attention products; the reference is then the plan's canonical graph, which computes the
+    same quantization (frontend.quantized_reference)."""
     model, feeds = _model(cases)
     ref = _ort_with_intermediates(model, feeds, [])
     outputs = [o.name for o in model.graph.output]
     try:
         ex, plan = build_relax(model, spec=targets.resolve("host"), debug_signs=True,
-                               conv_precision=conv_precision)
-        if plan.quantized_convs:
+                               conv_precision=conv_precision, attention_precision=attention_precision)
+        if plan.quantized_convs or plan.quantized_matmuls:
             ref = _ort_with_intermediates(plan.canonical, feeds, [])
         # the signs as the compiler sees them: canonicalization may move a sign across a
         # Transpose / Reshape (new tensor names); the outputs are checked against the original
@@ -132,15 +133,20 @@ def check(cases, conv_precision: str = "fp32") -> None:
         main = [main] if hasattr(main, "numpy") else list(main)
         for name, value in zip(outputs, main):
             np.testing.assert_array_equal(value.numpy(), got[name], err_msg=f"main vs debug_signs: {name}")
-        tie = tie_rtol([c["qa"] for c in plan.quantized_convs.values()], TIE_RTOL)
-        _compare(cases, plan, got, ref, sign_io, tie)
+        tie = tie_rtol(activation_levels(plan.quantized_convs, plan.quantized_matmuls), TIE_RTOL)
+        _compare(cases, plan, got, ref, sign_io, tie, quantized=attention_precision != "fp32")
     except BaseException as exc:
         path = _save(model, feeds, "\n".join(d for c in cases for d in c.describe) + f"\n\n{exc}")
         note(f"failing model saved to {path}")
         raise
 
 
-def _compare(cases, plan, got, ref, sign_io, tie: float = TIE_RTOL) -> None:
+def _compare(cases, plan, got, ref, sign_io, tie: float = TIE_RTOL, quantized: bool = False) -> None:
+    """``quantized``: an int8 attention build, whose products may differ from the reference by
+    their cases' ``quantized_atol`` (a probability an ulp from a rounding boundary), and a sign
+    reading one by as much."""
+    atol = {o: a for c in cases for o, a in c.quantized_atol.items()} if quantized else {}
+    slack = max(atol.values(), default=0.0)
     tie_flips = False
     for out, (x, t) in sign_io.items():
         flipped = got[out] != ref[out]
@@ -148,7 +154,8 @@ def _compare(cases, plan, got, ref, sign_io, tie: float = TIE_RTOL) -> None:
             continue
         xs = ref[x]
         ts = np.broadcast_to(np.float32(0) if t is None else ref.get(t), xs.shape)
-        margin, bound = np.abs(xs - ts)[flipped], tie * (np.abs(ts)[flipped] + np.abs(xs)[flipped])
+        margin = np.abs(xs - ts)[flipped]
+        bound = np.maximum(tie * (np.abs(ts)[flipped] + np.abs(xs)[flipped]), slack)
         assert np.all(margin <= bound), (
             f"DynamicSign {out}: {int(flipped.sum())} flips, not near-ties "
             f"(max margin {float(margin.max()):.3g})")
@@ -157,6 +164,11 @@ def _compare(cases, plan, got, ref, sign_io, tie: float = TIE_RTOL) -> None:
         for name, word in case.float_nodes.items():
             assert name not in plan.binary and word in plan.not_binary.get(name, ""), (
                 f"{name} should stay float ({word}); plan says {plan.not_binary.get(name)}")
+        if quantized:
+            assert case.quantized <= set(plan.quantized_matmuls), (
+                f"attention products {sorted(case.quantized - set(plan.quantized_matmuls))} not on int8")
+            assert not case.not_quantized & set(plan.quantized_matmuls), (
+                f"{sorted(case.not_quantized & set(plan.quantized_matmuls))} should stay float")
         for o in case.outputs:
             if tie_flips:
                 continue  # a legitimate near-tie flip moves everything downstream
@@ -164,8 +176,8 @@ def _compare(cases, plan, got, ref, sign_io, tie: float = TIE_RTOL) -> None:
                 np.testing.assert_array_equal(got[o], ref[o], err_msg=f"{o} (integer accumulators)")
             else:
                 scale = float(np.max(np.abs(ref[o]))) if ref[o].size else 0.0
-                np.testing.assert_allclose(got[o], ref[o], rtol=RTOL, atol=RTOL * scale + 1e-6,
-                                           err_msg=o)
+                np.testing.assert_allclose(got[o], ref[o], rtol=RTOL,
+                                           atol=RTOL * scale + 1e-6 + atol.get(o, 0.0), err_msg=o)
 
 
 @pytest.mark.fuzz
@@ -187,3 +199,16 @@ def test_quantized_float_convs_equal_their_reference(cases, precision):
         note(" | ".join(c.describe))
     note(precision)
     check(cases, conv_precision=precision)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=int(os.environ.get("BNN_FUZZ_QUANT_EXAMPLES", 40)))
+@given(models(kinds=("attention", "attention", "dense")))
+def test_int8_attention_equals_its_reference(cases):
+    """``--attention-precision int8``: every attention product that fits on int8 (and only
+    those), the build against ONNX Runtime on the graph that computes the same quantization
+    (exact sums through MatMulInteger)."""
+    for c in cases:
+        note(" | ".join(c.describe))
+        event(" ".join(c.describe[0].split()[:6]))
+    check(cases, attention_precision="int8")

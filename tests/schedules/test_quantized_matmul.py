@@ -16,7 +16,8 @@ SCHEDS = ["cpu", "x86", "arm_cpu"]
 VNNI = {"kind": "llvm", "mcpu": "icelake-server"}  # AVX-512 VNNI code: Ice Lake+, Zen 4+
 
 # (B, M, K, N)
-SHAPES = [(4, 16, 64, 64), (2, 5, 10, 16), (1, 3, 7, 32), (3, 4, 12, 24), (1, 8, 256, 48)]
+SHAPES = [(4, 16, 64, 64), (2, 5, 10, 16), (1, 3, 7, 32), (3, 4, 12, 24), (1, 8, 256, 48), (2, 28, 20, 64),
+          (1, 98, 36, 16)]
 
 
 def _ids(s):
@@ -121,7 +122,7 @@ def test_attention_numbers_approximate_the_float_product(rng):
     assert np.abs(y - exact).max() > 1e-6  # it did quantize
 
 
-@pytest.mark.parametrize("shape", [(4, 16, 64), (2, 7, 20), (1, 5, 12)], ids=_ids)
+@pytest.mark.parametrize("shape", [(4, 16, 64), (2, 7, 20), (1, 5, 12), (3, 1, 16), (1, 1, 4)], ids=_ids)
 def test_softmax_quantize_rows_is_softmax_then_quantize_rows(shape, rng, host, run_primfunc, run_primfunc_outs):
     """The fused kernel (softmax in the quantizer's kernel, one matrix at a time) computes the
     same bytes and peaks as the softmax kernel followed by the quantizer, bit for bit."""

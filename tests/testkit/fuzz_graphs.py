@@ -13,6 +13,12 @@ TVM build checks several patterns.  The cases:
 * ``bmm``: both operands DynamicSign outputs, 3-D / 4-D, B given as ``[.., K, N]``, as
   ``Transpose`` of ``[.., N, K]``, or through ``Reshape`` + ``Transpose`` into heads; batch dims
   broadcast; optional scalar scale;
+* ``attention``: ``MatMul(Softmax(S), V)`` with S a float input or a binary ``Q·Kᵀ`` (both DynamicSign
+  outputs, through heads like a transformer's, times ``1/sqrt(d)``), V a float input (optionally
+  split into heads by ``Reshape`` + ``Transpose`` and merged back after), K and N around the
+  4-value words and 16-column blocks of ``--attention-precision int8``; optionally a softmax over
+  another axis, or values broadcast over the batch (those products stay float), and a
+  DynamicSign + binary dense reading the product;
 * ``float_conv``: a float Conv (a stem, a shortcut: float weights, optional bias, kernel 1-7,
   stride, dilation, symmetric / asymmetric pads), optionally read by a DynamicSign and a 1x1
   binary conv: bnncompile's own float conv kernel, and with ``--conv-precision`` its quantized
@@ -51,6 +57,12 @@ class Case:
     exact: set = field(default_factory=set)
     #: nodes that must stay float, with the word their reason must contain
     float_nodes: dict = field(default_factory=dict)
+    #: attention products ``--attention-precision int8`` must quantize / must leave float
+    quantized: set = field(default_factory=set)
+    not_quantized: set = field(default_factory=set)
+    #: absolute tolerance of an output against the quantized reference (int8 attention): one
+    #: probability level an ulp from a rounding boundary, times the largest value
+    quantized_atol: dict = field(default_factory=dict)
     describe: list = field(default_factory=list)
 
 
@@ -371,7 +383,66 @@ def float_conv_case(draw, prefix: str) -> Case:
     return case
 
 
-CASES = {"conv": conv_case, "dense": dense_case, "bmm": bmm_case, "float_conv": float_conv_case}
+# -- attention -----------------------------------------------------------------------------------
+
+@st.composite
+def attention_case(draw, prefix: str) -> Case:
+    b = Builder(prefix, draw(st.integers(0, 2**31 - 1)))
+    b.case = case = Case("attention")
+    scores = draw(st.sampled_from(["float", "binary"]))
+    layout = draw(st.sampled_from(["plain", "heads"]))
+    fits = draw(st.sampled_from(["yes", "yes", "yes", "other_axis", "broadcast"]))
+    n, heads = draw(st.sampled_from([1, 1, 2])), draw(st.sampled_from([1, 2, 3]))
+    if fits == "broadcast":  # values [n, 1, K, d] against probabilities [n, heads, M, K]
+        heads = max(heads, 2)
+    m, k = (draw(st.sampled_from([1, 2, 4, 5, 9, 10, 16, 17, 64, 65])) for _ in range(2))
+    d = draw(st.sampled_from([1, 3, 16, 17, 64]))
+    binary_after = draw(st.booleans())
+    case.describe = [f"attention scores {scores} {layout} fits {fits} n{n} heads {heads} m{m} k{k} "
+                     f"d{d} binary_after {binary_after}"]
+    lead = (n, heads)
+    if scores == "float":
+        s_in = b.input("s", (*lead, m, k), lo=-6, hi=6)
+        (s,) = b.node("Mul", [s_in, b.init("alpha", np.float32(0.37))])
+    else:  # a transformer's binary Q·Kᵀ over heads of d: x [n, L, h*d] -> [n, h, L, d]
+        dq = draw(st.sampled_from([3, 16, 64, 65]))
+        case.describe.append(f"q/k head size {dq}")
+        signs = []
+        for name, length in (("q", m), ("k", k)):
+            x = b.input(name, (n, length, heads * dq))
+            sx = sign(b, x, threshold(b, x, "scalar", (n, length, heads * dq), channel_axis=2))
+            (r,) = b.node("Reshape", [sx, b.init("shape", np.array([n, length, heads, dq], np.int64))])
+            signs.append(r)
+        (q,) = b.node("Transpose", [signs[0]], perm=[0, 2, 1, 3])
+        (kt,) = b.node("Transpose", [signs[1]], perm=[0, 2, 3, 1])
+        (qk,) = b.node("MatMul", [q, kt])
+        (s,) = b.node("Mul", [qk, b.init("alpha", np.float32(1.0 / np.sqrt(dq)))])
+    axis = -1 if fits != "other_axis" else draw(st.sampled_from([1, 2]))
+    (p,) = b.node("Softmax", [s], axis=axis)
+    if layout == "heads" and fits != "broadcast":  # values [n, K, h*d] split into heads
+        v_in = b.input("v", (n, k, heads * d), lo=-4, hi=4)
+        (r,) = b.node("Reshape", [v_in, b.init("shape", np.array([n, k, heads, d], np.int64))])
+        (v,) = b.node("Transpose", [r], perm=[0, 2, 1, 3])
+    else:
+        v = b.input("v", (n, 1, k, d) if fits == "broadcast" else (*lead, k, d), lo=-4, hi=4)
+    (y,) = b.node("MatMul", [p, v])
+    mm = case.nodes[-1].name
+    (case.quantized if fits == "yes" else case.not_quantized).add(mm)
+    if layout == "heads" and fits != "broadcast":  # heads merged back: [n, M, h*d]
+        (t,) = b.node("Transpose", [y], perm=[0, 2, 1, 3])
+        (y,) = b.node("Reshape", [t, b.init("shape", np.array([n, m, heads * d], np.int64))])
+    case.outputs.append(y)
+    case.quantized_atol[y] = 3 * 4 / 255  # |v| <= 4
+    if binary_after:  # a sign 0.37 above zero and a binary dense reading the product
+        s2 = sign(b, y, b.init("t", np.float32(0.37)))
+        (z,) = b.node("MatMul", [s2, b.init("w", b.pm1((heads * d if layout == "heads" and fits != "broadcast"
+                                                          else d, 5)))])
+        case.outputs.append(z)
+    return case
+
+
+CASES = {"conv": conv_case, "dense": dense_case, "bmm": bmm_case, "float_conv": float_conv_case,
+         "attention": attention_case}
 
 
 @st.composite
