@@ -11,6 +11,10 @@ For every generated model:
   multiply-adds round differently from ONNX Runtime's separate ops (measured <= 2e-6 relative);
 * every Conv / Gemm / MatMul the case meant to stay float (groups, transA) is not lowered as
   binary, and every one it meant as binary is.
+* with ``--attention-precision int8`` (``test_int8_attention_equals_its_reference``) every
+  attention product that fits is on int8 and every other one stays float; the reference is then
+  the graph quantized the same way, outputs within one probability level of it and signs reading
+  them flipped only that close to their threshold.
 
 Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (default, in ``scripts/test.sh``: a few hundred
 graphs, derandomized so CI is reproducible) and ``long`` (>= 5000 graphs, random seeds):
