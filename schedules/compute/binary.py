@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from tvm import te, tirx
 
 from .common import (
@@ -319,6 +320,18 @@ def bdense(
         name="bdense_out")
 
 
+def _exact_affine(k: int, alpha: float) -> bool:
+    """Is ``float32(k - 2c) * alpha`` (one rounding of the exact product) the same float as
+    ``c * (-2 alpha) + k alpha`` for every count ``c`` in ``[0, k]``?  Yes when ``k alpha`` and
+    every ``2 alpha c`` are float32 numbers (then the sum is the one rounding, fused or not):
+    attention's ``1/sqrt(d)`` for a power-of-two ``d`` is (0.125 for 64)."""
+    a = np.float32(alpha)
+    if not np.isfinite(a) or k > 1 << 20:
+        return False
+    exact = [np.float64(2 * a) * c for c in range(k + 1)] + [np.float64(a) * k]
+    return all(np.float64(np.float32(v)) == v for v in exact)
+
+
 def bbatch_matmul(
     a_packed: te.Tensor,
     b_packed: te.Tensor,
@@ -358,7 +371,13 @@ def bbatch_matmul(
                           .astype(acc_dtype), axis=rk),
         name="bbmm", attrs={"schedule_rule": "bnn_bbatch_matmul"})
 
+    affine = alpha is not None and _exact_affine(int(k), float(alpha))
+
     def out(*i):
+        if affine:  # count * (-2 alpha) + k alpha: the same float, without the integer k - 2 count
+            c = acc(*i).astype("int32").astype("float32")
+            return (c * tirx.const(-2.0 * float(np.float32(alpha)), "float32")
+                    + tirx.const(float(k) * float(np.float32(alpha)), "float32"))
         v = (int(k) - 2 * acc(*i)).astype("int32")  # float via int32: see _epilogue
         if alpha is None:
             return v
