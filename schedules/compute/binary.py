@@ -324,9 +324,10 @@ def _exact_affine(k: int, alpha: float) -> bool:
     """Is ``float32(k - 2c) * alpha`` (one rounding of the exact product) the same float as
     ``c * (-2 alpha) + k alpha`` for every count ``c`` in ``[0, k]``?  Yes when ``k alpha`` and
     every ``2 alpha c`` are float32 numbers (then the sum is the one rounding, fused or not):
-    attention's ``1/sqrt(d)`` for a power-of-two ``d`` is (0.125 for 64)."""
+    attention's ``1/sqrt(d)`` for a power-of-two ``d`` is (0.125 for 64).  Positive ``alpha``
+    only: where ``k = 2c`` a negative one gives ``-0.0`` as a product, ``+0.0`` as the sum."""
     a = np.float32(alpha)
-    if not np.isfinite(a) or k > 1 << 20:
+    if not np.isfinite(a) or a <= 0 or k > 1 << 20:
         return False
     exact = [np.float64(2 * a) * c for c in range(k + 1)] + [np.float64(a) * k]
     return all(np.float64(np.float32(v)) == v for v in exact)
