@@ -463,9 +463,10 @@ BMM_CASES = [*kc.BMM_CORE, ((2, 1, 64), (2, 3, 64), None), ((1, 7, 1), (1, 1, 1)
              # one word per dot product, N no multiple of 8: x86's wide rows of lanes (28, 12)
              ((2, 6, 64), (2, 28, 64), 0.125), ((1, 4, 40), (1, 12, 40), None),
              ((6, 196, 64), (6, 196, 64), 0.125),
-             # the float output as count * (-2 alpha) + k alpha where that is exact (two words;
-             # a negative scale), as float(k - 2 count) * alpha where it is not (1/sqrt(48))
-             ((1, 5, 128), (1, 16, 128), 0.25), ((2, 3, 48), (2, 20, 48), float(np.float32(48 ** -0.5)))]
+             # the float output as count * (-2 alpha) + k alpha where that is exact (two words),
+             # as float(k - 2 count) * alpha where it is not (1/sqrt(48)) or alpha is negative
+             ((1, 5, 128), (1, 16, 128), 0.25), ((2, 3, 48), (2, 20, 48), float(np.float32(48 ** -0.5))),
+             ((1, 3, 64), (1, 5, 64), -0.5)]
 
 
 def _check_bbmm(a, b, alpha, sched, inputs, host, run_primfunc):
