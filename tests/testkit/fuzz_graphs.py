@@ -15,7 +15,8 @@ TVM build checks several patterns.  The cases:
   broadcast; optional scalar scale;
 * ``attention``: ``MatMul(Softmax(S), V)`` with S a float input or a binary ``Q·Kᵀ`` (both DynamicSign
   outputs, through heads like a transformer's, times ``1/sqrt(d)``), V a float input (optionally
-  split into heads by ``Reshape`` + ``Transpose`` and merged back after), K and N around the
+  split into heads by ``Reshape`` + ``Transpose`` and merged back after; or rank 3 without
+  heads), K and N around the
   4-value words and 16-column blocks of ``--attention-precision int8``; optionally a softmax over
   another axis, or values broadcast over the batch (those products stay float), and a
   DynamicSign + binary dense reading the product;
@@ -390,17 +391,19 @@ def attention_case(draw, prefix: str) -> Case:
     b = Builder(prefix, draw(st.integers(0, 2**31 - 1)))
     b.case = case = Case("attention")
     scores = draw(st.sampled_from(["float", "binary"]))
-    layout = draw(st.sampled_from(["plain", "heads"]))
+    layout = draw(st.sampled_from(["plain", "heads", "rank3"]))  # rank3: [n, M, K], float scores
     fits = draw(st.sampled_from(["yes", "yes", "yes", "other_axis", "broadcast"]))
     n, heads = draw(st.sampled_from([1, 1, 2])), draw(st.sampled_from([1, 2, 3]))
-    if fits == "broadcast":  # values [n, 1, K, d] against probabilities [n, heads, M, K]
-        heads = max(heads, 2)
+    if layout == "rank3":
+        scores, heads = "float", 1
+    if fits == "broadcast":  # values [n, 1, K, d] against [n, heads, M, K] ([1, K, d] vs [n, M, K])
+        heads, n = max(heads, 2), (max(n, 2) if layout == "rank3" else n)
     m, k = (draw(st.sampled_from([1, 2, 4, 5, 9, 10, 16, 17, 64, 65])) for _ in range(2))
     d = draw(st.sampled_from([1, 3, 16, 17, 64]))
     binary_after = draw(st.booleans())
     case.describe = [f"attention scores {scores} {layout} fits {fits} n{n} heads {heads} m{m} k{k} "
                      f"d{d} binary_after {binary_after}"]
-    lead = (n, heads)
+    lead = (n,) if layout == "rank3" else (n, heads)
     if scores == "float":
         s_in = b.input("s", (*lead, m, k), lo=-6, hi=6)
         (s,) = b.node("Mul", [s_in, b.init("alpha", np.float32(0.37))])
@@ -417,14 +420,17 @@ def attention_case(draw, prefix: str) -> Case:
         (kt,) = b.node("Transpose", [signs[1]], perm=[0, 2, 3, 1])
         (qk,) = b.node("MatMul", [q, kt])
         (s,) = b.node("Mul", [qk, b.init("alpha", np.float32(1.0 / np.sqrt(dq)))])
-    axis = -1 if fits != "other_axis" else draw(st.sampled_from([1, 2]))
+    axis = -1 if fits != "other_axis" else draw(st.sampled_from(list(range(1, len(lead) + 1))))
     (p,) = b.node("Softmax", [s], axis=axis)
     if layout == "heads" and fits != "broadcast":  # values [n, K, h*d] split into heads
         v_in = b.input("v", (n, k, heads * d), lo=-4, hi=4)
         (r,) = b.node("Reshape", [v_in, b.init("shape", np.array([n, k, heads, d], np.int64))])
         (v,) = b.node("Transpose", [r], perm=[0, 2, 1, 3])
     else:
-        v = b.input("v", (n, 1, k, d) if fits == "broadcast" else (*lead, k, d), lo=-4, hi=4)
+        v_shape = (*lead, k, d)
+        if fits == "broadcast":
+            v_shape = (1, k, d) if layout == "rank3" else (n, 1, k, d)
+        v = b.input("v", v_shape, lo=-4, hi=4)
     (y,) = b.node("MatMul", [p, v])
     mm = case.nodes[-1].name
     (case.quantized if fits == "yes" else case.not_quantized).add(mm)
