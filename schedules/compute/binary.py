@@ -372,17 +372,17 @@ def bbatch_matmul(
                           .astype(acc_dtype), axis=rk),
         name="bbmm", attrs={"schedule_rule": "bnn_bbatch_matmul"})
 
-    affine = alpha is not None and _exact_affine(int(k), float(alpha))
+    a32 = None if alpha is None else float(np.float32(alpha))  # the scale the kernel multiplies by
+    affine = a32 is not None and _exact_affine(int(k), a32)
 
     def out(*i):
         if affine:  # count * (-2 alpha) + k alpha: the same float, without the integer k - 2 count
             c = acc(*i).astype("int32").astype("float32")
-            return (c * tirx.const(-2.0 * float(np.float32(alpha)), "float32")
-                    + tirx.const(float(k) * float(np.float32(alpha)), "float32"))
+            return c * tirx.const(-2.0 * a32, "float32") + tirx.const(int(k) * a32, "float32")
         v = (int(k) - 2 * acc(*i)).astype("int32")  # float via int32: see _epilogue
-        if alpha is None:
+        if a32 is None:
             return v
-        return v.astype("float32") * tirx.const(float(alpha), "float32")
+        return v.astype("float32") * tirx.const(a32, "float32")
 
     return te.compute(tuple(batch) + (M, N), out, name="bbmm_out")
 
