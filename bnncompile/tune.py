@@ -301,10 +301,15 @@ def _run_tuning(todo, tgt, db, db_dir, opts, report, total, results):
     logger_of = {w.symbol: _task_logger(db_dir, w.symbol) for g in groups.values() for w in g}
     for left, group in sorted(groups.items()):
         per_iter = min(left, 16)
+        # init_measured_ratio=0: TVM seeds the population with the database's best records and
+        # would measure them again (its measured set starts empty), spending a trial on a
+        # schedule the database already holds: the hand baseline, most often
         strategy = ms.search_strategy.EvolutionarySearch(
-            population_size=max(64, 4 * per_iter), init_min_unmeasured=max(16, per_iter),
+            population_size=max(64, 4 * per_iter), init_measured_ratio=0.0,
+            init_min_unmeasured=max(16, per_iter),
             genetic_num_iters=1 if cm == "random" else 3, max_fail_count=3)
-        tasks = [ms.TuneContext(mod=w.mod, target=tgt, space_generator=tuning.hand_space(w.hand, tgt.kind.name),
+        space = tuning.search_space(tgt.kind.name)
+        tasks = [ms.TuneContext(mod=w.mod, target=tgt, space_generator=space,
                                 search_strategy=strategy, task_name=w.symbol,
                                 rand_state=opts.seed + i, num_threads=opts.num_tuning_cores,
                                 logger=logger_of[w.symbol]).clone()
