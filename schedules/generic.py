@@ -38,6 +38,22 @@ def pick_factor(n: int, candidates) -> int:
     return 1
 
 
+def vectorize_row(sch: s_tir.Schedule, loop, chunk: int) -> bool:
+    """Vectorise a row loop of ``n`` elements, ``n`` longer than ``chunk`` lanes (a multiple of
+    the register) and not a multiple of it, as ``n // chunk`` vectors of ``chunk`` and the rest
+    as one short vector of its own (``loop_partition``).  A divisor of ``n`` as the vector
+    instead wastes lanes in every instruction: 196 = 7 x 28 lanes runs each op on a zmm, a ymm
+    and an xmm (Zen 4, 1 thread, the fused softmax + quantizer on [6,196,196] 0.171 -> 0.131 ms
+    as 6 x 32 + 4).  Returns False, doing nothing, for other rows."""
+    n = extent(sch, loop)
+    if n <= chunk or n % chunk == 0:
+        return False
+    main, tail = sch.loop_partition(loop, factors=[n - n % chunk, None])
+    sch.vectorize(tail)
+    sch.vectorize(sch.split(main, factors=[None, chunk])[1])
+    return True
+
+
 def largest_divisor(n: int, limit: int) -> int:
     for c in range(min(n, limit), 0, -1):
         if n % c == 0:

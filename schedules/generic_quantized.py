@@ -13,6 +13,7 @@ from .generic import (
     largest_divisor,
     pick_factor,
     vectorize_innermost,
+    vectorize_row,
 )
 
 
@@ -131,6 +132,8 @@ def quantize_rows_in(sch: s_tir.Schedule, row, *, bytes_in_row: bool = True) -> 
     init = sch.decompose_reduction(part, rk)
     sch.vectorize(sch.get_loops(init)[-1])
     k = sch.get_loops(sch.get_sblock("qrows"))[-1]
+    if vectorize_row(sch, k, 16):  # rows of 196: 12 x 16 + 4 bytes, not 49 x 4
+        return
     f = pick_factor(extent(sch, k), (16, 8, 4))
     if f > 1:
         sch.vectorize(sch.split(k, factors=[None, f])[1])

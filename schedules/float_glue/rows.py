@@ -7,6 +7,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline_contiguous_spatial
 from tvm.target import Target
 
+from ..generic import vectorize_row
 from ..target_identity import vector_bits
 from .common import normalized, parallel_outer, vector_lanes, vectorize_inner
 
@@ -217,14 +218,16 @@ def _softmax_lanes(n: int, lanes: int, registers: int = 4) -> int:
     return max((d for d in range(registers * lanes, 1, -1) if n % d == 0 and d >= 4), default=0)
 
 
-def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int | None = None):
+def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int | None = None,
+                          passes: bool = True):
     """:func:`compute.softmax_last`: rows in parallel, each row's max, exponentials and sum
     computed inside its task (the exponentials stay in a row buffer), element-wise passes in
     vector chunks, both reductions as a vector of partial results.  Zen 3, 1 thread, attention
     [1,6,196,196]: TOPI's fast_softmax under dlight's rule 0.37 ms -> 0.20 ms; with chunks of
     4 native registers (28 lanes, not 49) and vectorised partial results 0.17 ms.
     ``matrix_rows``: the parallel tasks are whole matrices of that many rows (their rows in
-    order inside), for consumers placed under the returned task loop."""
+    order inside), for consumers placed under the returned task loop; ``passes=False`` leaves
+    the element-wise passes to the caller (:func:`vectorize_softmax_passes`, after those)."""
     out = sch.get_sblock("sm_out")
     *lead, _ = sch.get_loops(out)
     row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
@@ -246,20 +249,35 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int 
     for blk in (sch.get_sblock("sm_rec"), sch.get_sblock("sm_sum"), *(b for b, _ in rf_sum),
                 sch.get_sblock("T_fast_exp"), sch.get_sblock("sm_max"), *(b for b, _ in rf_max)):
         sch.compute_at(blk, row, preserve_unit_loops=True)
-    for name in ("T_fast_exp", "sm_out"):
-        blk = sch.get_sblock(name)
-        inner = sch.get_loops(blk)[-1]
-        if 0 < f < n:
-            _, inner = sch.split(inner, factors=[None, f])
-        if f > 1:
-            sch.vectorize(inner)
     for rf, lanes in (pair for chain in rfs for pair in chain):
         ri = _lane_loop(sch, rf, lanes)
         ros = _bound_loops(sch, rf, "R")
         sch.reorder(*ros, ri)
         sch.vectorize(ri)
         sch.decompose_reduction(rf, ros[0])
+    if passes:
+        vectorize_softmax_passes(sch, target)
     return task
+
+
+def vectorize_softmax_passes(sch: s_tir.Schedule, target: Target) -> None:
+    """The softmax's element-wise passes (exponentials, probabilities) in vector chunks of
+    :func:`_softmax_lanes`, or, where those would not fill whole registers (196 -> 28 lanes on
+    AVX-512), chunks of whole registers and a short tail (:func:`generic.vectorize_row`).
+    Last, after any consumer placed under the row: the tail's loop partition renames the
+    blocks."""
+    n = int(sch.get(sch.get_loops(sch.get_sblock("sm_out"))[-1]).extent)
+    native = vector_bits(target) // 32
+    registers = 2 if native >= 16 else 4
+    f = _softmax_lanes(n, native, registers)
+    for name in ("T_fast_exp", "sm_out"):
+        inner = sch.get_loops(sch.get_sblock(name))[-1]
+        if f % native and vectorize_row(sch, inner, registers * native):
+            continue
+        if 0 < f < n:
+            _, inner = sch.split(inner, factors=[None, f])
+        if f > 1:
+            sch.vectorize(inner)
 
 
 def softmax_last_func(shape, target: Target):
@@ -298,10 +316,11 @@ def softmax_quantize_rows_func(shape, target: Target):
     x = te.placeholder(tuple(int(v) for v in shape), "float32", name="x")
     pq, pmax = compute.quantize_rows(compute.softmax_last(x))
     sch = s_tir.Schedule(te.create_prim_func([x, pq, pmax]))
-    matrix = schedule_softmax_last(sch, target, matrix_rows=int(shape[-2]))
+    matrix = schedule_softmax_last(sch, target, matrix_rows=int(shape[-2]), passes=False)
     for name in ("qrow_part", "qrow_max", "qrow_inv", "qrows"):  # unit row loops kept: a
         # matrix of one row (one query) otherwise loses the row loop quantize_rows_in places under
         sch.reverse_compute_at(sch.get_sblock(name), matrix, preserve_unit_loops=True)
     # the bytes read the softmax's rows, produced in the matrix's own row loop
     quantize_rows_in(sch, sch.get_loops(sch.get_sblock("qrow_max"))[-2], bytes_in_row=False)
+    vectorize_softmax_passes(sch, target)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)

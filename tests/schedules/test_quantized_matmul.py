@@ -122,7 +122,8 @@ def test_attention_numbers_approximate_the_float_product(rng):
     assert np.abs(y - exact).max() > 1e-6  # it did quantize
 
 
-@pytest.mark.parametrize("shape", [(4, 16, 64), (2, 7, 20), (1, 5, 12), (3, 1, 16), (1, 1, 4)], ids=_ids)
+@pytest.mark.parametrize("shape", [(4, 16, 64), (2, 7, 20), (1, 5, 12), (3, 1, 16), (1, 1, 4), (2, 3, 196),
+                                   (1, 2, 68)], ids=_ids)
 def test_softmax_quantize_rows_is_softmax_then_quantize_rows(shape, rng, host, run_primfunc, run_primfunc_outs):
     """The fused kernel (softmax in the quantizer's kernel, one matrix at a time) computes the
     same bytes and peaks as the softmax kernel followed by the quantizer, bit for bit."""
