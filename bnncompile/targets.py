@@ -67,7 +67,8 @@ TARGETS: dict[str, TargetSpec] = {
                    "64-bit ARM with NEON (Cortex-A53+, Graviton, Apple M via Linux); cnt.16b"),
         TargetSpec("cuda-sm80", {"kind": "cuda", "arch": "sm_80", **_CUDA_LIMITS}, "NVIDIA Ampere (A100), __popcll",
                    host={**_X86_HOST, "mcpu": "x86-64"}),
-        TargetSpec("cuda-sm90", {"kind": "cuda", "arch": "sm_90", **_CUDA_LIMITS}, "NVIDIA Hopper (H100/H200), __popcll",
+        TargetSpec("cuda-sm90", {"kind": "cuda", "arch": "sm_90", **_CUDA_LIMITS},
+                   "NVIDIA Hopper (H100/H200), __popcll",
                    host={**_X86_HOST, "mcpu": "x86-64"}),
     ]
 }

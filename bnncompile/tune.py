@@ -327,7 +327,8 @@ def _run_tuning(todo, tgt, db, db_dir, opts, report, total, results):
                           num_trials_per_iter=per_iter, builder=builder, runner=runner, database=db,
                           cost_model=cm, measure_callbacks=callbacks, task_scheduler="round-robin")
         except Exception as exc:
-            raise CompileError(f"tuning failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
+            why = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise CompileError(f"tuning failed: {why}") from exc
         for w in group:
             n = tuning.count_records(db, w.mod, tgt) - before[w.symbol]
             by_symbol[w.symbol].trials_run += max(n, 0)

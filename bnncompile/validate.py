@@ -10,8 +10,9 @@ sign, and a flip legitimately moves the logits. So the report has three levels:
 3. top-1 agreement.
 
 A library compiled with ``--conv-precision int16|int8`` or ``--attention-precision int8`` is held
-to the same three levels against the file's graph quantized the same way (:mod:`bnncompile.frontend.quantized_reference`; the
-near-tie margin widened to a few quantization steps, ``schedules.quantize.tie_rtol``), and the
+to the same three levels against the file's graph quantized the same way
+(:mod:`bnncompile.frontend.quantized_reference`; the near-tie margin widened to a few
+quantization steps, ``schedules.quantize.tie_rtol``), and the
 quantization's own effect against the fp32 model (sign flips, top-1 against PyTorch, the largest
 logit change) is reported beside it, not judged: the user chose it.
 

@@ -149,7 +149,9 @@ def to_markdown(rows: list[dict], argv: list[str], threads, against) -> str:
     lines = [f"Command: `python examples/zoo_sweep.py {' '.join(argv)}`", "",
              f"Machine: {machine_line()}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    f = lambda v, spec: "-" if v is None else format(v, spec)
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['model']} | {r.get('size')} | error: {r['error']} |" + " |" * (len(head) - 3))

@@ -308,7 +308,7 @@ def schedule_maxpool2d(sch: s_tir.Schedule) -> None:
         _schedule_maxpool2d_blocked(sch)
         return
     pool = sch.get_sblock("pool")
-    n, c, oh, ow = sch.get_loops(pool)
+    n, c, oh, _ow = sch.get_loops(pool)
     row = sch.fuse(n, c, oh)
     sch.parallel(row)
     rows = sch.get_sblock("pool_rows")
@@ -362,7 +362,7 @@ def _schedule_maxpool2d_blocked(sch: s_tir.Schedule) -> None:
     NCHW, a vector along ow per channel."""
     out = sch.get_sblock("pool_out")
     pool, rows = sch.get_sblock("pool"), sch.get_sblock("pool_rows")
-    n, cb, oh, ow, ci = sch.get_loops(pool)
+    n, cb, oh, _ow, _ci = sch.get_loops(pool)
     row = sch.fuse(n, cb, oh)
     sch.parallel(row)
     sch.compute_at(rows, row)

@@ -58,7 +58,7 @@ def schedule_quantize_hwc(sch: s_tir.Schedule) -> None:
     vectorised along the channels when they fill a vector, else scalar."""
     _schedule_abs_max(sch)
     q = sch.get_sblock("qhwc")
-    n, h, w, c = sch.get_loops(q)
+    n, h, _w, c = sch.get_loops(q)
     sch.parallel(sch.fuse(n, h))
     # vectors along w or a fused (w, c) gather the strided reads: slower than scalar code for
     # the stem's 3 channels (Emerald Rapids, 3x224x224: 0.145 ms scalar, 0.25 fused (w, c))

@@ -14,8 +14,8 @@ WORD_BITS = 64
 
 __all__ = [
     "WORD_BITS",
-    "check_pm1",
     "border_row_classes",
+    "check_pm1",
     "conv_border_table",
     "conv_out_size",
     "conv_tap_popcount",
@@ -215,7 +215,7 @@ def conv_border_table(w_pm1: np.ndarray, in_hw, *, stride=1, padding=0, dilation
     w = check_pm1(w_pm1, "conv weight")
     if w.ndim != 4:
         raise ValueError(f"conv weight: expected rank 4 [K, C, KH, KW], got shape {w.shape}")
-    K, C, KH, KW = w.shape
+    _K, C, KH, KW = w.shape
     H, W = (int(v) for v in in_hw)
     (sh, sw), (dh, dw) = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
     pt, pl, pb, pr = normalize_padding(padding)

@@ -45,10 +45,27 @@ ATTENTION_PRECISIONS = ("fp32", "int8")
 P_LEVELS, V_LEVELS = 255, 127  #: attention int8: probabilities as uint8, values as int8
 ATTENTION_MAX_K = INT32_MAX // (P_LEVELS * V_LEVELS)  #: longest reduction an int32 sum holds
 
-__all__ = ["ATTENTION_MAX_K", "activation_levels", "ATTENTION_PRECISIONS", "P_LEVELS", "PRECISIONS", "QuantizedConvWeight",
-           "V_LEVELS", "attention_product", "quantize_columns", "quantize_rows", "VNNI_OFFSET", "group_blocked", "levels",
-           "offset_compensation", "pair_blocked", "quantize_activation", "quantize_conv_weight",
-           "reduction_length", "tie_rtol"]
+__all__ = [
+    "ATTENTION_MAX_K",
+    "ATTENTION_PRECISIONS",
+    "PRECISIONS",
+    "P_LEVELS",
+    "VNNI_OFFSET",
+    "V_LEVELS",
+    "QuantizedConvWeight",
+    "activation_levels",
+    "attention_product",
+    "group_blocked",
+    "levels",
+    "offset_compensation",
+    "pair_blocked",
+    "quantize_activation",
+    "quantize_columns",
+    "quantize_conv_weight",
+    "quantize_rows",
+    "reduction_length",
+    "tie_rtol",
+]
 
 
 def reduction_length(weight_shape) -> int:
@@ -147,7 +164,8 @@ def quantize_columns(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _levels_of(v, vmax[..., None, :], V_LEVELS, -V_LEVELS).astype(np.int8), vmax
 
 
-def attention_product(pq: np.ndarray, pmax: np.ndarray, vq: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def attention_product(pq: np.ndarray, pmax: np.ndarray, vq: np.ndarray,
+                      vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(int64 sums [..., M, N], float32 y)``: the exact sums and ``float(sum) * ((pmax / 255)
     * (vmax / 127))``, each step rounded to float32 as the kernel and the ONNX reference do."""
     acc = np.matmul(pq.astype(np.int64), vq.astype(np.int64))

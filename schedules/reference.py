@@ -253,7 +253,8 @@ def quantize_columns_ref(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(padded.reshape(b, -1, 4, n).transpose(0, 1, 3, 2)), vmax
 
 
-def qbatch_matmul_ref(pq: np.ndarray, vq_grouped: np.ndarray, pmax: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def qbatch_matmul_ref(pq: np.ndarray, vq_grouped: np.ndarray, pmax: np.ndarray,
+                      vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``quantize.attention_product`` of :func:`quantize_rows_ref` / :func:`quantize_columns_ref`
     outputs: ``(int64 sums [B, M, N], float32 [B, M, N])``."""
     from .quantize import attention_product

@@ -15,7 +15,6 @@ session, or a workload collector; :mod:`.tuning`).  It is passed explicitly, nev
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import tvm
 from tvm import s_tir, te
@@ -25,7 +24,7 @@ from .compute import normalize_2d, normalize_padding
 from .packing import border_row_classes, needs_border_table
 from .target_identity import as_target, identify, vector_bits
 
-TargetLike = Union[tvm.target.Target, dict, None]
+TargetLike = tvm.target.Target | dict | None
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
        "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d", "quantize_hwc", "quantize_rows",
@@ -48,9 +47,9 @@ _ACC_DTYPE = {"cuda": "int32"}
 
 __all__ = [
     "SCHEDULES",
+    "bconv_weight_block",
     "fconv2d_block",
     "get_schedule",
-    "bconv_weight_block",
     "make_avgpool2d",
     "make_bbatch_matmul",
     "make_bconv2d",

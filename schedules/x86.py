@@ -4,7 +4,8 @@ bconv2d, C > 64 or strided or NHWC (field notes section 2): a register tile of a
 channels, accumulated in a ``local`` buffer (``cache_write``) and written back once per tile with
 the epilogue fused into that copy-out (``reverse_compute_inline``), rows in parallel, padded input
 rows computed per task, popcount vectorised across output channels (AVX2: ``vpshufb`` nibble LUT;
-AVX512-VPOPCNTDQ: ``vpopcntq``).  ``decompose_reduction`` comes last.  The epilogue is vectorised along k (see ``_copy_out``).
+AVX512-VPOPCNTDQ: ``vpopcntq``).  ``decompose_reduction`` comes last.  The epilogue is vectorised
+along k (see ``_copy_out``).
 
 bconv2d with one word per pixel, unit w stride and NCHW output (the small-C ReActNet layers):
 popcounts vectorised along ow instead, see ``_schedule_bconv2d_pixvec``.
@@ -213,7 +214,7 @@ def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4) ->
 
 
 def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 8) -> None:
-    *_, m, n, r = sch.get_loops(sch.get_sblock("bbmm"))
+    *_, _m, n, r = sch.get_loops(sch.get_sblock("bbmm"))
     wide = [f for f in range(4, 4 * nvec + 1, 4) if extent(sch, n) % f == 0]
     if extent(sch, r) == 1 and extent(sch, n) % nvec and wide:
         # One word per dot product (attention heads of <= 64): the epilogue (count -> float,

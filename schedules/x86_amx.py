@@ -277,7 +277,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                                 if ACC:
                                                     out[n, nt * TILE + c, oh, ow0 + r] = acc[a, r, c]
                                                 else:
-                                                    out[n, nt * TILE + c, oh, ow0 + r] = post(T.Cast("float32", acc[a, r, c])
+                                                    out[n, nt * TILE + c, oh, ow0 + r] = post(T.Cast("float32", acc[a, r, c])  # noqa: E501
                                                         * (scale * dequant[nt * TILE + c]) + bias[nt * TILE + c])
                                         else:
                                             for r in range(TILE):
@@ -285,7 +285,7 @@ def build(g: AmxGeometry, *, out_layout: str = "NCHW", accumulate_only: bool = F
                                                     if ACC:
                                                         out[n, nt * TILE + c, oh, ow0 + r] = acc[a, r, c]
                                                     else:
-                                                        out[n, nt * TILE + c, oh, ow0 + r] = post(T.Cast("float32", acc[a, r, c])
+                                                        out[n, nt * TILE + c, oh, ow0 + r] = post(T.Cast("float32", acc[a, r, c])  # noqa: E501
                                                             * (scale * dequant[nt * TILE + c])
                                                             + bias[nt * TILE + c])
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))

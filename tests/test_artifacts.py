@@ -47,7 +47,7 @@ def test_replace_together_restores_on_failure(tmp_path):
     new_lib = tmp_path / "new_lib"
     new_lib.write_bytes(b"new lib")
     missing = tmp_path / "vanished"  # the second rename fails
-    with pytest.raises(InputFileError, match="m.json"):
+    with pytest.raises(InputFileError, match=r"m\.json"):
         artifacts.replace_together([(new_lib, lib), (missing, side)])
     assert lib.read_bytes() == b"good lib" and side.read_text() == "good sidecar"
     assert _leftovers(tmp_path) == []
@@ -106,7 +106,7 @@ def test_load_onnx_errors_name_the_file(tmp_path):
         artifacts.load_onnx(tmp_path / "missing.onnx")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07not a model")
-    with pytest.raises(InputFileError, match="junk.onnx"):
+    with pytest.raises(InputFileError, match=r"junk\.onnx"):
         artifacts.load_onnx(junk)
 
 
@@ -115,11 +115,11 @@ def test_sidecar_checks(tmp_path):
         artifacts.read_sidecar(tmp_path / "m.onnx")
     lib = tmp_path / "m.so"
     lib.write_bytes(b"lib")
-    with pytest.raises(InputFileError, match="sidecar m.json is missing"):
+    with pytest.raises(InputFileError, match=r"sidecar m\.json is missing"):
         artifacts.read_sidecar(lib)
     side = artifacts.sidecar_path_for(lib)
     side.write_text(json.dumps({"format": artifacts.SIDECAR_FORMAT, "inputs": [], "library": "x.so"}))
-    with pytest.raises(InputFileError, match="describes library 'x.so'"):
+    with pytest.raises(InputFileError, match=r"describes library 'x\.so'"):
         artifacts.read_sidecar(lib)
     meta = {"library_size": 3, "library_sha256": artifacts.sha256_file(lib)}
     artifacts.check_library_integrity(lib, meta)

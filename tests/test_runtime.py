@@ -60,7 +60,7 @@ def test_missing_sidecar(lib, tmp_path):
 
 
 def test_sidecar_for_another_library(lib, tmp_path):
-    so, js = _copy(lib, tmp_path, "other")  # sidecar still says library "m.so"
+    so, _js = _copy(lib, tmp_path, "other")  # sidecar still says library "m.so"
     with pytest.raises(InputFileError, match=r"describes library 'm\.so', not 'other\.so'"):
         bnncompile.load(so)
 
@@ -79,7 +79,7 @@ def test_truncated_library_is_an_error_not_a_crash(lib, tmp_path):
     import subprocess
     import sys
 
-    so, js = _copy(lib, tmp_path)
+    so, _js = _copy(lib, tmp_path)
     data = so.read_bytes()
     so.write_bytes(data[: len(data) // 2])
     code = ("import bnncompile, sys\n"

@@ -57,7 +57,7 @@ def test_x86_targets_build_and_run(tmp_path, tiny, target):
 
 
 def test_aarch64_builds_and_is_refused_here(tmp_path, tiny):
-    path, _, x = tiny
+    path, _, _x = tiny
     res = bnncompile.compile_model(path, output=tmp_path / "m.so", target="aarch64-neon")
     assert res.library.is_file() and res.sidecar.is_file()
     if shutil.which("aarch64-linux-gnu-gcc") is None:

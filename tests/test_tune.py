@@ -237,7 +237,8 @@ def test_tuned_integer_kernels_bit_exact(tmp_path):
                    reference.bdense_ref(a, wd)),
         "bbatch_matmul": ([reference.bitpack_last_ref(ba, 0.0), reference.bitpack_last_ref(bb, 0.0)],
                           reference.bbatch_matmul_ref(ba, bb)),
-        "bconv2d": ([reference.bitpack_ref(xc, 0.0), packing.pack_conv_weight(wc, block=registry.bconv_weight_block(tgt))],
+        "bconv2d": ([reference.bitpack_ref(xc, 0.0),
+                     packing.pack_conv_weight(wc, block=registry.bconv_weight_block(tgt))],
                     reference.bconv2d_ref(xc, wc, padding=1, pad_value="one")),
     }
     dev = tvm.cpu()

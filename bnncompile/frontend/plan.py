@@ -1,7 +1,8 @@
 """The lowering plan: which node each converter claims, and what it needs to convert it.
 
 :func:`plan_lowering` runs every converter of the registry it is given
-(:data:`bnncompile.frontend.converters.CONVERTERS`) in order; each claims nodes (``ctx.claim``) and records its decisions in the plan.
+(:data:`bnncompile.frontend.converters.CONVERTERS`) in order; each claims nodes (``ctx.claim``) and
+records its decisions in the plan.
 Later converters see what earlier ones claimed (the epilogue fusion needs the binary convs,
 the fused PReLU statistics need the power means), and a node is claimed at most once.  The plan
 also keeps, for every Conv / Gemm / MatMul that is *not* binary, the reason why.

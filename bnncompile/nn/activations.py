@@ -31,7 +31,8 @@ class RPReLU(nn.Module):
         self.shift_out = nn.Parameter(torch.zeros(channels))
 
     def forward(self, y):
-        v = lambda p: _channel_view(p, y)
+        def v(p):
+            return _channel_view(p, y)
         return prelu(y + v(self.shift_in), v(self.slope)) + v(self.shift_out)
 
 
@@ -56,7 +57,8 @@ class DPReLU(nn.Module):
     def forward(self, y):
         gz = self.mlp(pool_channels(stats_input(y, self.detach_stats)))
         gamma, zeta = gz[:, : self.channels], gz[:, self.channels :]
-        v = lambda p: _channel_view(p, y)
+        def v(p):
+            return _channel_view(p, y)
         return prelu(y - v(gamma + self.gamma0), v(self.slope)) + v(zeta + self.zeta0)
 
 
@@ -80,6 +82,7 @@ class InstaPReLU(nn.Module):
     def forward(self, y):
         d = self.mlp(pool_channels(stats_input(y, self.detach_stats)))
         c = self.channels
-        v = lambda p: _channel_view(p, y)
+        def v(p):
+            return _channel_view(p, y)
         slope = self.slope + d[:, 2 * c :] if self.dynamic_slope else self.slope
         return prelu(y - v(self.gamma + d[:, :c]), v(slope)) + v(self.zeta + d[:, c : 2 * c])

@@ -102,7 +102,9 @@ class BinaryConv2d(_BinaryBase):
         super().__init__()
         if pad_value not in PAD_CHOICES:
             raise ValueError(f"Expected pad_value to be one of {PAD_CHOICES}, got {pad_value!r}")
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        def pair(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = pair(kernel_size), pair(stride)
         self.padding, self.dilation = pair(padding), pair(dilation)

@@ -22,6 +22,8 @@ are identities at inference).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +50,7 @@ class Tokenizer(nn.Module):
         self.stride, self.padding = max(1, kernel // 2 - 1), max(1, kernel // 2)
         chans = [in_channels] + [in_planes] * (n_layers - 1) + [embed_dim]
         layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout in itertools.pairwise(chans):
             layers += [nn.Conv2d(cin, cout, kernel, self.stride, self.padding, bias=False),
                        nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
         self.conv_layers = nn.Sequential(*layers)

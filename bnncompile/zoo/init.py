@@ -121,7 +121,7 @@ def gap_median(flat: torch.Tensor, window: tuple[float, float] | None = None) ->
     if n < 2:
         return v[:, 0]
     i0 = min(max(0, int(lo_q * (n - 1))), n - 2)
-    i1 = max(i0 + 1, min(n - 1, int(round(hi_q * (n - 1)))))
+    i1 = max(i0 + 1, min(n - 1, round(hi_q * (n - 1))))
     seg = v[:, i0:i1 + 1]
     gaps = seg[:, 1:] - seg[:, :-1]
     j = gaps.argmax(dim=1, keepdim=True)

@@ -13,6 +13,8 @@ Module names mirror the official ReActNet code (``feature.N.binary_3x3``, ``bn2_
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -103,7 +105,7 @@ class ReActNetA(nn.Module):
                  channels=REACTNET_A_CHANNELS, pad_value="zero", scale="mean_abs"):
         super().__init__()
         self.feature = nn.ModuleList([Stem(in_channels, channels[0], 2)])
-        for cin, cout in zip(channels[:-1], channels[1:]):
+        for cin, cout in itertools.pairwise(channels):
             stride = 2 if cin != cout and cout != 64 else 1  # official rule: 32->64 keeps stride 1
             self.feature.append(ReActNetABlock(cin, cout, stride, sites, pad_value, scale))
         self.pool1 = nn.AdaptiveAvgPool2d(1)

@@ -204,7 +204,7 @@ def _schedule_gemv(sch, block, spatial, reduce_loops, infos, red, lanes: int, n:
             pass
     sch.vectorize(v_i)
     wb = sch.get_loops(write_back)[-1]
-    w_o, w_i = sch.split(wb, factors=[None, vec])
+    _w_o, w_i = sch.split(wb, factors=[None, vec])
     sch.vectorize(w_i)
     sch.parallel(sch.fuse(*spatial[:-1], s_o) if len(spatial) > 1 else s_o)
     try:

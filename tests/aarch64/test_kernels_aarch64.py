@@ -365,7 +365,7 @@ def test_attention_int8_end_to_end(a64_kernels, rng):
                                [vq_ref.shape, vmax_ref.shape], ["int8", "float32"])
     for got, want in ((pq, pq_ref), (pmax, pmax_ref), (vq, vq_ref), (vmax, vmax_ref)):
         np.testing.assert_array_equal(got, want)
-    acc, y = ref.qbatch_matmul_ref(pq_ref, vq_ref, pmax_ref, vmax_ref)
+    _acc, y = ref.qbatch_matmul_ref(pq_ref, vq_ref, pmax_ref, vmax_ref)
     got = a64_kernels.run(_arm(S.make_qbatch_matmul(pq.shape, vq.shape, target=TARGET)), [pq, vq, pmax, vmax],
                           y.shape, "float32")
     np.testing.assert_array_equal(got, y)

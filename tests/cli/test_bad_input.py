@@ -171,7 +171,8 @@ CASES = [
     ("compile-symbolic-dim", ["compile", "{d}/symbolic.onnx", "-o", "{d}/o.so"], MODEL,
      ["input 'x'", "symbolic dimension 1", "width"]),
     ("compile-huge-input", ["compile", "{d}/huge.onnx", "-o", "{d}/o.so"], MODEL, ["input 'x'", "3000000000"]),
-    ("compile-int-input", ["compile", "{d}/int_input.onnx", "-o", "{d}/o.so"], MODEL, ["input 'x'", "int32", "float32"]),
+    ("compile-int-input", ["compile", "{d}/int_input.onnx", "-o", "{d}/o.so"], MODEL,
+     ["input 'x'", "int32", "float32"]),
     ("compile-missing-tuning-db", ["compile", "{d}/tiny.onnx", "-o", "{d}/o.so", "--tuning-db", "{d}/nodb"], FILE,
      ["--tuning-db", "does not exist"]),
     ("compile-not-a-tuning-db", ["compile", "{d}/tiny.onnx", "-o", "{d}/o.so", "--tuning-db", "{d}/notadb"], FILE,
@@ -184,8 +185,10 @@ CASES = [
     ("run-missing-lib", ["run", "{d}/nope.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE, ["nope.so"]),
     ("run-onnx-not-lib", ["run", "{d}/tiny.onnx", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE,
      ["ONNX model", "compile it first"]),
-    ("run-no-sidecar", ["run", "{d}/noside.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE, ["noside.json", "missing"]),
-    ("run-bad-sidecar", ["run", "{d}/badside.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE, ["badside.json", "JSON"]),
+    ("run-no-sidecar", ["run", "{d}/noside.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE,
+     ["noside.json", "missing"]),
+    ("run-bad-sidecar", ["run", "{d}/badside.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE,
+     ["badside.json", "JSON"]),
     ("run-foreign-sidecar", ["run", "{d}/foreignside.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE,
      ["describes library 'tiny.so'"]),
     ("run-truncated-lib", ["run", "{d}/trunclib.so", "-i", "{d}/x.npy", "-o", "{d}/y.npy"], FILE,
@@ -307,7 +310,7 @@ def _interrupt(argv, sig, cwd, *, after: float):
     time.sleep(after)
     sent = time.perf_counter()
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     return proc.returncode, err, time.perf_counter() - sent
 
 

@@ -77,7 +77,7 @@ def test_inspect_json_and_compare(exported):
 
 def test_bad_inputs(tmp_path, exported):
     assert_one_line_error(*run(["export", "no_such_model", "-o", str(tmp_path / "m.onnx")]))
-    code, out, err = run(["export", "no_such_model", "-o", str(tmp_path / "m.onnx")])
+    _code, _out, err = run(["export", "no_such_model", "-o", str(tmp_path / "m.onnx")])
     assert "reactnet_a" in err  # lists the known models
     assert_one_line_error(*run(["export", "reactnet_18", "-o", str(tmp_path / "nodir" / "m.onnx")]))
     ckpt = tmp_path / "bad.pth"

@@ -110,7 +110,7 @@ def test_binary_conv_raw_accumulators(tmp_path, c_in, c_out, stride, padding, di
     if binarizer == "sign":
         model.conv.binarizer = bnn.Sign()
     x = torch.randint(-2, 3, (3, c_in, *hw)).float()   # integer: many x == t
-    y, ref, res, out = _pipeline(tmp_path, model, x, batch=1)
+    y, ref, _res, out = _pipeline(tmp_path, model, x, batch=1)
     assert out.num_binary_layers == 1
     np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
     # integer part: divide the per-channel scale back out → exact integers

@@ -63,8 +63,8 @@ def _reference(layer, signs: dict[str, np.ndarray]) -> np.ndarray:
         node = layer.node
         w = torch.from_numpy(np.array(layer.weight)).double()
         if layer.pad_node is not None:
-            t, l, b, r = layer.pads
-            a = F.pad(a, (l, r, t, b), value=layer.pad_value)
+            t, left, b, r = layer.pads
+            a = F.pad(a, (left, r, t, b), value=layer.pad_value)
         pt, pl, pb, pr = _attr(node, "pads", [0, 0, 0, 0])
         a = F.pad(a, (pl, pr, pt, pb), value=0.0)
         return F.conv2d(a, w, stride=tuple(_attr(node, "strides", [1, 1])),

@@ -141,18 +141,18 @@ def test_not_a_checkpoint(tmp_path):
     model = zoo.build("binary_cct_7_3x1", input_size=16, calibrate=False)
     bad = tmp_path / "notes.txt"
     bad.write_text("hello, I am not a checkpoint")
-    with pytest.raises(CheckpointError, match="notes.txt"):
+    with pytest.raises(CheckpointError, match=r"notes\.txt"):
         zoo.load_checkpoint(model, bad)
 
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": Evil()}, evil)
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt"):
         zoo.load_checkpoint(model, evil)
     nontensor = tmp_path / "nontensor.pt"
     torch.save({"a": 1, "b": "x"}, nontensor)
-    with pytest.raises(CheckpointError, match="nontensor.pt"):
+    with pytest.raises(CheckpointError, match=r"nontensor\.pt"):
         zoo.load_checkpoint(model, nontensor)
-    with pytest.raises(InputFileError, match="missing.pt"):
+    with pytest.raises(InputFileError, match=r"missing\.pt"):
         zoo.load_checkpoint(model, tmp_path / "missing.pt")
 
 

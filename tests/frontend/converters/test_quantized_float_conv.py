@@ -46,7 +46,8 @@ def test_quantized_conv_matches_its_reference(case, precision, rng):
     (y_fp32,) = ort_run(model, {"x": x})
     scale = float(np.abs(y_fp32).max())
     # the same numbers (float glue an ulp apart may move one input by a quantization step)
-    np.testing.assert_allclose(y, y_q, rtol=1e-6, atol=(1e-6 if case != "tokenizer" else 4 / plan.quantized_convs["conv"]["qa"]) * scale)
+    atol = 1e-6 if case != "tokenizer" else 4 / plan.quantized_convs["conv"]["qa"]
+    np.testing.assert_allclose(y, y_q, rtol=1e-6, atol=atol * scale)
     err = float(np.abs(y - y_fp32).max()) / scale
     assert err < (2e-3 if precision == "int16" else 3e-2), err
     assert err > 1e-7  # it did quantize (an fp32 build is ~1e-7)

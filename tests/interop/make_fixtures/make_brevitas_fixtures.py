@@ -161,7 +161,7 @@ def try_ort(path, x):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         sess.run(None, {sess.get_inputs()[0].name: x})
         return "ok"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"FAILS: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
 
