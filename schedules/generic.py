@@ -43,7 +43,7 @@ def vectorize_row(sch: s_tir.Schedule, loop, chunk: int) -> bool:
     the register) and not a multiple of it, as ``n // chunk`` vectors of ``chunk`` and the rest
     as one short vector of its own (``loop_partition``).  A divisor of ``n`` as the vector
     instead wastes lanes in every instruction: 196 = 7 x 28 lanes runs each op on a zmm, a ymm
-    and an xmm (Zen 4, 1 thread, the fused softmax + quantizer on [6,196,196] 0.171 -> 0.131 ms
+    and an xmm (Zen 4, 1 thread, the fused softmax + quantizer on [6,196,196] 0.169 -> 0.134 ms
     as 6 x 32 + 4).  Returns False, doing nothing, for other rows."""
     n = extent(sch, loop)
     if n <= chunk or n % chunk == 0:
