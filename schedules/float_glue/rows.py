@@ -218,6 +218,15 @@ def _softmax_lanes(n: int, lanes: int, registers: int = 4) -> int:
     return max((d for d in range(registers * lanes, 1, -1) if n % d == 0 and d >= 4), default=0)
 
 
+def _softmax_chunks(sch: s_tir.Schedule, target: Target) -> tuple[int, int, int, int]:
+    """``(n, native, registers, f)``: the row length, floats per register (``vector_lanes``
+    doubles AVX2's; this is one), registers per chunk and the chunk of :func:`_softmax_lanes`."""
+    n = int(sch.get(sch.get_loops(sch.get_sblock("sm_out"))[-1]).extent)
+    native = vector_bits(target) // 32
+    registers = 2 if native >= 16 else 4
+    return n, native, registers, _softmax_lanes(n, native, registers)
+
+
 def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int | None = None,
                           passes: bool = True):
     """:func:`compute.softmax_last`: rows in parallel, each row's max, exponentials and sum
@@ -236,9 +245,7 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int 
         task, row = sch.split(row, factors=[None, matrix_rows])
     sch.parallel(task)
     sch.compute_inline(sch.get_sblock("sm_diff"))
-    n = int(sch.get(sch.get_loops(out)[-1]).extent)
-    native = vector_bits(target) // 32  # one register (vector_lanes doubles AVX2's)
-    f = _softmax_lanes(n, native, 2 if native >= 16 else 4)
+    n, native, _, f = _softmax_chunks(sch, target)
     rfs = []  # per reduction, its (partials, lanes) stages consumer first
     for name in ("sm_max", "sm_sum"):
         if 0 < f < n:
@@ -266,10 +273,7 @@ def vectorize_softmax_passes(sch: s_tir.Schedule, target: Target) -> None:
     AVX-512), chunks of whole registers and a short tail (:func:`generic.vectorize_row`).
     Last, after any consumer placed under the row: the tail's loop partition renames the
     blocks."""
-    n = int(sch.get(sch.get_loops(sch.get_sblock("sm_out"))[-1]).extent)
-    native = vector_bits(target) // 32
-    registers = 2 if native >= 16 else 4
-    f = _softmax_lanes(n, native, registers)
+    n, native, registers, f = _softmax_chunks(sch, target)
     for name in ("T_fast_exp", "sm_out"):
         inner = sch.get_loops(sch.get_sblock(name))[-1]
         if f % native and vectorize_row(sch, inner, registers * native):
