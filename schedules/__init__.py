@@ -29,7 +29,7 @@ _FROM = {
                  "target_key", "weight_block_of"),
     "registry_quantized": ("make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
                            "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows",
-                           "vnni_available"),
+                           "make_quantize_width", "vnni_available"),
     "packing": ("check_pm1", "num_words", "pack_bits", "pack_conv_weight", "pack_dense_weight",
                 "unpack_bits"),
 }

@@ -35,6 +35,7 @@ schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
 schedule_quantize_pairs = generic_quantized.schedule_quantize_pairs
 schedule_quantize_hwc = generic_quantized.schedule_quantize_hwc
+schedule_quantize_width = generic_quantized.schedule_quantize_width
 schedule_qconv2d = generic_quantized.schedule_qconv2d  # no NEON intrinsic yet: int32 lanes, vectorised
 schedule_quantize_rows = generic_quantized.schedule_quantize_rows
 schedule_quantize_columns = generic_quantized.schedule_quantize_columns

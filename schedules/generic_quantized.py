@@ -53,6 +53,20 @@ def schedule_quantize_pairs(sch: s_tir.Schedule) -> None:
         sch.vectorize(sch.split(wj, factors=[None, f])[1])
 
 
+def schedule_quantize_width(sch: s_tir.Schedule) -> None:
+    """|x| maxima as in :func:`schedule_quantize_pairs`; the padded rows of (n, c, h) in
+    parallel, each vectorised along w (16 lanes, a short vector for the rest: the stem's rows of
+    232 columns)."""
+    _schedule_abs_max(sch)
+    n, c, h, w = sch.get_loops(sch.get_sblock("qwidth"))
+    sch.parallel(sch.fuse(n, c, h))
+    if vectorize_row(sch, w, 16):
+        return
+    f = pick_factor(extent(sch, w), (16, 8, 4, 2))
+    if f > 1:
+        sch.vectorize(sch.split(w, factors=[None, f])[1])
+
+
 def schedule_quantize_hwc(sch: s_tir.Schedule) -> None:
     """|x| maxima as in :func:`schedule_quantize_pairs`; the NHWC rows of (n, h) in parallel,
     vectorised along the channels when they fill a vector, else scalar."""

@@ -21,6 +21,11 @@ products into int32, 64 MACs per zmm instruction): the activations are stored of
 :data:`VNNI_OFFSET` (``xq + 128`` in ``[1, 255]``, 128 in the padding), and the sum subtracts
 ``128 * sum(wq)`` per output channel (:func:`offset_compensation`): the same exact integers.
 
+A conv with few input channels and a wide kernel (a 3-channel 7x7 stem) groups along the
+kernel's width instead (*width groups*, :func:`width_groups_pay`): the group is ``G``
+neighbouring input columns of one channel, read straight from the padded NCHW map, and the
+weights past ``KW`` are zero (3 x 7 x 8 products per output channel instead of 4 x 7 x 7).
+
 Attention's probability x value product (``compile --attention-precision int8``): both operands
 are activations, so both are quantized at run time, each from its own range:
 
@@ -65,6 +70,9 @@ __all__ = [
     "quantize_rows",
     "reduction_length",
     "tie_rtol",
+    "width_blocked",
+    "width_extent",
+    "width_groups_pay",
 ]
 
 
@@ -119,6 +127,32 @@ def group_blocked(ints: np.ndarray, block: int, group: int) -> np.ndarray:
     padded = np.zeros((kb * block, cg * group, kh, kw), dtype)
     padded[:k, :c] = ints
     return np.ascontiguousarray(padded.reshape(kb, block, cg, group, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+
+
+def width_groups_pay(channels: int, kernel_w: int, group: int, dilation_w: int) -> bool:
+    """Do groups of ``group`` kernel columns pad fewer products than groups of channels?  (A
+    3-channel 7x7 stem: 3 x 8 against 4 x 7 per kernel row.)  Only without dilation along w:
+    a group is then ``group`` contiguous input columns."""
+    along_w = channels * -(-kernel_w // group) * group
+    along_c = -(-channels // group) * group * kernel_w
+    return int(dilation_w) == 1 and along_w < along_c
+
+
+def width_extent(out_width: int, kernel_w: int, stride_w: int, group: int) -> int:
+    """Columns of a width-grouped map: every column the conv's groups read, the zero-weight
+    ones past ``KW`` included (``(OW - 1) * SW + ceil(KW / G) * G``)."""
+    return (int(out_width) - 1) * int(stride_w) + -(-int(kernel_w) // group) * group
+
+
+def width_blocked(ints: np.ndarray, block: int, group: int) -> np.ndarray:
+    """OIHW integers -> ``[KB, C, KH, ceil(KW/G), block, G]``: kernel column ``G*g + j`` at
+    ``[..., g, :, j]``, zero past ``KW`` and past the last output channel (the width groups'
+    layout, :func:`width_groups_pay`)."""
+    k, c, kh, kw = ints.shape
+    kb, kg = -(-k // block), -(-kw // group)
+    padded = np.zeros((kb * block, c, kh, kg * group), np.int16 if group == 2 else np.int8)
+    padded[:k, :, :, :kw] = ints
+    return np.ascontiguousarray(padded.reshape(kb, block, c, kh, kg, group).transpose(0, 2, 3, 4, 1, 5))
 
 
 def pair_blocked(ints: np.ndarray, block: int) -> np.ndarray:

@@ -219,6 +219,21 @@ def quantize_pairs_ref(x: np.ndarray, qa: int, padding=(0, 0, 0, 0), group: int 
     return (grouped if group == 2 else (grouped + VNNI_OFFSET).astype(np.uint8)), amax
 
 
+def quantize_width_ref(x: np.ndarray, qa: int, padding, group: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize_activation`` zero-padded as an NCHW map ``[N, C, HP, width]`` (columns past
+    the padded width hold padding too, columns from ``width`` on are cut off), for the conv's
+    width groups: int16 (``group=2``) or uint8 plus ``VNNI_OFFSET`` (``group=4``); and ``amax``."""
+    from .quantize import VNNI_OFFSET, quantize_activation
+
+    q, amax = quantize_activation(x, qa)
+    n, c, h, w = q.shape
+    pt, pl, pb, _ = padding
+    padded = np.zeros((n, c, h + pt + pb, max(width, pl + w)), np.int16)
+    padded[:, :, pt:pt + h, pl:pl + w] = q
+    padded = np.ascontiguousarray(padded[..., :width])
+    return (padded if group == 2 else (padded + VNNI_OFFSET).astype(np.uint8)), amax
+
+
 def qconv2d_ref(pairs: np.ndarray, ints: np.ndarray, *, stride=1, dilation=1) -> np.ndarray:
     """int64 conv of ungrouped int16 data (``[N, CG, HP, WP, G]`` groups, as
     :func:`quantize_pairs_ref` with ``group=2`` lays them out) with int16 OIHW weights: the

@@ -27,11 +27,11 @@ from .target_identity import as_target, identify, vector_bits
 TargetLike = tvm.target.Target | dict | None
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
-       "avgpool2d", "prelu_stats", "quantize_pairs", "qconv2d", "quantize_hwc", "quantize_rows",
-       "quantize_columns", "qbatch_matmul")
+       "avgpool2d", "prelu_stats", "quantize_pairs", "quantize_width", "qconv2d", "quantize_hwc",
+       "quantize_rows", "quantize_columns", "qbatch_matmul")
 #: CPU kernels only (``compile --conv-precision`` / ``--attention-precision``, AMX operands):
 #: no CUDA schedule
-CPU_ONLY_OPS = ("quantize_pairs", "qconv2d", "quantize_hwc", "quantize_rows", "quantize_columns",
+CPU_ONLY_OPS = ("quantize_pairs", "quantize_width", "qconv2d", "quantize_hwc", "quantize_rows", "quantize_columns",
                 "qbatch_matmul")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}

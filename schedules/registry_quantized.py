@@ -15,7 +15,8 @@ from .registry import TargetLike, _finish, _shape_tag, fconv2d_block, target_key
 from .target_identity import as_target, has_x86_features
 
 __all__ = ["make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
-           "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows", "vnni_available"]
+           "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows", "make_quantize_width",
+           "vnni_available"]
 
 
 def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, group: int = 2,
@@ -35,6 +36,22 @@ def make_quantize_pairs(data_shape_nchw: Sequence[int], *, qa: int, padding=0, g
     return _finish([data, q, amax], "quantize_pairs", name, target, schedule, tuning)
 
 
+def make_quantize_width(data_shape_nchw: Sequence[int], *, qa: int, padding=0, group: int, width: int,
+                        target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+    """Per-sample symmetric quantization into a padded map whose conv groups run along w
+    (``compute.quantize_width``; ``width`` from ``quantize.width_extent``).
+
+    PrimFunc params: ``(data float32[N,C,H,W], q int16|uint8[N,C,H+pt+pb,width], amax float32[N])``.
+    """
+    shape = tuple(int(v) for v in data_shape_nchw)
+    pd = normalize_padding(padding)
+    data = te.placeholder(shape, "float32", name="data")
+    q, amax = compute.quantize_width(data, qa=int(qa), padding=pd, group=int(group), width=int(width))
+    name = (f"bnn_quantize_width{int(group)}_{_shape_tag(shape)}_q{int(qa)}_p{'x'.join(map(str, pd))}"
+            f"_w{int(width)}")
+    return _finish([data, q, amax], "quantize_width", name, target, schedule, tuning)
+
+
 def vnni_available(target: TargetLike) -> bool:
     """Does ``target`` (a TVM llvm target) have AVX-512 VNNI (``vpdpbusd`` on zmm), the quads'
     instruction?"""
@@ -43,8 +60,8 @@ def vnni_available(target: TargetLike) -> bool:
 
 def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, stride=1, dilation=1,
                  with_bias: bool = False, out_layout: str = "NCHW", accumulate_only: bool = False,
-                 relu: bool = False, target: TargetLike = None, schedule: str | None = None,
-                 tuning=None) -> tvm.tirx.PrimFunc:
+                 relu: bool = False, width_group: int | None = None, target: TargetLike = None,
+                 schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """int32 conv of :func:`make_quantize_pairs` output with OIHW ``weight_shape`` weights,
     group-blocked (``quantize.group_blocked(ints, fconv2d_block(target), G)``, ``G`` the data's
     last axis: 2 for int16 pairs, 4 for offset uint8 quads).
@@ -54,20 +71,31 @@ def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, str
     (quads: quantize.offset_compensation)], [bias float32[K]], out)``; out is
     ``float32[N,K,OH,OW]`` (``float32[N,KB,OH,OW,OB]`` for ``out_layout="NCHWc"``,
     ``int32[N,K,OH,OW]`` sums with ``accumulate_only``).
+
+    ``width_group`` (2 or 4): the data are width groups instead (:func:`make_quantize_width`,
+    ``[N,C,HP,WPG]``), the weight ``quantize.width_blocked(ints, fconv2d_block(target), G)``
+    (``[KB,C,KH,ceil(KW/G),OB,G]``); everything else as above.
     """
-    N, CG, HP, WP, G = (int(v) for v in pairs_shape)
     K, C, KH, KW = (int(v) for v in weight_shape)
+    if width_group is not None:
+        N, CG, HP, WP = (int(v) for v in pairs_shape)
+        G, KW = int(width_group), -(-KW // int(width_group))
+        if CG != C:
+            raise ValueError(f"qconv2d: weight in-channels {C} differ from the width groups' {CG}")
+    else:
+        N, CG, HP, WP, G = (int(v) for v in pairs_shape)
+        if -(-C // G) != CG:
+            raise ValueError(f"qconv2d: weight in-channels {C} do not fill the {CG} groups of {G} of the data")
     if G not in (2, 4):
-        raise ValueError(f"qconv2d: data groups of {G} channels; expected 2 (int16) or 4 (uint8)")
-    if -(-C // G) != CG:
-        raise ValueError(f"qconv2d: weight in-channels {C} do not fill the {CG} groups of {G} of the data")
+        raise ValueError(f"qconv2d: data groups of {G}; expected 2 (int16) or 4 (uint8)")
     if G == 4 and (schedule or target_key(target)) == "x86" and not vnni_available(target):
         raise ValueError(f"qconv2d: the x86 schedule runs offset quads on vpdpbusd; target "
                          f"{as_target(target)} has no AVX-512 VNNI (quantize into pairs instead)")
     ob = fconv2d_block(target)
     kb = -(-K // ob)
     st, dl = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
-    q = te.placeholder((N, CG, HP, WP, G), "int16" if G == 2 else "uint8", name="q")
+    q = te.placeholder((N, CG, HP, WP) if width_group else (N, CG, HP, WP, G), "int16" if G == 2 else "uint8",
+                       name="q")
     weight = te.placeholder((kb, CG, KH, KW, ob, G), "int16" if G == 2 else "int8", name="weight")
     dequant = te.placeholder((K,), "float32", name="dequant")
     amax = te.placeholder((N,), "float32", name="amax")
@@ -78,7 +106,8 @@ def make_qconv2d(pairs_shape: Sequence[int], weight_shape: Sequence[int], *, str
                                   relu=relu, compensation=comp)
     args = [q, weight, dequant, amax] + ([comp] if comp is not None else []) + \
         ([bias] if bias is not None else []) + [out]
-    name = (f"bnn_qconv2d_{N}x{CG}x{HP}x{WP}{'' if G == 2 else 'x4'}_k{K}x{KH}x{KW}_s{st[0]}x{st[1]}"
+    groups = f"w{G}" if width_group else ("" if G == 2 else "x4")
+    name = (f"bnn_qconv2d_{N}x{CG}x{HP}x{WP}{groups}_k{K}x{KH}x{int(weight_shape[3])}_s{st[0]}x{st[1]}"
             f"_d{dl[0]}x{dl[1]}{'_b' if with_bias else ''}{'_r' if relu else ''}"
             f"{'_c' if out_layout == 'NCHWc' else ''}{'_acc' if accumulate_only else ''}")
     return _finish(args, "qconv2d", name, target, schedule, tuning)

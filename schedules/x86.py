@@ -253,6 +253,7 @@ def schedule_fconv2d(sch: s_tir.Schedule) -> None:
 
 schedule_quantize_pairs = generic_quantized.schedule_quantize_pairs
 schedule_quantize_hwc = generic_quantized.schedule_quantize_hwc
+schedule_quantize_width = generic_quantized.schedule_quantize_width
 schedule_quantize_rows = generic_quantized.schedule_quantize_rows
 schedule_quantize_columns = generic_quantized.schedule_quantize_columns
 
@@ -288,13 +289,18 @@ def schedule_qconv2d(sch: s_tir.Schedule) -> None:
     and 16x1 within 5 %; 4x4, 7x2, 14x1 up to 40 % slower on the stem, /tmp probe)."""
     from .x86_intrinsics import PMADDWD_8X2, VPDPBUSD_16X4
 
-    loops = sch.get_loops(sch.get_sblock("qconv"))
+    conv = sch.get_sblock("qconv")
+    loops = sch.get_loops(conv)
     lanes, group = extent(sch, loops[4]), extent(sch, loops[-1])  # ob, j
+    along_w = int(sch.get(conv).annotations.get("bnn_width_groups", 0))
     if group == 4:
         if lanes % 16:
             generic_quantized.schedule_qconv2d(sch)
         else:
-            generic_quantized.schedule_qconv2d(sch, wi_max=8, kb_max=2, intrin=VPDPBUSD_16X4, intrin_lanes=16)
+            # width quads (the 3-channel 7x7 stem, Zen 4, 1 thread): 4 px x 2 blocks 0.600 ms,
+            # 7x2 0.598, 8x2 0.660, 14x1 0.603, 16x1 0.665, 8x4 1.16; as channel quads 8x2 0.786
+            generic_quantized.schedule_qconv2d(sch, wi_max=4 if along_w else 8, kb_max=2, intrin=VPDPBUSD_16X4,
+                                               intrin_lanes=16)
     elif lanes % 8:
         generic_quantized.schedule_qconv2d(sch)  # no 8-lane halves: plain int32 vectors
     elif lanes == 8:

@@ -21,7 +21,7 @@ from .float_ops import (
     prelu_stats,
     softmax_last,
 )
-from .quantized_conv import qconv2d_blocked, quantize_hwc, quantize_pairs
+from .quantized_conv import qconv2d_blocked, quantize_hwc, quantize_pairs, quantize_width
 from .quantized_matmul import qbatch_matmul, quantize_columns, quantize_rows
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "quantize_hwc",
     "quantize_pairs",
     "quantize_rows",
+    "quantize_width",
     "softmax_last",
     "unpack_bits_float",
 ]

@@ -1,7 +1,8 @@
 """Quantized float conv (``compile --conv-precision int16|int8``): activations quantized per
-sample into padded channel groups (int16 pairs, or on VNNI CPUs offset uint8 quads), then an
-int32 conv on group-blocked weights, then the float output.  The numbers are
-:mod:`bnncompile.schedules.quantize`'s."""
+sample into padded channel groups (int16 pairs, or on VNNI CPUs offset uint8 quads) or, for few
+channels and a wide kernel, into a padded map whose groups run along the width
+(:func:`quantize_width`), then an int32 conv on group-blocked weights, then the float output.
+The numbers are :mod:`bnncompile.schedules.quantize`'s."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -99,6 +100,33 @@ def quantize_pairs(data: te.Tensor, *, qa: int, padding: Sequence[int], group: i
     return q, amax
 
 
+def quantize_width(data: te.Tensor, *, qa: int, padding: Sequence[int], group: int,
+                   width: int) -> tuple[te.Tensor, te.Tensor]:
+    """:func:`quantize_pairs`' numbers as a padded NCHW map ``[N, C, H+pt+pb, width]`` (int16,
+    or uint8 offset by ``quantize.VNNI_OFFSET`` for ``group=4``), the groups of the conv taken
+    along w (``quantize.width_groups_pay``): ``width`` (``quantize.width_extent``) holds the
+    columns the conv reads: past the padded width (the zero-weight group tails) they hold
+    padding, and columns a stride never reaches are left out.  Blocks: ``qabs_part``,
+    ``qamax``, ``qinv``, ``qwidth``."""
+    N, C, H, W = ints(data.shape)
+    pt, pl, pb, _ = normalize_padding(padding)  # the right edge: width
+    if group not in (2, 4) or (group == 4 and qa > 127) or width < 1:
+        raise ValueError(f"quantize_width: groups of 2 (int16) or 4 (int8 levels) over some "
+                         f"columns, not {group} at {qa} over {width}")
+    amax, inv = _sample_scale(data, qa)
+    offset, dtype = (0, "int16") if group == 2 else (VNNI_OFFSET, "uint8")
+
+    def value(n, c, h, w):
+        inside = tirx.all(h >= pt, h < H + pt, w >= pl, w < W + pl)
+        hh, ww = tirx.min(tirx.max(h - pt, 0), H - 1), tirx.min(tirx.max(w - pl, 0), W - 1)
+        # the padding selected in float, then one conversion (a select of the offset bytes:
+        # stem 3x224x224 with its abs max 0.089 -> 0.072 ms, Zen 4; int16 levels 0.036)
+        v = tirx.Select(inside, clipped_levels(data[n, c, hh, ww] * inv[n], -qa, qa), tirx.const(0.0, "float32"))
+        return (v.astype("int32") + offset).astype(dtype)
+
+    return te.compute((N, C, H + pt + pb, int(width)), value, name="qwidth"), amax
+
+
 def qconv2d_blocked(
     q: te.Tensor,
     weight: te.Tensor,
@@ -119,9 +147,11 @@ def qconv2d_blocked(
 
     Parameters
     ----------
-    q : int16 ``[N, C2, HP, WP, 2]`` pairs, or uint8 ``[N, C4, HP, WP, 4]`` offset quads.
+    q : int16 ``[N, C2, HP, WP, 2]`` pairs, or uint8 ``[N, C4, HP, WP, 4]`` offset quads; or
+        width groups (:func:`quantize_width`): ``[N, C, HP, WPG]`` int16 / uint8.
     weight : int16 ``[KB, C2, KH, KW, OB, 2]`` or int8 ``[KB, C4, KH, KW, OB, 4]``
-        (``quantize.group_blocked``).
+        (``quantize.group_blocked``); for width groups ``[KB, C, KH, ceil(KW/G), OB, G]``
+        (``quantize.width_blocked``, zero past KW).
     dequant : float32 ``[K]`` (``QuantizedConvWeight.dequant``); amax : float32 ``[N]``.
     out_layout : "NCHW" or "NCHWc" (``[N, KB, OH, OW, OB]``, for a max pool reading blocks).
     accumulate_only : return the int32 sums as ``[N, K, OH, OW]`` (the exactness tests).
@@ -134,22 +164,37 @@ def qconv2d_blocked(
     The sums of quads may wrap in int32 before the compensation; the difference is exact
     whenever the true sum fits (two's complement is arithmetic modulo 2**32).
     """
-    N, C2, HP, WP, G = ints(q.shape)
-    KB, C2w, KH, KW, OB, G_w = ints(weight.shape)
-    if (C2w, G_w) != (C2, G) or G not in (2, 4):
-        raise ValueError(f"qconv2d: weight {ints(weight.shape)} does not match groups {ints(q.shape)}")
+    KB, C2w, KH, KW, OB, G = ints(weight.shape)
+    (sh, sw), (dh, dw) = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
+    along_w = len(q.shape) == 4
+    if along_w:  # width groups: group j of column group rw is input column (ow * sw + G * rw + j)
+        N, C2, HP, WP = ints(q.shape)
+        OW = (WP - KW * G) // sw + 1
+        if C2w != C2 or G not in (2, 4) or dw != 1 or (OW - 1) * sw + KW * G != WP:
+            raise ValueError(f"qconv2d: width groups {ints(q.shape)} do not match weight "
+                             f"{ints(weight.shape)} at stride {sw}, dilation {dw} (quantize.width_extent)")
+
+        def data(n, c, h, ow, rw, rj):
+            return q[n, c, h, ow * sw + rw * G + rj]
+    else:
+        N, C2, HP, WP, G_q = ints(q.shape)
+        if (C2w, G_q) != (C2, G) or G not in (2, 4):
+            raise ValueError(f"qconv2d: weight {ints(weight.shape)} does not match groups {ints(q.shape)}")
+        OW = conv_out_size(WP, KW, sw, 0, 0, dw)
+
+        def data(n, c, h, ow, rw, rj):
+            return q[n, c, h, ow * sw + rw * dw, rj]
     if (G == 4) != (compensation is not None):
         raise ValueError("qconv2d: offset quads (groups of 4) need the offset's compensation, pairs none")
-    (sh, sw), (dh, dw) = normalize_2d(stride, "stride"), normalize_2d(dilation, "dilation")
-    OH, OW = conv_out_size(HP, KH, sh, 0, 0, dh), conv_out_size(WP, KW, sw, 0, 0, dw)
+    OH = conv_out_size(HP, KH, sh, 0, 0, dh)
     rc, rh = te.reduce_axis((0, C2), "rc"), te.reduce_axis((0, KH), "rh")
     rw, rj = te.reduce_axis((0, KW), "rw"), te.reduce_axis((0, G), "rj")
     acc = te.compute(
         (N, KB, OH, OW, OB),
         lambda n, kb, oh, ow, ob: te.sum(
-            q[n, rc, oh * sh + rh * dh, ow * sw + rw * dw, rj].astype("int32")
+            data(n, rc, oh * sh + rh * dh, ow, rw, rj).astype("int32")
             * weight[kb, rc, rh, rw, ob, rj].astype("int32"), axis=[rc, rh, rw, rj]),
-        name="qconv", attrs={"schedule_rule": "bnn_qconv2d"})
+        name="qconv", attrs={"schedule_rule": "bnn_qconv2d", "bnn_width_groups": int(along_w)})
 
     def exact(n, k, oh, ow, kb, ob):
         return acc[n, kb, oh, ow, ob] - compensation[k] if compensation is not None else acc[n, kb, oh, ow, ob]

@@ -348,6 +348,29 @@ def test_quantized_conv_end_to_end(precision, a64_kernels, rng):
     np.testing.assert_array_equal(got, expect)
 
 
+def test_quantized_conv_width_pairs_end_to_end(a64_kernels, rng):
+    """A 3-channel 7x7 stem's width pairs (``quantize.width_groups_pay``: what the converter
+    picks for it on aarch64 too): the operand and the sums exact."""
+    from bnncompile.schedules import quantize as Q
+
+    x = (rng.standard_normal((1, 3, 13, 12)) * 3).astype("float32")
+    qw = Q.quantize_conv_weight(rng.standard_normal((8, 3, 7, 7)).astype("float32"), "int16")
+    pad = (3, 3, 3, 3)
+    pairs, _ = ref.quantize_pairs_ref(x, qw.qa, pad)
+    expect = ref.qconv2d_ref(pairs, qw.ints, stride=2)
+    width = Q.width_extent(expect.shape[3], 7, 2, 2)
+    expect_q, expect_amax = ref.quantize_width_ref(x, qw.qa, pad, 2, width)
+    pq = _arm(S.make_quantize_width(x.shape, qa=qw.qa, padding=pad, group=2, width=width, target=TARGET))
+    q, amax = a64_kernels.run(pq, [x], [expect_q.shape, expect_amax.shape], ["int16", "float32"])
+    np.testing.assert_array_equal(amax, expect_amax)
+    np.testing.assert_array_equal(q, expect_q)
+    pf = _arm(S.make_qconv2d(q.shape, qw.ints.shape, stride=2, accumulate_only=True, width_group=2,
+                             target=TARGET))
+    got = a64_kernels.run(pf, [q, Q.width_blocked(qw.ints, S.fconv2d_block(TARGET), 2), qw.dequant, amax],
+                          expect.shape, "int32")
+    np.testing.assert_array_equal(got, expect)
+
+
 def test_attention_int8_end_to_end(a64_kernels, rng):
     """``--attention-precision int8``: probabilities per row (LLVM's ``roundeven`` is ``frintn``
     here), values per column, then the int32 product, on aarch64 (generic schedules): levels,

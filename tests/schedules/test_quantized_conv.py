@@ -96,6 +96,80 @@ def test_qconv2d_sums_exact(shape, k, kernel, s, p, d, precision, group, sched, 
     np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
 
 
+# width groups (quantize.width_groups_pay): (data NCHW, K, kernel, stride, padding)
+WCASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3)),     # ResNet / CCT stem
+          ((2, 1, 12, 13), 8, (3, 5), 1, (1, 2, 1, 2)),      # grayscale, K < one block, batch 2
+          ((1, 2, 11, 17), 40, (5, 6), 3, (0, 2, 1, 3))]     # asymmetric pads, KW a multiple of 2
+
+
+def _width_data(x, qa, pad, kernel, stride, group):
+    """The conv's width-grouped operand (``reference.quantize_width_ref``) and its output width."""
+    ow = (x.shape[3] + pad[1] + pad[3] - kernel[1]) // stride + 1
+    width = Q.width_extent(ow, kernel[1], stride, group)
+    return ref.quantize_width_ref(x, qa, pad, group, width)
+
+
+def test_width_groups_pay():
+    """3 x 8 products per kernel row against 4 x 7 for a 3-channel 7x7 stem; never with dilation
+    along w (a group would not be contiguous), nor where channel groups pad nothing."""
+    assert Q.width_groups_pay(3, 7, 4, 1) and Q.width_groups_pay(3, 7, 2, 1) and Q.width_groups_pay(1, 3, 4, 1)
+    assert not Q.width_groups_pay(3, 7, 4, 2)
+    assert not Q.width_groups_pay(3, 3, 4, 1)  # 3 x 4 = 4 x 3: ties stay channel groups
+    assert not Q.width_groups_pay(16, 7, 4, 1) and not Q.width_groups_pay(64, 1, 4, 1)
+    assert Q.width_extent(112, 7, 2, 4) == 230 and Q.width_extent(112, 7, 2, 2) == 230
+    assert Q.width_extent(5, 3, 1, 4) == 8
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("group,qa", [(2, 3000), (4, 127)])
+@pytest.mark.parametrize("case", WCASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_quantize_width_exact(case, group, qa, sched, inputs, host, run_primfunc_outs):
+    """The width-grouped operand bit for bit (levels, offset, padding, the extra columns past
+    the padded width) and amax, against ``reference.quantize_width_ref``."""
+    shape, _k, kernel, stride, pad = case
+    x = inputs.floats(shape, scale=3.0)
+    expect_q, expect_amax = _width_data(x, qa, pad, kernel, stride, group)
+    pf = S.make_quantize_width(shape, qa=qa, padding=pad, group=group, width=expect_q.shape[3], target=host,
+                               schedule=sched)
+    q, amax = run_primfunc_outs(pf, [x], [(expect_q.shape, str(expect_q.dtype)), (expect_amax.shape, "float32")])
+    np.testing.assert_array_equal(amax, expect_amax, err_msg=str(inputs))
+    np.testing.assert_array_equal(q, expect_q, err_msg=str(inputs))
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("precision,group", [("int16", 2), ("int8", 2), ("int8", 4)])
+@pytest.mark.parametrize("case", WCASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_qconv2d_width_groups_sums_exact(case, precision, group, sched, inputs, host, run_primfunc):
+    """int32 sums from width groups (the zero weights past KW, the extra columns, the quads'
+    offset compensated) equal the conv of the unoffset integers: the numbers of channel groups."""
+    shape, k, kernel, s, p = case
+    tgt = _target(group, sched, host)
+    x = inputs.floats(shape)
+    qw = Q.quantize_conv_weight(inputs.normal((k, shape[1], *kernel)), precision)
+    pairs, _ = ref.quantize_pairs_ref(x, qw.qa, p)
+    expect = ref.qconv2d_ref(pairs, qw.ints, stride=s)
+    data, _ = _width_data(x, qw.qa, p, kernel, s, group)
+    pf = S.make_qconv2d(data.shape, qw.ints.shape, stride=s, accumulate_only=True, width_group=group,
+                        target=tgt, schedule=sched)
+    assert f"w{group}_k" in str(pf.attrs["global_symbol"])
+    comp = [Q.offset_compensation(qw.ints)] if group == 4 else []
+    args = [data, Q.width_blocked(qw.ints, S.fconv2d_block(tgt), group), np.ones(k, np.float32),
+            np.ones(shape[0], np.float32), *comp]
+    got = run_primfunc(pf, args, expect.shape, "int32", target=tgt)
+    np.testing.assert_array_equal(got, expect, err_msg=str(inputs))
+
+
+def test_qconv2d_width_groups_refuse_what_they_cannot_read():
+    """Width groups need contiguous columns (no dilation along w) and exactly the columns
+    ``quantize.width_extent`` gives (the output width is read off them)."""
+    with pytest.raises(ValueError, match="width groups"):
+        S.make_qconv2d((1, 3, 29, 28), (16, 3, 7, 7), stride=2, dilation=(1, 2), width_group=4, schedule="cpu")
+    with pytest.raises(ValueError, match="width groups"):
+        S.make_qconv2d((1, 3, 29, 29), (16, 3, 7, 7), stride=2, width_group=4, schedule="cpu")
+    with pytest.raises(ValueError, match="in-channels"):
+        S.make_qconv2d((1, 4, 29, 28), (16, 3, 7, 7), stride=2, width_group=4, schedule="cpu")
+
+
 @pytest.mark.parametrize("sched", ["cpu", "x86"])
 def test_qconv2d_quads_exact_where_the_offset_sum_wraps(sched, host, run_primfunc):
     """Every product at +127 * +127 over a reduction of 68,600: the true sum (1.1e9) fits int32,
@@ -129,9 +203,10 @@ def test_qconv2d_worst_case_sum_fits_int32(host, run_primfunc):
 
 @pytest.mark.parametrize("sched", SCHEDS)
 @pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("along", ["c", "w"])
 @pytest.mark.parametrize("layout", ["NCHW", "NCHWc"])
 @pytest.mark.parametrize("with_bias,relu", [(False, False), (True, False), (True, True)])
-def test_qconv2d_float_output(with_bias, relu, layout, group, sched, inputs, host, run_primfunc):
+def test_qconv2d_float_output(with_bias, relu, layout, along, group, sched, inputs, host, run_primfunc):
     """``float(acc) * (amax * dequant) + bias`` as numpy computes it from the exact sums (one ulp:
     LLVM may contract the multiply-add), and within the quantization error of the float conv."""
     tgt = _target(group, sched, host)
@@ -147,11 +222,16 @@ def test_qconv2d_float_output(with_bias, relu, layout, group, sched, inputs, hos
         expect = expect + bias[None, :, None, None]
     if relu:
         expect = np.maximum(expect, 0)
-    data, _ = ref.quantize_pairs_ref(x, qw.qa, p, group=group)
+    if along == "w":  # (any C: the converter takes them where they pad fewer products)
+        data, _ = _width_data(x, qw.qa, p, (7, 7), 2, group)
+        blocked, width = Q.width_blocked(qw.ints, ob, group), {"width_group": group}
+    else:
+        data, _ = ref.quantize_pairs_ref(x, qw.qa, p, group=group)
+        blocked, width = Q.group_blocked(qw.ints, ob, group), {}
     pf = S.make_qconv2d(data.shape, w.shape, stride=2, with_bias=with_bias, out_layout=layout,
-                        relu=relu, target=tgt, schedule=sched)
+                        relu=relu, target=tgt, schedule=sched, **width)
     comp = [Q.offset_compensation(qw.ints)] if group == 4 else []
-    args = [data, Q.group_blocked(qw.ints, ob, group), qw.dequant, amax, *comp] + ([bias] if with_bias else [])
+    args = [data, blocked, qw.dequant, amax, *comp] + ([bias] if with_bias else [])
     n, _, oh, ow = expect.shape
     got = run_primfunc(pf, args, (n, k // ob, oh, ow, ob) if layout == "NCHWc" else expect.shape, "float32",
                        target=tgt)

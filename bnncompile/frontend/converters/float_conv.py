@@ -89,7 +89,9 @@ class FloatConv:
 def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, relu):
     """quantize_pairs (x -> padded channel groups + per-sample amax), then the int32 conv: int16
     pairs (``vpmaddwd``), or at int8 on a VNNI CPU offset uint8 quads (``vpdpbusd``, 2x the MACs
-    per instruction), or on an AMX CPU the AMX kernel.  The same numbers every way."""
+    per instruction), or on an AMX CPU the AMX kernel.  Where groups along the kernel's width
+    pad fewer products (``quantize.width_groups_pay``), quantize_width and those instead.  The
+    same numbers every way."""
     from ...schedules import quantize
     from ...schedules.registry import fconv2d_block
 
@@ -99,15 +101,23 @@ def _quantized(imp, node, x, xs, w, pads, stride, dil, tail, layout, out, macs, 
         return _amx(imp, node, x, xs, w, pads, stride, dil, qw, tail, layout, out, macs, relu)
     ob = fconv2d_block(imp.target)
     group = 4 if _quads_fit(imp, qw, ob) else 2
-    groups = [xs[0], -(-xs[1] // group), xs[2] + pads[0] + pads[2], xs[3] + pads[1] + pads[3], group]
-    pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads, group=group)
+    hp = xs[2] + pads[0] + pads[2]
+    if quantize.width_groups_pay(xs[1], w.shape[3], group, dil[1]):
+        # few channels, a wide kernel (a 3-channel 7x7 stem): the groups run along w
+        width = quantize.width_extent(out[3], w.shape[3], stride[1], group)
+        groups, qkw = [xs[0], xs[1], hp, width], {"width_group": group}
+        pq = imp.kernel("quantize_width", xs, qa=qw.qa, padding=pads, group=group, width=width)
+        blocked = quantize.width_blocked(qw.ints, ob, group)
+    else:
+        groups, qkw = [xs[0], -(-xs[1] // group), hp, xs[3] + pads[1] + pads[3], group], {}
+        pq = imp.kernel("quantize_pairs", xs, qa=qw.qa, padding=pads, group=group)
+        blocked = quantize.group_blocked(qw.ints, ob, group)
     q, amax = imp.call_kernel(pq, [x], groups, "int16" if group == 2 else "uint8", layer=node.name,
                               kind="quantize", extra_outputs=[((xs[0],), "float32")])
     pf = imp.kernel("qconv2d", groups, w.shape, stride=stride, dilation=dil, with_bias=bool(tail),
-                    out_layout=layout, relu=relu)
+                    out_layout=layout, relu=relu, **qkw)
     comp = [imp.const(quantize.offset_compensation(qw.ints))] if group == 4 else []
-    args = [q, imp.const(quantize.group_blocked(qw.ints, ob, group)), imp.const(qw.dequant), amax,
-            *comp, *tail]
+    args = [q, imp.const(blocked), imp.const(qw.dequant), amax, *comp, *tail]
     return imp.call_kernel(pf, args, out, "float32", layer=node.name,
                            kind="qconv2d" if group == 2 else "qconv2d_vnni", float_macs=macs)
 

@@ -113,8 +113,10 @@ def test_int8_runs_on_amx_where_the_target_has_it(rng):
 def test_int8_runs_on_vnni_where_the_target_has_it(mcpu, quads, rng):
     """Compile only (any machine): an int8 build for an AVX-512 VNNI CPU quantizes into offset
     uint8 quads for ``vpdpbusd`` (its ``compensation`` among the kernel's params), an AVX2 CPU
-    into int16 pairs; int16 keeps pairs everywhere.  Run on a VNNI host: the numbers of
-    test_quantized_conv_matches_its_reference above and tests/schedules/test_quantized_conv.py."""
+    into int16 pairs; int16 keeps pairs everywhere.  The 3-channel 7x7 stem groups along the
+    kernel's width (3 x 8 products per kernel row instead of 4 x 7), 16 channels along the
+    channels.  Run on a VNNI host: the numbers of test_quantized_conv_matches_its_reference
+    above and tests/schedules/test_quantized_conv.py."""
     from bnncompile import targets
     from bnncompile.compiler import build_relax
 
@@ -122,7 +124,12 @@ def test_int8_runs_on_vnni_where_the_target_has_it(mcpu, quads, rng):
     _, plan = build_relax(_pooled_stem(rng), spec=spec, batch=2, conv_precision="int8")
     kinds = {info["kind"] for info in plan.kernels.values()}
     assert ("qconv2d_vnni" in kinds) == quads and ("qconv2d" in kinds) != quads, kinds
-    assert any(k.startswith("bnn_quantize_quads_") for k in plan.kernels) == quads, list(plan.kernels)
+    group = 4 if quads else 2
+    assert [k for k in plan.kernels if k.startswith("bnn_quantize_")] == [
+        next(k for k in plan.kernels if k.startswith(f"bnn_quantize_width{group}_"))], list(plan.kernels)
+    _, plan = build_relax(_graph(rng, **CASES["tokenizer"]), spec=spec, batch=2, conv_precision="int8")
+    assert any(k.startswith("bnn_quantize_quads_" if quads else "bnn_quantize_pairs_")
+               for k in plan.kernels), list(plan.kernels)
     _, plan = build_relax(_pooled_stem(rng), spec=spec, batch=2, conv_precision="int16")
     assert {info["kind"] for info in plan.kernels.values()} >= {"qconv2d"}
     assert not any(info["kind"] == "qconv2d_vnni" for info in plan.kernels.values())
