@@ -561,8 +561,8 @@ def test_maxpool2d(shape, k, s, p, sched, inputs, host, run_primfunc):
 
 # ---------------------------------------------------------------- avgpool2d (stride = kernel)
 @pytest.mark.parametrize("sched", SCHEDS)
-@pytest.mark.parametrize("shape,k", [((1, 8, 56, 56), (2, 2)), ((2, 3, 7, 9), (2, 2)),
-                                     ((1, 4, 9, 12), (3, 2))], ids=["56", "odd", "k3x2"])
+@pytest.mark.parametrize("shape,k", [((1, 8, 56, 56), (2, 2)), ((1, 8, 28, 28), (2, 2)), ((2, 3, 7, 9), (2, 2)),
+                                     ((1, 4, 9, 12), (3, 2))], ids=["56", "28", "odd", "k3x2"])
 def test_avgpool2d(shape, k, sched, inputs, host, run_primfunc):
     x = inputs.floats(shape)
     expect = ref.avgpool2d_ref(x, k)
