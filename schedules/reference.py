@@ -203,35 +203,43 @@ def softmax_ref(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _padded_levels(x: np.ndarray, qa: int, padding, channels: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize_activation`` levels (int16) zero-padded to ``[N, channels, HP, width]`` (extra
+    channels and columns zero; columns from ``width`` on cut off), and ``amax``."""
+    from .quantize import quantize_activation
+
+    q, amax = quantize_activation(x, qa)
+    n, c, h, w = q.shape
+    pt, pl, pb, _ = padding
+    padded = np.zeros((n, channels, h + pt + pb, max(width, pl + w)), np.int16)
+    padded[:, :c, pt:pt + h, pl:pl + w] = q
+    return padded[..., :width], amax
+
+
+def _stored(levels: np.ndarray, group: int) -> np.ndarray:
+    """int16 levels as the kernels store them: as they are (pairs), or uint8 plus
+    ``VNNI_OFFSET`` (quads, the padding included)."""
+    from .quantize import VNNI_OFFSET
+
+    return np.ascontiguousarray(levels if group == 2 else (levels + VNNI_OFFSET).astype(np.uint8))
+
+
 def quantize_pairs_ref(x: np.ndarray, qa: int, padding=(0, 0, 0, 0), group: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``quantize_activation`` (per-sample ``rint(x * (qa / amax))``), zero-padded and laid out
     as channel groups ``[N, ceil(C/G), HP, WP, G]``, and ``amax``: int16 pairs (``group=2``), or
     uint8 quads holding the value plus ``VNNI_OFFSET`` (``group=4``, the padding too)."""
-    from .quantize import VNNI_OFFSET, quantize_activation
-
-    q, amax = quantize_activation(x, qa)
-    n, c, h, w = q.shape
-    pt, pl, pb, pr = padding
+    n, c, _, w = x.shape
     cg = -(-c // group)
-    padded = np.zeros((n, cg * group, h + pt + pb, w + pl + pr), np.int16)
-    padded[:, :c, pt:pt + h, pl:pl + w] = q
-    grouped = np.ascontiguousarray(padded.reshape(n, cg, group, *padded.shape[2:]).transpose(0, 1, 3, 4, 2))
-    return (grouped if group == 2 else (grouped + VNNI_OFFSET).astype(np.uint8)), amax
+    padded, amax = _padded_levels(x, qa, padding, cg * group, w + padding[1] + padding[3])
+    return _stored(padded.reshape(n, cg, group, *padded.shape[2:]).transpose(0, 1, 3, 4, 2), group), amax
 
 
 def quantize_width_ref(x: np.ndarray, qa: int, padding, group: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """``quantize_activation`` zero-padded as an NCHW map ``[N, C, HP, width]`` (columns past
     the padded width hold padding too, columns from ``width`` on are cut off), for the conv's
     width groups: int16 (``group=2``) or uint8 plus ``VNNI_OFFSET`` (``group=4``); and ``amax``."""
-    from .quantize import VNNI_OFFSET, quantize_activation
-
-    q, amax = quantize_activation(x, qa)
-    n, c, h, w = q.shape
-    pt, pl, pb, _ = padding
-    padded = np.zeros((n, c, h + pt + pb, max(width, pl + w)), np.int16)
-    padded[:, :, pt:pt + h, pl:pl + w] = q
-    padded = np.ascontiguousarray(padded[..., :width])
-    return (padded if group == 2 else (padded + VNNI_OFFSET).astype(np.uint8)), amax
+    padded, amax = _padded_levels(x, qa, padding, x.shape[1], width)
+    return _stored(padded, group), amax
 
 
 def qconv2d_ref(pairs: np.ndarray, ints: np.ndarray, *, stride=1, dilation=1) -> np.ndarray:
