@@ -274,11 +274,13 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
 
 
 def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha: float | None = None,
-                       target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+                       counts: bool = False, target: TargetLike = None, schedule: str | None = None,
+                       tuning=None) -> tvm.tirx.PrimFunc:
     """Binary batched ``A @ B^T``; shapes are the float shapes ``(*batch, M, K)``, ``(*batch, N, K)``.
 
     PrimFunc params: ``(a uint64[*batch, M, KW], b uint64[*batch, N, KW],
-    out int32[*batch, M, N] (float32 = acc * alpha when alpha is given))``.
+    out int32[*batch, M, N] (float32 = acc * alpha when alpha is given; uint8 popcounts with
+    counts=True, for :func:`make_softmax_counts`))``.
     """
     ash, bsh = [int(v) for v in a_shape], [int(v) for v in b_shape]
     if len(ash) < 2 or ash[-1] != bsh[-1] or ash[:-2] != bsh[:-2] or len(ash) != len(bsh):
@@ -287,8 +289,9 @@ def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha:
     KWd = compute.nwords(k)
     a = te.placeholder(tuple(ash[:-1]) + (KWd,), "uint64", name="a")
     b = te.placeholder(tuple(bsh[:-1]) + (KWd,), "uint64", name="b")
-    out = compute.bbatch_matmul(a, b, k=k, alpha=alpha, acc_dtype=_acc(target, schedule))
+    out = compute.bbatch_matmul(a, b, k=k, alpha=alpha, acc_dtype=_acc(target, schedule), counts=counts)
     tag = "" if alpha is None else "_alpha" + repr(float(alpha)).replace(".", "p").replace("-", "m")
+    tag = "_counts" if counts else tag
     name = f"bnn_bbmm_{_shape_tag(ash)}_n{bsh[-2]}{tag}"
     return _finish([a, b, out], "bbatch_matmul", name, target, schedule, tuning)
 

@@ -10,9 +10,17 @@ tile (``C``) in ``generic.TILE_SCOPE``.
 ``vpdpbusd`` (AVX-512 VNNI): 4 unsigned activation bytes broadcast as one 32-bit word, times 16
 groups of 4 signed weight bytes, summed into int32 without saturation: the int8 conv's offset
 quads (``quantize.VNNI_OFFSET``), 64 MACs per instruction.
+
+``bnn_avx512_lookup16_<T>_<U>`` (:func:`table_lookup`): ``E[i] += TAB[IDX[i]]`` for 16 float32
+outputs from the first ``U`` of a table of ``T`` (a multiple of 32) floats, one ``vpermi2ps`` per
+32 entries (AVX-512 F): the softmax over binary scores (``compute.softmax_counts``), whose exponentials
+are a table indexed by popcounts.  Written as a one-hot sum over the table (the block's reads
+are then affine, which ``compute_at`` and ``tensorize`` need); an index outside the table
+reads a wrapped entry instead of none, which counts never are.
 """
 from __future__ import annotations
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -75,3 +83,74 @@ def _vpdpbusd_impl(A: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 TensorIntrin.register(VPDPBUSD_16X4, _dot_desc(16, 4, "uint8", "int8"), _vpdpbusd_impl, override=True)
+
+
+def _lookup_desc(size: int):
+    """``E[i] += sum_j (IDX[i] == j ? TAB[j] : 0)``: the table lookup as
+    ``compute.softmax_counts`` writes it, for 16 outputs."""
+
+    @T.prim_func(s_tir=True)
+    def desc(IDX: T.Buffer((16,), "uint8", offset_factor=1),
+             TAB: T.Buffer((size,), "float32", offset_factor=1),
+             E: T.Buffer((16,), "float32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(E[0:16], IDX[0:16], TAB[0:size])
+            T.writes(E[0:16])
+            for i, j in T.grid(16, size):
+                with T.sblock("update"):
+                    vi, vj = T.axis.remap("SR", [i, j])
+                    E[vi] = E[vi] + T.Select(T.Cast("int32", IDX[vi]) == vj, TAB[vj], T.float32(0))
+
+    return desc
+
+
+def _lookup(tab, d, size: int, used: int):
+    """16 entries ``tab[d]`` of the table's first ``used``: one ``vpermi2ps`` per 32 entries
+    (index bits 0..4), one ``vpermps`` for a last group of at most 16, a broadcast for a last
+    single entry (attention's k = 64 has 65 scores), each group chosen by ``d >= its start``."""
+    out = None
+    for start in range(0, used, 32):
+        left = used - start
+        if left == 1:
+            part = T.broadcast(tab[start], 16)
+        elif left <= 16:
+            part = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.permvar.sf.512"),
+                                           tab.vload([start], "float32x16"), d, dtype="float32x16")
+        else:
+            part = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpermi2var.ps.512"),
+                                           tab.vload([start], "float32x16"), d,
+                                           tab.vload([start + 16], "float32x16"), dtype="float32x16")
+        out = part if out is None else tirx.Select(d >= T.broadcast(T.int32(start), 16), part, out)
+    return out
+
+
+def _lookup_impl(size: int, used: int):
+    @T.prim_func(s_tir=True)
+    def impl(IDX: T.Buffer((16,), "uint8", offset_factor=1),
+             TAB: T.Buffer((size,), "float32", offset_factor=1),
+             E: T.Buffer((16,), "float32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(E[0:16], IDX[0:16], TAB[0:size])
+            T.writes(E[0:16])
+            d = T.Cast("int32x16", IDX.vload([0], "uint8x16"))
+            E[T.ramp(T.int32(0), 1, 16)] = E.vload([0], "float32x16") + _lookup(TAB, d, size, used)
+
+    return impl
+
+
+def table_lookup(size: int, used: int | None = None) -> str:
+    """The name of the 16-output lookup from a ``size``-entry table (a multiple of 32) whose
+    indices are below ``used`` (default ``size``), registered on first use.  Indices at or past
+    ``used`` read some entry of the table, never memory outside it."""
+    used = size if used is None else used
+    if size <= 0 or size % 32 or not 0 < used <= size:
+        raise ValueError(f"table_lookup: indices below {used} into a table of {size} entries "
+                         f"(a multiple of 32)")
+    name = f"bnn_avx512_lookup16_{size}_{used}"
+    if name not in _LOOKUPS:
+        TensorIntrin.register(name, _lookup_desc(size), _lookup_impl(size, used), override=True)
+        _LOOKUPS.add(name)
+    return name
+
+
+_LOOKUPS: set[str] = set()

@@ -66,6 +66,10 @@ class FrontendOptions:
                 on.add("attention_int8")
             if self.fast_math:
                 on.add("fast_math")
+            from ..schedules.float_glue.count_softmax import table_lookup_available
+
+            if table_lookup_available(target):
+                on.add("table_lookup")
         return frozenset(on)
 
 

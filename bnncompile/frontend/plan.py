@@ -80,6 +80,10 @@ class LoweringPlan:
     #: such a product's MatMul -> the Softmax it computes in its own kernel (that Softmax's
     #: only reader, fast math): the probabilities never exist as a float tensor
     fused_softmaxes: dict[str, str] = field(default_factory=dict)
+    #: Softmax over binary scores -> the batch matmul that computes them (converters.score_softmax);
+    #: ``count_scores``: such a matmul -> (k, alpha) where it wrote popcounts (filled at import)
+    score_softmaxes: dict[str, str] = field(default_factory=dict)
+    count_scores: dict[str, tuple[int, float | None]] = field(default_factory=dict)
     #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
     sign_zero_sites: list = field(default_factory=list)
 
@@ -113,7 +117,7 @@ class PlanContext:
     index: GraphIndex
     plan: LoweringPlan
     #: switches a converter may require: "binary_kernels", "cpu", "fuse_epilogues",
-    #: "attention_int8", "fast_math"
+    #: "attention_int8", "fast_math", "table_lookup"
     switches: frozenset[str]
     #: tensors that must stay materialised (graph outputs, debug outputs): fusions end there
     keep: set[str]

@@ -4,21 +4,24 @@ bit-exact test in ``tests/schedules``.
 
 * :mod:`.bitpack`: ``x >= t`` packed into uint64 words, the float ±1 of a DynamicSign, unpacking;
 * :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
-* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax;
+* :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax (of
+  floats, or of binary scores given as popcounts);
 * :mod:`.quantized_conv`: the float conv on int16 pairs (``compile --conv-precision``);
 * :mod:`.quantized_matmul`: attention's probability x value product on int8
   (``compile --attention-precision``).
 """
-from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense
+from .binary import POST_OPS, bbatch_matmul, bconv2d, bdense, score_steps
 from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
 from .common import WORD, conv_out_size, normalize_2d, normalize_padding, nwords
 from .float_ops import (
     avgpool2d,
+    count_rows,
     fconv2d_blocked,
     maxpool2d,
     power,
     power_mean,
     prelu_stats,
+    softmax_counts,
     softmax_last,
 )
 from .quantized_conv import qconv2d_blocked, quantize_hwc, quantize_pairs, quantize_width
@@ -34,6 +37,7 @@ __all__ = [
     "bitpack",
     "bitpack_last",
     "conv_out_size",
+    "count_rows",
     "dynamic_sign",
     "fconv2d_blocked",
     "maxpool2d",
@@ -50,6 +54,8 @@ __all__ = [
     "quantize_pairs",
     "quantize_rows",
     "quantize_width",
+    "score_steps",
+    "softmax_counts",
     "softmax_last",
     "unpack_bits_float",
 ]

@@ -320,7 +320,7 @@ def bdense(
         name="bdense_out")
 
 
-def _exact_affine(k: int, alpha: float) -> bool:
+def exact_affine(k: int, alpha: float) -> bool:
     """Is ``float32(k - 2c) * alpha`` (one rounding of the exact product) the same float as
     ``c * (-2 alpha) + k alpha`` for every count ``c`` in ``[0, k]``?  Yes when ``k alpha`` and
     every ``2 alpha c`` are float32 numbers (then the sum is the one rounding, fused or not):
@@ -333,6 +333,22 @@ def _exact_affine(k: int, alpha: float) -> bool:
     return all(np.float64(np.float32(v)) == v for v in exact)
 
 
+def score_steps(k: int, alpha: float | None) -> np.ndarray | None:
+    """The exact differences ``score(c) - score(0)`` between attention scores ``score(c)`` of a
+    ``k``-long binary dot product with ``c`` mismatches (``float32(k - 2c) * alpha``, as
+    :func:`bbatch_matmul` computes them; ``alpha`` None: the scores are ``k - 2c``): float32
+    ``[T]``, ``T`` = ``k + 1`` rounded up to 32 (the entries past ``k`` repeat the last).
+    Where :func:`exact_affine` holds, every score and every difference of two is a float32
+    number, so a softmax row's ``score(c) - max`` is ``steps[c - min(c)]`` exactly (its max is
+    the score of its fewest mismatches).  None where it does not hold."""
+    a = 1.0 if alpha is None else float(np.float32(alpha))
+    if k > 255 or not exact_affine(int(k), a):
+        return None
+    size = -(-(k + 1) // 32) * 32
+    d = np.minimum(np.arange(size), k)
+    return (np.float64(-2.0 * a) * d).astype(np.float32)
+
+
 def bbatch_matmul(
     a_packed: te.Tensor,
     b_packed: te.Tensor,
@@ -340,6 +356,7 @@ def bbatch_matmul(
     k: int,
     alpha: float | None = None,
     acc_dtype: str = "int64",
+    counts: bool = False,
 ) -> te.Tensor:
     """Batched +-1 matmul ``A @ B^T`` with both operands packed along the reduction axis.
 
@@ -353,11 +370,15 @@ def bbatch_matmul(
         True reduction length (``KW = ceil(k / 64)``).
     alpha : float, optional
         If given, the output is float32 ``float32(acc) * alpha`` (e.g. ``1/sqrt(d)`` for attention).
+    counts : bool
+        Output the popcounts themselves, uint8 (``k <= 255``): the mismatches ``c`` of each dot
+        product ``k - 2c``, for a consumer that maps them to its own values
+        (:func:`~.float_ops.softmax_counts`); ``alpha`` is then not applied.
 
     Returns
     -------
     te.Tensor
-        int32 (or float32) ``[*batch, M, N]``.
+        int32 (or float32, or uint8 counts) ``[*batch, M, N]``.
     """
     ash, bsh = ints(a_packed.shape), ints(b_packed.shape)
     if len(ash) < 2 or len(ash) != len(bsh) or ash[:-2] != bsh[:-2] or ash[-1] != bsh[-1]:
@@ -372,8 +393,12 @@ def bbatch_matmul(
                           .astype(acc_dtype), axis=rk),
         name="bbmm", attrs={"schedule_rule": "bnn_bbatch_matmul"})
 
+    if counts:
+        if k > 255:
+            raise ValueError(f"bbatch_matmul: counts of k={k} do not fit uint8")
+        return te.compute(tuple(batch) + (M, N), lambda *i: acc(*i).astype("uint8"), name="bbmm_out")
     a32 = None if alpha is None else float(np.float32(alpha))  # the scale the kernel multiplies by
-    affine = a32 is not None and _exact_affine(int(k), a32)
+    affine = a32 is not None and exact_affine(int(k), a32)
 
     def out(*i):
         if affine:  # count * (-2 alpha) + k alpha: the same float, without the integer k - 2 count

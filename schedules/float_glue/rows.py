@@ -1,5 +1,6 @@
 """Row rules: reductions along contiguous trailing axes (:class:`RowReduction`: H x W means,
-LayerNorm, E[x^2], E[x^3]) and the scheduled softmax over the last axis."""
+LayerNorm, E[x^2], E[x^3]) and the scheduled softmax over the last axis (of binary scores
+given as popcounts: :mod:`.count_softmax`)."""
 
 from __future__ import annotations
 

@@ -486,6 +486,30 @@ def test_bbatch_matmul(a_shape, b_shape, alpha, sched, inputs, host, run_primfun
     _check_bbmm(a, b, alpha, sched, inputs, host, run_primfunc)
 
 
+BMM_COUNT_CASES = [((6, 196, 64), (6, 196, 64)), ((2, 7, 64), (2, 28, 64)), ((1, 5, 130), (1, 9, 130)),
+                   ((2, 3, 255), (2, 17, 255))]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("a_shape,b_shape", BMM_COUNT_CASES,
+                         ids=[f"a{_tag(a)}-b{_tag(b)}" for a, b in BMM_COUNT_CASES])
+def test_bbatch_matmul_counts(a_shape, b_shape, sched, inputs, host, run_primfunc):
+    """``counts=True``: the popcounts themselves as bytes (the mismatches c of ``k - 2c``), for
+    the softmax that looks their exponentials up (compute.softmax_counts)."""
+    a = inputs.pm1(a_shape)
+    b = inputs.weights(b_shape)
+    k = a_shape[-1]
+    pf = S.make_bbatch_matmul(a.shape, b.shape, counts=True, target=host, schedule=sched)
+    expect = (k - ref.bbatch_matmul_ref(a, b)) // 2
+    got = run_primfunc(pf, [pk.pack_bits(a), pk.pack_bits(b)], expect.shape, "uint8")
+    _eq(got, expect.astype(np.uint8), inputs)
+
+
+def test_bbatch_matmul_counts_refuse_more_than_a_byte(host):
+    with pytest.raises(ValueError, match="do not fit uint8"):
+        S.make_bbatch_matmul((1, 2, 256), (1, 3, 256), counts=True, target=host)
+
+
 # M without a divisor up to the row tile (arm: 4, x86: 8) or one row, and N odd
 BMM_TAIL_CASES = [((3, 5, 65), (3, 9, 65), "arm_cpu"), ((2, 7, 64), (2, 3, 64), "arm_cpu"),
                   ((2, 1, 65), (2, 5, 65), "x86"), ((1, 11, 64), (1, 3, 64), "x86")]

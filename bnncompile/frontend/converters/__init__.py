@@ -2,9 +2,10 @@
 and the dispatch at import.
 
 Order matters where a converter reads what an earlier one decided: the binary layers first (the
-DynamicSign converter comes from ``bnncompile.custom_ops``), then the scale Mul folded into them,
-the CPU kernels for float convs and pools, the epilogue fusion (which needs the binary convs,
-their folded scales and the signs' layouts), and the threshold statistics.
+DynamicSign converter comes from ``bnncompile.custom_ops``), then the scale Mul folded into
+them, the softmax of binary scores read as popcounts, the CPU kernels for float convs and
+pools, the epilogue fusion (which needs the binary convs, their folded scales and the signs'
+layouts), and the threshold statistics.
 
 Adding a lowering: a module here with a converter class (see :mod:`.base`), one line below, one
 test file in ``tests/frontend/converters/``.
@@ -21,6 +22,7 @@ from .binary_matmul import BinaryBatchMatMul
 from .float_conv import FUSED_RELU, FloatConv
 from .folded_scale import FoldedScale
 from .pooling import AveragePool, MaxPool
+from .score_softmax import ScoreSoftmax
 from .statistics import FusedPreluStats, PowerMean
 
 CONVERTERS = (
@@ -31,6 +33,7 @@ CONVERTERS = (
     AttentionProduct(),  # after the binary matmuls: a Softmax x DynamicSign product is theirs
     FUSED_SOFTMAX,
     FoldedScale(),
+    ScoreSoftmax(),  # after the folded scales: the 1/sqrt(d) Mul sits between matmul and softmax
     MaxPool(),
     AveragePool(),
     FloatConv(),

@@ -14,6 +14,8 @@ import numpy as np
 from ...errors import UnsupportedModelError, node_label
 from ..graph import attr, is_standard, standard_opset
 from ..plan import only_read_by
+from . import score_softmax
+from .score_softmax import counts_of, steps_const
 
 
 def _softmax_axis(index, tensor: str, opset: int) -> int | None:
@@ -57,8 +59,7 @@ class AttentionProduct:
         if (len(ps) < 3 or len(ps) != len(vs) or ps[:-2] != vs[:-2] or ps[-1] != vs[-2]
                 or axis not in (-1, len(ps) - 1)):
             if fused:  # stays float, as written: the softmax too
-                imp.plan.fused_softmaxes.pop(node.name)
-                p = imp.emit(relax.op.nn.softmax(p, axis=-1))
+                p = self._softmax(imp, node, p)
             return imp.fallback("MatMul", [p, v], attrs, opset)
         batch, (m, k), n = ps[:-2], ps[-2:], vs[-1]
         if k > quantize.ATTENTION_MAX_K:
@@ -67,19 +68,26 @@ class AttentionProduct:
                 f"in int32 (at most {quantize.ATTENTION_MAX_K}); compile it with fp32")
         b = int(np.prod(batch))
         if fused and k % 4:  # the fused kernel takes whole 4-byte words: two kernels instead
-            imp.plan.fused_softmaxes.pop(node.name)
-            fused, p = False, imp.emit(relax.op.nn.softmax(p, axis=-1))
+            fused, p = False, self._softmax(imp, node, p)
         p3 = imp.emit(relax.op.reshape(p, [b, m, k]))
         v3 = imp.emit(relax.op.reshape(v, [b, k, n]))
         k4 = -(-k // 4) * 4
-        if fused:
+        counts = counts_of(imp, imp.plan.fused_softmaxes[node.name]) if fused else None
+        row_inputs = [p3]
+        if counts is not None:  # the scores as popcounts (converters.score_softmax)
+            from ...schedules.float_glue.count_softmax import softmax_counts_quantize_rows_func
+
+            rows = softmax_counts_quantize_rows_func([b, m, k], *counts, imp.target).with_attr(
+                "global_symbol", f"bnn_softmax_counts_quantize_rows_{b}x{m}x{k}_k{counts[0]}")
+            row_inputs.append(steps_const(imp, *counts))
+        elif fused:
             from ...schedules.float_glue.rows import softmax_quantize_rows_func
 
             rows = softmax_quantize_rows_func([b, m, k], imp.target).with_attr(
                 "global_symbol", f"bnn_softmax_quantize_rows_{b}x{m}x{k}")
         else:
             rows = imp.kernel("quantize_rows", [b, m, k])
-        pq, pmax = imp.call_kernel(rows, [p3], [b, m, k4], "uint8", layer=node.name, kind="quantize",
+        pq, pmax = imp.call_kernel(rows, row_inputs, [b, m, k4], "uint8", layer=node.name, kind="quantize",
                                    extra_outputs=[((b, m), "float32")])
         vq, vmax = imp.call_kernel(imp.kernel("quantize_columns", [b, k, n]), [v3], [b, k4 // 4, n, 4], "int8",
                                    layer=node.name, kind="quantize", extra_outputs=[((b, n), "float32")])
@@ -88,6 +96,19 @@ class AttentionProduct:
                             kind="qbmm_vnni" if vnni_available(imp.target) else "qbmm", float_macs=b * m * k * n)
         imp.plan.quantized_matmuls[node.name] = {"p_levels": quantize.P_LEVELS, "v_levels": quantize.V_LEVELS}
         return imp.emit(relax.op.reshape(y, [*batch, m, n]))
+
+
+    @staticmethod
+    def _softmax(imp, node, p):
+        """The fused Softmax emitted on its own after all (the product stays float, or its rows
+        are no whole words): from popcounts where its matmul wrote them."""
+        from tvm import relax
+
+        softmax = imp.index.producer[node.input[0]]
+        imp.plan.fused_softmaxes.pop(node.name)
+        if counts_of(imp, softmax.name) is None:
+            return imp.emit(relax.op.nn.softmax(p, axis=-1))
+        return score_softmax.counts_softmax(imp, softmax.name, p)
 
 
 class FusedSoftmax:

@@ -2,7 +2,7 @@
 whose two operands are DynamicSign outputs (B possibly ``Transpose``d over its last two axes) →
 both packed along the reduction axis + the XNOR-popcount ``bbatch_matmul`` kernel; batch dims
 broadcast as numpy's matmul does; a folded scalar scale Mul (1/sqrt(d)) becomes the kernel's
-``alpha``."""
+``alpha``; scores that only a softmax reads leave as popcounts (:mod:`.score_softmax`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from ...errors import UnsupportedModelError, node_label
 from ..binary_layers import prove_all
+from .score_softmax import wants_counts
 
 
 class BinaryBatchMatMul:
@@ -67,11 +68,15 @@ class BinaryBatchMatMul:
         b_shape = imp.shape_of(xb)
         folded = imp.plan.folded_scale.get(node.name)
         alpha = float(folded[0][0]) if folded is not None else None
-        pf = imp.kernel("bbatch_matmul", a_shape, b_shape, alpha=alpha)
+        counts = wants_counts(imp, node.name, a_shape[-1], alpha)
+        pf = imp.kernel("bbatch_matmul", a_shape, b_shape, alpha=None if counts else alpha, counts=counts)
         pa = imp.pack(xa, ta, last_axis=True, key=a_key)
         pb = imp.pack(xb, tb, last_axis=True, key=b_key)
-        dtype = "float32" if alpha is not None else "int32"
+        dtype = "uint8" if counts else "float32" if alpha is not None else "int32"
         macs = int(np.prod(a_shape)) * b_shape[-2]
         y = imp.call_kernel(pf, [pa, pb], [*a_shape[:-1], b_shape[-2]], dtype, layer=node.name,
                             kind="bbatch_matmul", binary_macs=macs)
+        if counts:  # popcounts for the softmax that reads them (converters.score_softmax)
+            imp.plan.count_scores[node.name] = (a_shape[-1], alpha)
+            return y
         return y if dtype == "float32" else imp.emit(relax.op.astype(y, "float32"))
