@@ -24,7 +24,7 @@ from tvm.target import Target
 
 from ..generic import extent, largest_divisor, vectorize_row
 from ..target_identity import has_x86_features, vector_bits
-from .rows import _bound_loops, _lane_loop, _softmax_lanes, _vector_partials
+from .rows import _bound_loops, _lane_loop, _softmax_lanes, _vector_partials, vectorize_row_pass
 
 
 def table_lookup_available(target) -> bool:
@@ -112,14 +112,7 @@ def schedule_count_rows(sch: s_tir.Schedule, target: Target, used: int):
 
 
 def _vectorize_probabilities(sch: s_tir.Schedule, target: Target) -> None:
-    n, native, registers, f = _chunks(sch, target)
-    inner = sch.get_loops(sch.get_sblock("sm_out"))[-1]
-    if f % native and vectorize_row(sch, inner, registers * native):
-        return
-    if 0 < f < n:
-        _, inner = sch.split(inner, factors=[None, f])
-    if f > 1:
-        sch.vectorize(inner)
+    vectorize_row_pass(sch, sch.get_sblock("sm_out"), _chunks(sch, target))
 
 
 def _inputs(shape, k: int, alpha: float | None):

@@ -274,15 +274,22 @@ def vectorize_softmax_passes(sch: s_tir.Schedule, target: Target) -> None:
     AVX-512), chunks of whole registers and a short tail (:func:`generic.vectorize_row`).
     Last, after any consumer placed under the row: the tail's loop partition renames the
     blocks."""
-    n, native, registers, f = _softmax_chunks(sch, target)
+    chunks = _softmax_chunks(sch, target)
     for name in ("T_fast_exp", "sm_out"):
-        inner = sch.get_loops(sch.get_sblock(name))[-1]
-        if f % native and vectorize_row(sch, inner, registers * native):
-            continue
-        if 0 < f < n:
-            _, inner = sch.split(inner, factors=[None, f])
-        if f > 1:
-            sch.vectorize(inner)
+        vectorize_row_pass(sch, sch.get_sblock(name), chunks)
+
+
+def vectorize_row_pass(sch: s_tir.Schedule, blk, chunks: tuple[int, int, int, int]) -> None:
+    """One element-wise pass of a softmax row (``blk``'s innermost loop) in the vector chunks
+    ``chunks`` = :func:`_softmax_chunks`'s ``(n, native, registers, f)``."""
+    n, native, registers, f = chunks
+    inner = sch.get_loops(blk)[-1]
+    if f % native and vectorize_row(sch, inner, registers * native):
+        return
+    if 0 < f < n:
+        _, inner = sch.split(inner, factors=[None, f])
+    if f > 1:
+        sch.vectorize(inner)
 
 
 def softmax_last_func(shape, target: Target):
