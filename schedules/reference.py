@@ -203,6 +203,18 @@ def softmax_ref(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def binary_scores(counts: np.ndarray, k: int, alpha: float | None) -> np.ndarray:
+    """The float32 attention scores ``float32(k - 2c) * alpha`` of popcounts ``c`` (``alpha``
+    None: ``k - 2c``), as ``bbatch_matmul_ref`` computes them."""
+    acc = (k - 2 * np.asarray(counts, np.int64)).astype(np.float32)
+    return acc if alpha is None else (acc * np.float32(alpha)).astype(np.float32)
+
+
+def softmax_counts_ref(counts: np.ndarray, k: int, alpha: float | None) -> np.ndarray:
+    """``compute.softmax_counts``: the softmax of :func:`binary_scores`, in float64."""
+    return softmax_ref(binary_scores(counts, k, alpha))
+
+
 def _padded_levels(x: np.ndarray, qa: int, padding, channels: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """``quantize_activation`` levels (int16) zero-padded to ``[N, channels, HP, width]`` (extra
     channels and columns zero; columns from ``width`` on cut off), and ``amax``."""

@@ -280,7 +280,7 @@ def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha:
 
     PrimFunc params: ``(a uint64[*batch, M, KW], b uint64[*batch, N, KW],
     out int32[*batch, M, N] (float32 = acc * alpha when alpha is given; uint8 popcounts with
-    counts=True, for :func:`make_softmax_counts`))``.
+    counts=True, for ``float_glue.count_softmax.softmax_counts_func``))``.
     """
     ash, bsh = [int(v) for v in a_shape], [int(v) for v in b_shape]
     if len(ash) < 2 or ash[-1] != bsh[-1] or ash[:-2] != bsh[:-2] or len(ash) != len(bsh):

@@ -15,7 +15,6 @@ from .bitpack import bitpack, bitpack_last, dynamic_sign, unpack_bits_float
 from .common import WORD, conv_out_size, normalize_2d, normalize_padding, nwords
 from .float_ops import (
     avgpool2d,
-    count_rows,
     fconv2d_blocked,
     maxpool2d,
     power,
@@ -37,7 +36,6 @@ __all__ = [
     "bitpack",
     "bitpack_last",
     "conv_out_size",
-    "count_rows",
     "dynamic_sign",
     "fconv2d_blocked",
     "maxpool2d",

@@ -146,9 +146,24 @@ def softmax_last(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: e(*i) * rec(*i[:-1]), name="sm_out")
 
 
-def count_rows(counts: te.Tensor, steps: te.Tensor, width: int = 16):
-    """The part of :func:`softmax_counts` before its probabilities: ``(offset, e, rec)``, blocks
-    ``sm_max`` .. ``sm_rec`` (``e`` and ``offset`` padded to a multiple of ``width``)."""
+def softmax_counts(counts: te.Tensor, steps: te.Tensor, *, width: int = 16) -> te.Tensor:
+    """:func:`softmax_last` of binary attention scores given as their popcounts: ``counts``
+    uint8 ``[..., N]`` (``compute.bbatch_matmul(counts=True)``), ``steps`` float32 ``[T]``
+    (``compute.score_steps``: ``score(c) - score(0)``, exact).  Bit for bit the softmax of the
+    float scores: a row's ``score(c) - max`` is ``steps[c - min(c)]``, so its exponentials are
+    entries of one table, ``fast_exp(steps)``, computed once per call instead of once per
+    element.  ``steps`` is a kernel input, not a constant, and the table is computed in the
+    kernel: a constant's polynomial would be folded at compile time, by LLVM or by Relax's
+    FoldConstant on the build machine's CPU, with other roundings than the target's FMAs (one
+    ulp apart, seen for a separate table kernel).
+
+    Blocks: ``sm_max`` (the row's fewest mismatches), ``T_fast_exp`` (the table), ``sm_offset``
+    (each count's offset ``c - min``, uint8, the row padded to a multiple of ``width`` with
+    copies of its last), ``sm_gather`` (each offset's entry, padded alike, written as a one-hot
+    sum over the table so its reads stay affine: ``x86_intrinsics.table_lookup`` replaces it,
+    ``width`` at a time), ``sm_sum``, ``sm_rec``, then ``sm_out`` over the row's ``N`` as in
+    :func:`softmax_last`.  Reference: ``reference.softmax_counts_ref``.
+    """
     from tvm import topi
 
     *lead, n = ints(counts.shape)
@@ -167,29 +182,6 @@ def count_rows(counts: te.Tensor, steps: te.Tensor, width: int = 16):
     k2 = te.reduce_axis((0, n), name="k2")
     total = te.compute(tuple(lead), lambda *i: te.sum(e(*i, k2), axis=k2), name="sm_sum")
     rec = te.compute(tuple(lead), lambda *i: tirx.const(1.0, "float32") / total(*i), name="sm_rec")
-    return offset, e, rec
-
-
-def softmax_counts(counts: te.Tensor, steps: te.Tensor, *, width: int = 16) -> te.Tensor:
-    """:func:`softmax_last` of binary attention scores given as their popcounts: ``counts``
-    uint8 ``[..., N]`` (``compute.bbatch_matmul(counts=True)``), ``steps`` float32 ``[T]``
-    (``compute.score_steps``: ``score(c) - score(0)``, exact).  Bit for bit the softmax of the
-    float scores: a row's ``score(c) - max`` is ``steps[c - min(c)]``, so its exponentials are
-    entries of one table, ``fast_exp(steps)``, computed once per call instead of once per
-    element.  ``steps`` is a kernel input, not a constant, and the table is computed in the
-    kernel: a constant's polynomial would be folded at compile time, by LLVM or by Relax's
-    FoldConstant on the build machine's CPU, with other roundings than the target's FMAs (one
-    ulp apart, seen for a separate table kernel).
-
-    Blocks (:func:`count_rows`): ``sm_max`` (the row's fewest mismatches), ``T_fast_exp`` (the
-    table), ``sm_offset`` (each
-    count's offset ``c - min``, uint8, the row padded to a multiple of ``width`` with copies of
-    its last), ``sm_gather`` (each offset's entry, padded alike, written as a one-hot sum over
-    the table so its reads stay affine: ``x86_intrinsics.table_lookup`` replaces it, ``width``
-    at a time), ``sm_sum``, ``sm_rec``; then ``sm_out`` over the row's ``N`` as in
-    :func:`softmax_last`.
-    """
-    _, e, rec = count_rows(counts, steps, width)
     return te.compute(counts.shape, lambda *i: e(*i) * rec(*i[:-1]), name="sm_out")
 
 

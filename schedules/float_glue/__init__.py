@@ -16,7 +16,8 @@ dlight-style rule here:
   compiler legalizes to an already-scheduled kernel (:func:`softmax_last_func`).
 
 ``spatial.py`` holds the first two, ``rows.py`` the row reductions and softmax, ``common.py``
-the tile helpers they share.
+the tile helpers they share; ``count_softmax.py`` the softmax of binary attention scores from
+their popcounts (a kernel the frontend emits itself, not a rule).
 
 Anything a rule cannot handle stays as TVM produced it (correct, just slow); the rules never
 change what is computed, only the loop structure.

@@ -42,7 +42,7 @@ def _rows_per_task(rows: int, limit: int = 8) -> int:
 
 
 def _chunks(sch: s_tir.Schedule, target: Target) -> tuple[int, int, int, int]:
-    """``rows._softmax_chunks`` for ``compute.count_rows``: the row length from its sum."""
+    """``rows._softmax_chunks`` for ``compute.softmax_counts``: the row length from its sum."""
     n = int(sch.get(sch.get_sblock("sm_sum")).iter_vars[-1].dom.extent)
     native = vector_bits(target) // 32
     registers = 2 if native >= 16 else 4
@@ -74,8 +74,8 @@ def _lookups(sch: s_tir.Schedule, target: Target, used: int) -> None:
     sch.tensorize(inner, table_lookup(extent(sch, j), used))
 
 
-def schedule_count_rows(sch: s_tir.Schedule, target: Target, used: int):
-    """``compute.count_rows`` under tasks of a few rows (:func:`_rows_per_task`) of ``sm_out``,
+def schedule_softmax_counts(sch: s_tir.Schedule, target: Target, used: int):
+    """``compute.softmax_counts`` (up to ``sm_rec``) under tasks of a few rows (:func:`_rows_per_task`) of ``sm_out``,
     each stage over the task's rows in turn: the fewest mismatches and the sums as vectors of
     partial results (as ``rows.schedule_softmax_last``), the offsets and lookups as
     :func:`_lookups` (``used``: the table entries an offset can reach, ``k + 1``).  ``sm_out``
@@ -137,7 +137,7 @@ def softmax_counts_func(shape, k: int, alpha: float | None, target: Target):
 
     counts, steps = _inputs(shape, k, alpha)
     sch = s_tir.Schedule(te.create_prim_func([counts, steps, compute.softmax_counts(counts, steps)]))
-    schedule_count_rows(sch, target, k + 1)
+    schedule_softmax_counts(sch, target, k + 1)
     _vectorize_probabilities(sch, target)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
@@ -156,7 +156,7 @@ def softmax_counts_quantize_rows_func(shape, k: int, alpha: float | None, target
     counts, steps = _inputs(shape, k, alpha)
     pq, pmax = compute.quantize_rows(compute.softmax_counts(counts, steps))
     sch = s_tir.Schedule(te.create_prim_func([counts, steps, pq, pmax]))
-    task = schedule_count_rows(sch, target, k + 1)
+    task = schedule_softmax_counts(sch, target, k + 1)
     for name in ("qrow_part", "qrow_max", "qrow_inv", "qrows"):
         sch.reverse_compute_at(sch.get_sblock(name), task, preserve_unit_loops=True)
     quantize_rows_in(sch, sch.get_loops(sch.get_sblock("qrow_max"))[-2], bytes_in_row=False)

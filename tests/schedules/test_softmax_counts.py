@@ -54,11 +54,6 @@ def _counts(shape, k, rng):
     return c
 
 
-def _scores(c, k, alpha):
-    a = np.float32(1.0 if alpha is None else alpha)
-    return ((k - 2 * c.astype(np.int32)).astype(np.float32) * a).astype(np.float32)
-
-
 def _run(func, target, inputs, outs):
     lib = tvm.compile(func, target=tvm.target.Target(target)).jit()
     res = [tvm.runtime.empty(tuple(s), d) for s, d in outs]
@@ -72,13 +67,13 @@ def test_softmax_counts_is_the_softmax_of_the_scores(case, tname, rng):
     shape, k, alpha = case
     target = _target(tname)
     c = _counts(shape, k, rng)
-    s = _scores(c, k, alpha)
+    s = ref.binary_scores(c, k, alpha)
     t = tvm.target.Target(target)
     steps = compute.score_steps(k, alpha)
     (p,) = _run(softmax_counts_func(shape, k, alpha, t), target, [c, steps], [(shape, "float32")])
     (expect,) = _run(softmax_last_func(shape, t), target, [s], [(shape, "float32")])
     np.testing.assert_array_equal(p.view(np.uint32), expect.view(np.uint32))
-    np.testing.assert_allclose(p, ref.softmax_ref(s), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p, ref.softmax_counts_ref(c, k, alpha), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("tname", sorted(TARGETS))
@@ -92,7 +87,7 @@ def test_softmax_counts_quantize_rows_is_the_fused_kernel(case, tname, rng):
     outs = [(shape, "uint8"), (shape[:2], "float32")]
     q, pmax = _run(softmax_counts_quantize_rows_func(shape, k, alpha, t), target,
                    [c, compute.score_steps(k, alpha)], outs)
-    eq, emax = _run(softmax_quantize_rows_func(shape, t), target, [_scores(c, k, alpha)], outs)
+    eq, emax = _run(softmax_quantize_rows_func(shape, t), target, [ref.binary_scores(c, k, alpha)], outs)
     np.testing.assert_array_equal(pmax.view(np.uint32), emax.view(np.uint32))
     np.testing.assert_array_equal(q, eq)
 
