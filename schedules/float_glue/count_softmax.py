@@ -23,8 +23,8 @@ from tvm import s_tir, te
 from tvm.target import Target
 
 from ..generic import extent, largest_divisor, vectorize_row
-from ..target_identity import has_x86_features, vector_bits
-from .rows import _bound_loops, _lane_loop, _softmax_lanes, _vector_partials, vectorize_row_pass
+from ..target_identity import has_x86_features
+from .rows import _vector_partials, row_chunks, vectorize_partials, vectorize_row_pass
 
 
 def table_lookup_available(target) -> bool:
@@ -42,11 +42,9 @@ def _rows_per_task(rows: int, limit: int = 8) -> int:
 
 
 def _chunks(sch: s_tir.Schedule, target: Target) -> tuple[int, int, int, int]:
-    """``rows._softmax_chunks`` for ``compute.softmax_counts``: the row length from its sum."""
-    n = int(sch.get(sch.get_sblock("sm_sum")).iter_vars[-1].dom.extent)
-    native = vector_bits(target) // 32
-    registers = 2 if native >= 16 else 4
-    return n, native, registers, _softmax_lanes(n, native, registers)
+    """``rows.row_chunks`` of ``compute.softmax_counts``' rows (the row length from its sum: its
+    lookups run over padded rows)."""
+    return row_chunks(int(sch.get(sch.get_sblock("sm_sum")).iter_vars[-1].dom.extent), target)
 
 
 def _lookups(sch: s_tir.Schedule, target: Target, used: int) -> None:
@@ -99,12 +97,7 @@ def schedule_softmax_counts(sch: s_tir.Schedule, target: Target, used: int):
                 sch.get_sblock("sm_gather"), sch.get_sblock("sm_offset"), sch.get_sblock("sm_max"),
                 *(b for b, _ in rf_max)):
         sch.compute_at(blk, task, preserve_unit_loops=True)
-    for rf, lanes in (*rf_max, *rf_sum):
-        ri = _lane_loop(sch, rf, lanes)
-        ros = _bound_loops(sch, rf, "R")
-        sch.reorder(*ros, ri)
-        sch.vectorize(ri)
-        sch.decompose_reduction(rf, ros[0])
+    vectorize_partials(sch, (*rf_max, *rf_sum))
     table = sch.get_sblock("T_fast_exp")
     sch.vectorize(sch.split(sch.get_loops(table)[-1], factors=[None, native])[1])
     _lookups(sch, target, used)

@@ -74,6 +74,17 @@ def _vector_partials(sch: s_tir.Schedule, blk, f: int, native: int) -> list:
     return stages
 
 
+def vectorize_partials(sch: s_tir.Schedule, pairs) -> None:
+    """Each ``(partials block, lanes)`` of :func:`_vector_partials`, once placed: its lanes
+    innermost and vectorised, its reduction's init split off."""
+    for rf, lanes in pairs:
+        ri = _lane_loop(sch, rf, lanes)
+        ros = _bound_loops(sch, rf, "R")
+        sch.reorder(*ros, ri)
+        sch.vectorize(ri)
+        sch.decompose_reduction(rf, ros[0])
+
+
 def _calls_libm(func) -> bool:
     """exp / erf / tanh: scalar libm calls per lane once vectorised (no TIR visitor in 0.27's
     Python API, so the printed script is searched)."""
@@ -220,9 +231,14 @@ def _softmax_lanes(n: int, lanes: int, registers: int = 4) -> int:
 
 
 def _softmax_chunks(sch: s_tir.Schedule, target: Target) -> tuple[int, int, int, int]:
-    """``(n, native, registers, f)``: the row length, floats per register (``vector_lanes``
-    doubles AVX2's; this is one), registers per chunk and the chunk of :func:`_softmax_lanes`."""
-    n = int(sch.get(sch.get_loops(sch.get_sblock("sm_out"))[-1]).extent)
+    """:func:`row_chunks` of the softmax's rows (``sm_out``'s last loop)."""
+    return row_chunks(int(sch.get(sch.get_loops(sch.get_sblock("sm_out"))[-1]).extent), target)
+
+
+def row_chunks(n: int, target: Target) -> tuple[int, int, int, int]:
+    """``(n, native, registers, f)`` for softmax rows of ``n``: floats per register
+    (``vector_lanes`` doubles AVX2's; this is one), registers per chunk and the chunk of
+    :func:`_softmax_lanes`."""
     native = vector_bits(target) // 32
     registers = 2 if native >= 16 else 4
     return n, native, registers, _softmax_lanes(n, native, registers)
@@ -257,12 +273,7 @@ def schedule_softmax_last(sch: s_tir.Schedule, target: Target, matrix_rows: int 
     for blk in (sch.get_sblock("sm_rec"), sch.get_sblock("sm_sum"), *(b for b, _ in rf_sum),
                 sch.get_sblock("T_fast_exp"), sch.get_sblock("sm_max"), *(b for b, _ in rf_max)):
         sch.compute_at(blk, row, preserve_unit_loops=True)
-    for rf, lanes in (pair for chain in rfs for pair in chain):
-        ri = _lane_loop(sch, rf, lanes)
-        ros = _bound_loops(sch, rf, "R")
-        sch.reorder(*ros, ri)
-        sch.vectorize(ri)
-        sch.decompose_reduction(rf, ros[0])
+    vectorize_partials(sch, (pair for chain in rfs for pair in chain))
     if passes:
         vectorize_softmax_passes(sch, target)
     return task

@@ -97,7 +97,6 @@ class AttentionProduct:
         imp.plan.quantized_matmuls[node.name] = {"p_levels": quantize.P_LEVELS, "v_levels": quantize.V_LEVELS}
         return imp.emit(relax.op.reshape(y, [*batch, m, n]))
 
-
     @staticmethod
     def _softmax(imp, node, p):
         """The fused Softmax emitted on its own after all (the product stays float, or its rows
