@@ -81,13 +81,14 @@ def dynamic_sign_outputs(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-def onnx_intermediates(model: onnx.ModelProto, inputs, names) -> dict[str, np.ndarray]:
+def onnx_intermediates(model: onnx.ModelProto, inputs, names, *, optimize: bool = True) -> dict[str, np.ndarray]:
     """Run ONNX Runtime (CPU) on ``model`` and return the tensors ``names`` (plus graph outputs).
 
     Args:
         model: a ModelProto (not modified; a copy gets the extra outputs).
         inputs: an array for a single-input model, or ``{input name: array}``.
         names: intermediate tensor names to expose as outputs.
+        optimize: False runs every node as written (no fused kernels such as ORT's Gelu).
     """
     import onnxruntime as ort
 
@@ -98,6 +99,8 @@ def onnx_intermediates(model: onnx.ModelProto, inputs, names) -> dict[str, np.nd
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     if not isinstance(inputs, dict):
         inputs = {sess.get_inputs()[0].name: np.asarray(inputs, dtype=np.float32)}

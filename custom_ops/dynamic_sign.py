@@ -268,7 +268,7 @@ class Converter:
                 raise UnsupportedModelError(f"node {node_label(node)}: input {what} is {dtype}; "
                                             "DynamicSign takes float32 (insert a Cast)")
         out = node.output[0]
-        imp.record_sign(out, x, t)
+        x, t = imp.record_sign(out, x, t)
         layout = imp.plan.sign_layout.get(out)
         if imp.is_debug_output(out) and layout is not None:
             # expose the bits the binary kernels consume, not a float recomputation

@@ -114,6 +114,13 @@ def bdense_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, scale=None, bias=None) -> n
     return _epilogue(np.rint(acc.numpy()).astype(np.int64), scale, bias, axis=-1)
 
 
+def bdense_margin_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, lo, hi, sigma) -> np.ndarray:
+    """``float32(sigma * min(y - lo, hi - y))`` of the +-1 sums ``y`` (``bdense``'s cut)."""
+    y = bdense_ref(a_pm1, w_pm1).astype(np.int64)
+    lo, hi, sigma = (np.asarray(v, np.int64) for v in (lo, hi, sigma))
+    return (sigma * np.minimum(y - lo, hi - y)).astype(np.float32)
+
+
 def bbatch_matmul_ref(a_pm1: np.ndarray, b_pm1: np.ndarray, alpha: float | None = None) -> np.ndarray:
     """``A [..., M, K] @ B[..., N, K]^T`` in +-1 space; int32, or float32 ``acc * alpha``."""
     acc = torch.matmul(torch.from_numpy(np.asarray(a_pm1, np.float64)),

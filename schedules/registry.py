@@ -245,15 +245,18 @@ def weight_block_of(func) -> int | None:
 
 
 def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
-                with_scale: bool = False, with_bias: bool = False, target: TargetLike = None,
-                schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+                with_scale: bool = False, with_bias: bool = False, with_cut: bool = False,
+                target: TargetLike = None, schedule: str | None = None,
+                tuning=None) -> tvm.tirx.PrimFunc:
     """Binary dense ``y = x @ W.T`` on packed operands.
 
     ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
     ``weight_pm1_shape`` = ``(N_out, K_in)``.
 
     PrimFunc params: ``(a uint64[..., KW], w uint64[KW, N_out] (packing.pack_dense_weight),
-    [scale float32[N_out]], [bias float32[N_out]], out int32|float32[..., N_out])``.
+    [scale float32[N_out]], [bias float32[N_out]], out int32|float32[..., N_out])``; with
+    ``with_cut`` (no scale or bias) ``(a, w, lo, hi, sigma int32[N_out], out float32)``: the
+    margin ``sigma * min(y - lo, hi - y)`` (compute.bdense's ``cut``).
     """
     shape = [int(v) for v in data_shape]
     if len(shape) < 2:
@@ -266,9 +269,13 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     w = te.placeholder((KWd, Nout), "uint64", name="w")
     scale = te.placeholder((Nout,), "float32", name="scale") if with_scale else None
     bias = te.placeholder((Nout,), "float32", name="bias") if with_bias else None
-    out = compute.bdense(a, w, in_features=Kin, scale=scale, bias=bias, acc_dtype=_acc(target, schedule))
-    args = [a, w] + [v for v in (scale, bias) if v is not None] + [out]
-    epi = ("s" if with_scale else "") + ("b" if with_bias else "")
+    if with_cut and (with_scale or with_bias):
+        raise ValueError("bdense: a cut epilogue takes no scale or bias")
+    cut = tuple(te.placeholder((Nout,), "int32", name=n) for n in ("lo", "hi", "sigma")) if with_cut else None
+    out = compute.bdense(a, w, in_features=Kin, scale=scale, bias=bias, cut=cut,
+                         acc_dtype=_acc(target, schedule))
+    args = [a, w] + [v for v in (scale, bias, *(cut or ())) if v is not None] + [out]
+    epi = ("s" if with_scale else "") + ("b" if with_bias else "") + ("cut" if with_cut else "")
     name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}"
     return _finish(args, "bdense", name, target, schedule, tuning)
 

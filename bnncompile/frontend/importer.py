@@ -135,9 +135,14 @@ class Importer(of.ONNXGraphImporter):
 
     # -- DynamicSign operands ---------------------------------------------------------------
 
-    def record_sign(self, sign_output: str, x, t) -> None:
-        """Remember a DynamicSign's (X, T) so binary consumers pack bits straight from them."""
+    def record_sign(self, sign_output: str, x, t) -> tuple:
+        """Remember a DynamicSign's (X, T) so binary consumers pack bits straight from them;
+        returns the pair the sign computes with: ``(margin, None)`` where a binary dense's sums
+        decide it (``X`` is then that margin, +1 iff ``>= 0``: converters.count_threshold)."""
+        if sign_output in self.plan.cut_signs:
+            t = None
         self._sign_inputs[sign_output] = (x, t)
+        return x, t
 
     def sign_operand(self, sign_node):
         try:

@@ -84,6 +84,10 @@ class LoweringPlan:
     #: ``count_scores``: such a matmul -> (k, alpha) where it wrote popcounts (filled at import)
     score_softmaxes: dict[str, str] = field(default_factory=dict)
     count_scores: dict[str, tuple[int, float | None]] = field(default_factory=dict)
+    #: binary dense -> :class:`~.converters.count_threshold.CountCut` (its sums decide one
+    #: DynamicSign through an elementwise chain); ``cut_signs``: that sign's output -> the dense
+    count_thresholds: dict[str, object] = field(default_factory=dict)
+    cut_signs: dict[str, str] = field(default_factory=dict)
     #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
     sign_zero_sites: list = field(default_factory=list)
 

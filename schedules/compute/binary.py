@@ -281,6 +281,7 @@ def bdense(
     in_features: int,
     scale: te.Tensor | None = None,
     bias: te.Tensor | None = None,
+    cut: tuple[te.Tensor, te.Tensor, te.Tensor] | None = None,
     acc_dtype: str = "int64",
 ) -> te.Tensor:
     """Binary dense layer ``y = a @ W.T`` in +-1 space.
@@ -296,6 +297,10 @@ def bdense(
         True reduction length (``KW = ceil(in_features / 64)``).
     scale, bias : te.Tensor, optional
         float32 ``[N]``; when given the output is ``float32(acc) * scale + bias``.
+    cut : (lo, hi, sigma), optional
+        int32 ``[N]`` each (instead of scale / bias): the output is the margin
+        ``float32(sigma * min(acc - lo, hi - acc))`` of a sign decided on the sums
+        (``frontend.converters.count_threshold``; +1 iff the margin is >= 0).
 
     Returns
     -------
@@ -316,8 +321,16 @@ def bdense(
         name="bdense", attrs={"schedule_rule": "bnn_bdense"})
     return te.compute(
         tuple(lead) + (Nout,),
-        lambda *i: _epilogue(int(in_features) - 2 * acc(*i), i[-1], scale, bias),
+        lambda *i: (_epilogue(int(in_features) - 2 * acc(*i), i[-1], scale, bias) if cut is None
+                    else _margin(int(in_features) - 2 * acc(*i), i[-1], cut)),
         name="bdense_out")
+
+
+def _margin(acc_int, k, cut):
+    """``float32(sigma * min(acc - lo, hi - acc))`` per channel ``k``: integers, exact."""
+    lo, hi, sigma = cut
+    acc32 = acc_int.astype("int32")
+    return (sigma[k] * tirx.min(acc32 - lo[k], hi[k] - acc32)).astype("float32")
 
 
 def exact_affine(k: int, alpha: float) -> bool:

@@ -269,23 +269,26 @@ DENSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("epi", ["int", "scale_bias"])
+@pytest.mark.parametrize("epi", ["int", "scale_bias", "cut"])
 @pytest.mark.parametrize("a_shape,n_out", DENSE_CASES,
                          ids=[f"a{'x'.join(map(str, a))}-n{n}" for a, n in DENSE_CASES])
 def test_bdense(a_shape, n_out, epi, a64_kernels, rng):
     fused = epi == "scale_bias"
     scale = rng.standard_normal(n_out).astype("float32") if fused else None
     bias = rng.standard_normal(n_out).astype("float32") if fused else None
+    cut = kc.cut_bounds(rng, n_out, a_shape[-1]) if epi == "cut" else ()
     w_shape = (n_out, a_shape[-1])
-    pf = _arm(S.make_bdense(a_shape, w_shape, with_scale=fused, with_bias=fused, target=TARGET))
+    pf = _arm(S.make_bdense(a_shape, w_shape, with_scale=fused, with_bias=fused, with_cut=bool(cut),
+                            target=TARGET))
     out_shape = (*a_shape[:-1], n_out)
 
     def run(a, w):
-        args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else [])
-        return a64_kernels.run(pf, args, out_shape, "float32" if fused else "int32")
+        args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else []) + list(cut)
+        return a64_kernels.run(pf, args, out_shape, "int32" if epi == "int" else "float32")
 
-    check_all(pm1_pairs(a_shape, w_shape, len(a_shape) - 1, 1), run,
-              lambda a, w: ref.bdense_ref(a, w, scale, bias), exact=not fused)
+    expect = ((lambda a, w: ref.bdense_margin_ref(a, w, *cut)) if cut
+              else (lambda a, w: ref.bdense_ref(a, w, scale, bias)))
+    check_all(pm1_pairs(a_shape, w_shape, len(a_shape) - 1, 1), run, expect, exact=not fused)
 
 
 # ------------------------------------------------------------------------------ batch matmul

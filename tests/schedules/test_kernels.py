@@ -412,22 +412,24 @@ def _dense_sweep():
 
 
 DENSE_CASES = [*kc.DENSE_CORE, ((1, 256), 1000), ((1, 64, 256), 256)]  # the common shapes: 1000 classes, tokens
-DENSE_PARAMS = ([(a, n, epi, sched) for (a, n) in DENSE_CASES for epi in ("int", "scale_bias")
+DENSE_PARAMS = ([(a, n, epi, sched) for (a, n) in DENSE_CASES for epi in ("int", "scale_bias", "cut")
                  for sched in SCHEDS] + _dense_sweep())
 
 
-def _check_bdense(a, w, fused, sched, inputs, host, run_primfunc):
+def _check_bdense(a, w, epi, sched, inputs, host, run_primfunc):
     n_out = w.shape[0]
+    fused = epi == "scale_bias"
     scale = inputs.normal(n_out) if fused else None
     bias = inputs.normal(n_out) if fused else None
-    pf = S.make_bdense(a.shape, w.shape, with_scale=fused, with_bias=fused, target=host,
-                       schedule=sched)
-    args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else [])
-    expect = ref.bdense_ref(a, w, scale, bias)
-    got = run_primfunc(pf, args, expect.shape, "float32" if fused else "int32")
+    cut = kc.cut_bounds(np.random.default_rng(n_out), n_out, a.shape[-1]) if epi == "cut" else ()
+    pf = S.make_bdense(a.shape, w.shape, with_scale=fused, with_bias=fused, with_cut=bool(cut),
+                       target=host, schedule=sched)
+    args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else []) + list(cut)
+    expect = ref.bdense_margin_ref(a, w, *cut) if cut else ref.bdense_ref(a, w, scale, bias)
+    got = run_primfunc(pf, args, expect.shape, "int32" if epi == "int" else "float32")
     if fused:
         _close(got, expect, inputs)
-    else:
+    else:  # integer sums, or margins of them (integers in float32)
         _eq(got, expect, inputs)
 
 
@@ -436,7 +438,12 @@ def _check_bdense(a, w, fused, sched, inputs, host, run_primfunc):
 def test_bdense(a_shape, n_out, epi, sched, inputs, host, run_primfunc):
     a = inputs.pm1(a_shape)
     w = inputs.weights((n_out, a_shape[-1]))
-    _check_bdense(a, w, epi == "scale_bias", sched, inputs, host, run_primfunc)
+    _check_bdense(a, w, epi, sched, inputs, host, run_primfunc)
+
+
+def test_bdense_cut_takes_no_scale():
+    with pytest.raises(ValueError, match="cut epilogue takes no scale"):
+        S.make_bdense((2, 64), (4, 64), with_scale=True, with_cut=True)
 
 
 # one row (or, with the arm tile of 4 rows, M = 5) and an odd number of outputs: the x86 / arm
@@ -454,7 +461,7 @@ def test_bdense_one_row_odd_outputs_regression(a_shape, n_out, sched, inputs, ho
                                                staircase_pm1):
     a = inputs.pm1(a_shape)
     w = staircase_pm1(n_out, a_shape[-1])
-    _check_bdense(a, w, False, sched, inputs, host, run_primfunc)
+    _check_bdense(a, w, "int", sched, inputs, host, run_primfunc)
 
 
 BMM_CASES = [*kc.BMM_CORE, ((2, 1, 64), (2, 3, 64), None), ((1, 7, 1), (1, 1, 1), None),

@@ -293,10 +293,51 @@ def dense_case(draw, prefix: str) -> Case:
     if scale:
         (y,) = b.node("Mul", [y, b.init("a", b.vec((nout,)))])
         exact = False
+    chain = draw(st.sampled_from(["none", "none", "gelu", "square", "tanh_neg", "sigmoid", "cubic"]))
+    if chain != "none":  # the output only reaches a sign through elementwise nodes (count_threshold)
+        case.describe.append(f"then {chain} -> DynamicSign -> binary MatMul")
+        z = sign_chain(b, y, chain, nout, rank)
+        case.outputs.append(z)
+        case.exact.add(z)  # a sum of signs: one sign decided otherwise moves it by 2
+        return case
     case.outputs.append(y)
     if exact:
         case.exact.add(y)
     return case
+
+
+def sign_chain(b: Builder, y: str, chain: str, n: int, rank: int) -> str:
+    """``y`` through an elementwise ``chain`` with per-channel constants, a DynamicSign with a
+    constant threshold, and a binary MatMul: a transformer MLP's ``GELU(y + c)`` and other
+    shapes of +1 sets (an interval of sums, its complement, three runs that stay float)."""
+    if chain == "gelu":
+        (h,) = b.node("Add", [y, b.init("c", b.vec((n,), -1.0, 1.0))])
+        (d,) = b.node("Div", [h, b.init("sqrt2", np.float32(np.sqrt(2)))])
+        (e,) = b.node("Erf", [d])
+        (e1,) = b.node("Add", [e, b.init("one", np.float32(1))])
+        (g0,) = b.node("Mul", [e1, b.init("half", np.float32(0.5))])
+        (g,) = b.node("Mul", [h, g0])
+        t = b.rng.uniform(-0.16, 0.5, n)
+    elif chain == "square":
+        (g,) = b.node("Mul", [y, y])
+        t = b.rng.uniform(0.0, 9.0, n)
+    elif chain == "tanh_neg":
+        (h,) = b.node("Tanh", [y])
+        (g,) = b.node("Neg", [h])
+        t = b.rng.uniform(-1.0, 1.0, n)
+    elif chain == "sigmoid":
+        (g,) = b.node("Sigmoid", [y])
+        t = b.rng.uniform(0.0, 1.0, n)
+    else:  # cubic: y^3 - 4y, +1 on two separate runs where its roots are in range
+        (sq,) = b.node("Mul", [y, y])
+        (cu,) = b.node("Mul", [sq, y])
+        (fy,) = b.node("Mul", [y, b.init("four", np.float32(4))])
+        (g,) = b.node("Sub", [cu, fy])
+        t = b.rng.uniform(-1.0, 1.0, n)
+    tshape = [1] * (rank - 1 - int(b.rng.integers(0, rank))) + [n]  # [n], [1, n], [1, 1, n]
+    s = sign(b, g, b.init("t", t.astype(np.float32).reshape(tshape)))
+    (z,) = b.node("MatMul", [s, b.init("w2", b.pm1((n, 5)))])
+    return z
 
 
 # -- batch matmul --------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ tests/aarch64 (under qemu, where each case costs seconds, so it takes these and 
 Each list is the part the two sweeps share; a sweep appends its own cases after it, so indices
 into these stay the same in both."""
 
+import numpy as np
+
 # (x_shape, t_shape): channels around one 64-bit word (63 / 64 / 65 / 130), scalar, per-sample
 # and per-channel thresholds
 BITPACK_CORE = [
@@ -47,3 +49,12 @@ DENSE_CORE = [((5, 64), 8), ((3, 130), 12), ((2, 7, 65), 16), ((1, 1), 3), ((2, 
 # (a_shape, b_shape, alpha): a @ b^T over the last axis, batch axes broadcast as given
 BMM_CORE = [((2, 6, 64), (2, 16, 64), None), ((3, 5, 65), (3, 9, 65), None),
             ((2, 3, 7, 130), (2, 3, 8, 130), 0.125), ((1, 1, 3), (1, 4, 3), None)]
+
+
+def cut_bounds(rng, n_out: int, k: int):
+    """Random ``(lo, hi, sigma)`` of a cut epilogue: intervals, their complements, and bounds
+    past either end of the sums ``[-k, k]``."""
+    lo = rng.integers(-k - 4, k + 2, n_out)
+    hi = lo + rng.integers(0, 2 * k + 6, n_out)
+    sigma = np.where(rng.random(n_out) < 0.5, 1, -1)
+    return tuple(v.astype(np.int32) for v in (lo, hi, sigma))

@@ -43,6 +43,9 @@ class BinaryDense:
                         f"or [1, N] or a scalar), got "
                         f"{'a computed tensor' if c is None else list(c.shape)}")
                 bias = (bias.astype(np.float64) * beta).astype(np.float32)
+        cut = imp.plan.count_thresholds.get(node.name)
+        if cut is not None:
+            return margin(imp, node, layer, x, t, cut)
         scale, bias = scale_bias(imp.plan, node.name, n_out, bias)
         if alpha != 1.0:  # (alpha * (A @ B) + beta * C) * s: alpha scales the integer sum only
             scale = (np.ones(n_out, np.float32) if scale is None else scale) * np.float32(alpha)
@@ -61,3 +64,17 @@ class BinaryDense:
         from tvm import relax
 
         return imp.emit(relax.op.astype(y, "float32"))
+
+
+def margin(imp, node, layer, x, t, cut):
+    """The margin of a dense whose sums decide a DynamicSign (converters.count_threshold),
+    computed in the kernel's epilogue instead of its scale and bias."""
+    from ...schedules import packing
+
+    xs, w = imp.shape_of(x), layer.dense_weight()
+    n_out = w.shape[0]
+    pf = imp.kernel("bdense", xs, w.shape, with_cut=True)
+    args = [imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0]),
+            imp.const(packing.pack_dense_weight(w)), *(imp.const(v) for v in (cut.lo, cut.hi, cut.sigma))]
+    return imp.call_kernel(pf, args, [*xs[:-1], n_out], "float32", layer=node.name, kind="bdense",
+                           binary_macs=int(np.prod(xs)) * n_out)
