@@ -107,11 +107,16 @@ def _post_ref(v: np.ndarray, post, axis: int) -> np.ndarray:
     return v.astype(np.float32)
 
 
-def bdense_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, scale=None, bias=None) -> np.ndarray:
-    """``a [..., K] @ w[N, K]^T`` in +-1 space; int32 or float32 with scale/bias."""
+def bdense_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, scale=None, bias=None, residual=None) -> np.ndarray:
+    """``a [..., K] @ w[N, K]^T`` in +-1 space; int32, or float32 with scale/bias (and a
+    residual added last)."""
     acc = torch.from_numpy(np.asarray(a_pm1, np.float64)) @ torch.from_numpy(
         np.asarray(w_pm1, np.float64)).T
-    return _epilogue(np.rint(acc.numpy()).astype(np.int64), scale, bias, axis=-1)
+    acc = np.rint(acc.numpy()).astype(np.int64)
+    if residual is None:
+        return _epilogue(acc, scale, bias, axis=-1)
+    v = acc.astype(np.float32) if scale is None and bias is None else _epilogue(acc, scale, bias, axis=-1)
+    return (v + np.asarray(residual, np.float32)).astype(np.float32)
 
 
 def bdense_margin_ref(a_pm1: np.ndarray, w_pm1: np.ndarray, lo, hi, sigma) -> np.ndarray:

@@ -122,16 +122,26 @@ def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetL
 
 
 def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
-                      schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+                      view=None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binarise + pack the last axis.
 
-    PrimFunc params: ``(x float32[..., D], t float32[t_shape], out uint64[..., ceil(D/64)])``.
+    PrimFunc params: ``(x float32[..., D], t float32[t_shape], out uint64[..., ceil(D/64)])``;
+    with ``view = (source shape, steps)`` (:mod:`.compute.index_view`) ``x`` is that source,
+    packed as the ``x_shape`` tensor those slices / reshapes / transposes make of it.
     """
-    x = te.placeholder(tuple(x_shape), "float32", name="x")
     t = te.placeholder(tuple(t_shape), "float32", name="t")
+    if view is None:
+        x = src = te.placeholder(tuple(x_shape), "float32", name="x")
+        tag = _shape_tag(x_shape)
+    else:
+        src = te.placeholder(tuple(int(v) for v in view[0]), "float32", name="x")
+        x = compute.IndexView(src, view[1])
+        if list(x.shape) != [int(v) for v in x_shape]:
+            raise ValueError(f"bitpack_last: the view makes {x.shape}, not {list(x_shape)}")
+        tag = f"{_shape_tag(view[0])}_v{compute.view_tag(*view)}"
     out = compute.bitpack_last(x, t)
-    name = f"bnn_bitpack_last_{_shape_tag(x_shape)}_t{_shape_tag(t_shape)}"
-    return _finish([x, t, out], "bitpack_last", name, target, schedule, tuning)
+    name = f"bnn_bitpack_last_{tag}_t{_shape_tag(t_shape)}"
+    return _finish([src, t, out], "bitpack_last", name, target, schedule, tuning)
 
 
 #: one letter per post-op in kernel symbols (residual, sHift, Mul, Prelu, relU)
@@ -246,8 +256,8 @@ def weight_block_of(func) -> int | None:
 
 def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
                 with_scale: bool = False, with_bias: bool = False, with_cut: bool = False,
-                target: TargetLike = None, schedule: str | None = None,
-                tuning=None) -> tvm.tirx.PrimFunc:
+                with_residual: bool = False, target: TargetLike = None,
+                schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binary dense ``y = x @ W.T`` on packed operands.
 
     ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
@@ -256,7 +266,8 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     PrimFunc params: ``(a uint64[..., KW], w uint64[KW, N_out] (packing.pack_dense_weight),
     [scale float32[N_out]], [bias float32[N_out]], out int32|float32[..., N_out])``; with
     ``with_cut`` (no scale or bias) ``(a, w, lo, hi, sigma int32[N_out], out float32)``: the
-    margin ``sigma * min(y - lo, hi - y)`` (compute.bdense's ``cut``).
+    margin ``sigma * min(y - lo, hi - y)`` (compute.bdense's ``cut``); ``with_residual`` adds a
+    ``residual float32[..., N_out]`` param after scale / bias (a float output ``+ residual``).
     """
     shape = [int(v) for v in data_shape]
     if len(shape) < 2:
@@ -269,13 +280,15 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     w = te.placeholder((KWd, Nout), "uint64", name="w")
     scale = te.placeholder((Nout,), "float32", name="scale") if with_scale else None
     bias = te.placeholder((Nout,), "float32", name="bias") if with_bias else None
-    if with_cut and (with_scale or with_bias):
-        raise ValueError("bdense: a cut epilogue takes no scale or bias")
+    if with_cut and (with_scale or with_bias or with_residual):
+        raise ValueError("bdense: a cut epilogue takes no scale, bias or residual")
     cut = tuple(te.placeholder((Nout,), "int32", name=n) for n in ("lo", "hi", "sigma")) if with_cut else None
-    out = compute.bdense(a, w, in_features=Kin, scale=scale, bias=bias, cut=cut,
+    res = te.placeholder((*shape[:-1], Nout), "float32", name="residual") if with_residual else None
+    out = compute.bdense(a, w, in_features=Kin, scale=scale, bias=bias, cut=cut, residual=res,
                          acc_dtype=_acc(target, schedule))
-    args = [a, w] + [v for v in (scale, bias, *(cut or ())) if v is not None] + [out]
-    epi = ("s" if with_scale else "") + ("b" if with_bias else "") + ("cut" if with_cut else "")
+    args = [a, w] + [v for v in (scale, bias, res, *(cut or ())) if v is not None] + [out]
+    epi = (("s" if with_scale else "") + ("b" if with_bias else "") + ("r" if with_residual else "")
+           + ("cut" if with_cut else ""))
     name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}"
     return _finish(args, "bdense", name, target, schedule, tuning)
 

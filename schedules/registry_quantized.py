@@ -127,17 +127,26 @@ def make_quantize_rows(p_shape: Sequence[int], *, target: TargetLike = None, sch
                    schedule, tuning)
 
 
-def make_quantize_columns(v_shape: Sequence[int], *, target: TargetLike = None, schedule: str | None = None,
-                          tuning=None) -> tvm.tirx.PrimFunc:
+def make_quantize_columns(v_shape: Sequence[int], *, view=None, target: TargetLike = None,
+                          schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Attention values into int8 per column, grouped by 4 rows (``quantize.quantize_columns``).
 
-    PrimFunc params: ``(v float32[B,K,N], vq int8[B,K4/4,N,4], vmax float32[B,N])``.
+    PrimFunc params: ``(v float32[B,K,N], vq int8[B,K4/4,N,4], vmax float32[B,N])``; with
+    ``view = (source shape, steps)`` (:mod:`.compute.index_view`) ``v`` is that source, read as
+    the ``[B,K,N]`` tensor those slices / reshapes / transposes make of it.
     """
     shape = tuple(int(v) for v in v_shape)
-    v = te.placeholder(shape, "float32", name="v")
+    if view is None:
+        v = src = te.placeholder(shape, "float32", name="v")
+        tag = _shape_tag(shape)
+    else:
+        src = te.placeholder(tuple(int(d) for d in view[0]), "float32", name="v")
+        v = compute.IndexView(src, view[1])
+        if list(v.shape) != list(shape):
+            raise ValueError(f"quantize_columns: the view makes {v.shape}, not {list(shape)}")
+        tag = f"{_shape_tag(view[0])}_v{compute.view_tag(*view)}"
     vq, vmax = compute.quantize_columns(v)
-    return _finish([v, vq, vmax], "quantize_columns", f"bnn_quantize_cols_{_shape_tag(shape)}", target,
-                   schedule, tuning)
+    return _finish([src, vq, vmax], "quantize_columns", f"bnn_quantize_cols_{tag}", target, schedule, tuning)
 
 
 def make_qbatch_matmul(pq_shape: Sequence[int], vq_shape: Sequence[int], *, accumulate_only: bool = False,

@@ -155,6 +155,24 @@ class Importer(of.ONNXGraphImporter):
         """Bits of ``sign_output`` computed by another kernel (a conv writing its output packed)."""
         self._packs[(sign_output, last_axis)] = words
 
+    def view_of(self, x):
+        """``(source, steps)`` where ``x`` is static slices / reshapes / transposes of another
+        value, at least one of them a copy (a slice or a transpose), else None."""
+        steps, cur = [], x
+        while isinstance(cur, (relax.Var, relax.Call)):  # a converter's result may be unbound
+            value = self.bb.lookup_binding(cur) if isinstance(cur, relax.Var) else cur
+            if not isinstance(value, relax.Call) or getattr(value.op, "name", None) not in _VIEW_OPS:
+                break
+            in_shape = _static_shape(value.args[0])
+            step = None if in_shape is None else _view_step(value, in_shape)
+            if step is None:
+                break
+            steps.append(step)
+            cur = value.args[0]
+        if all(step[0] == "reshape" for step in steps) or _static_shape(cur) is None:
+            return None
+        return cur, steps[::-1]
+
     def pack(self, x, t, *, last_axis: bool, key: str | None = None):
         """``bitpack(x >= t)``; ``key`` (the DynamicSign output) shares one pack among consumers."""
         if key is not None and (key, last_axis) in self._packs:
@@ -170,6 +188,11 @@ class Importer(of.ONNXGraphImporter):
         xs, ts = self.shape_of(x), self.shape_of(t)
         words = lambda n: (n + 63) // 64  # noqa: E731
         if last_axis:
+            view = self.view_of(x)
+            if view is not None:  # read the source through the ops: no copy (dead code then)
+                src, steps = view
+                pf = self.kernel("bitpack_last", xs, ts, view=(self.shape_of(src), steps))
+                return self.call_kernel(pf, [src, t], [*xs[:-1], words(xs[-1])], "uint64")
             pf = self.kernel("bitpack_last", xs, ts)
             return self.call_kernel(pf, [x, t], [*xs[:-1], words(xs[-1])], "uint64")
         if len(xs) == 4 and ([1] * (4 - len(ts)) + ts)[2:] == [1, 1]:
@@ -185,6 +208,46 @@ class Importer(of.ONNXGraphImporter):
             raise UnsupportedModelError(f"cannot bit-pack a rank-{len(xs)} map along channels")
         pf = self.kernel("bitpack", xs, ts)
         return self.call_kernel(pf, [x, t], [xs[0], xs[2], xs[3], words(xs[1])], "uint64")
+
+
+_VIEW_OPS = ("relax.strided_slice", "relax.reshape", "relax.permute_dims")
+
+
+def _static_shape(expr) -> list[int] | None:
+    try:
+        return [int(v) for v in expr.ty.shape]
+    except (TypeError, AttributeError):
+        return None
+
+
+def _view_step(call, in_shape: list[int]):
+    """One :mod:`~bnncompile.schedules.compute.index_view` step for a Relax slice / reshape /
+    transpose with static arguments, or None."""
+    out_shape = _static_shape(call)
+    if out_shape is None:
+        return None
+    name = call.op.name
+    if name == "relax.reshape":
+        return ("reshape", tuple(out_shape))
+    if name == "relax.permute_dims":
+        axes = call.attrs.axes
+        axes = list(range(len(in_shape)))[::-1] if axes is None else [int(a) for a in axes]
+        return ("permute", tuple(axes))
+    try:
+        axes, begins, ends, strides = ([int(v.value) for v in arg.fields] for arg in call.args[1:5])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    sizes = []
+    for i, (a, b, e, st) in enumerate(zip(axes, begins, ends, strides)):
+        dim = in_shape[a]
+        b = b + dim if b < 0 else b
+        e = min(e + dim if e < 0 else e, dim)
+        if st < 1 or not 0 <= b < e:
+            return None
+        begins[i], sizes = b, [*sizes, (e - b + st - 1) // st]
+        if sizes[-1] != out_shape[a]:
+            return None
+    return ("slice", tuple(axes), tuple(begins), tuple(strides), tuple(sizes))
 
 
 def import_graph(model: onnx.ModelProto, shapes: dict, *, plan, nodes_by_name, index, target,

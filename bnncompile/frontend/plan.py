@@ -88,6 +88,9 @@ class LoweringPlan:
     #: DynamicSign through an elementwise chain); ``cut_signs``: that sign's output -> the dense
     count_thresholds: dict[str, object] = field(default_factory=dict)
     cut_signs: dict[str, str] = field(default_factory=dict)
+    #: binary dense -> :class:`~.converters.dense_epilogue.DenseTail` (the bias and residual
+    #: Adds its epilogue computes)
+    dense_tails: dict[str, object] = field(default_factory=dict)
     #: ONNX Sign nodes compiled as 0 -> +1 (canonicalize.SignZeroSite)
     sign_zero_sites: list = field(default_factory=list)
 

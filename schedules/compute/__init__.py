@@ -3,6 +3,7 @@ package).  Every compute has a numpy reference in :mod:`bnncompile.schedules.ref
 bit-exact test in ``tests/schedules``.
 
 * :mod:`.bitpack`: ``x >= t`` packed into uint64 words, the float ±1 of a DynamicSign, unpacking;
+* :mod:`.index_view`: a tensor read through slices, reshapes and transposes without a copy;
 * :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
 * :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax (of
   floats, or of binary scores given as popcounts);
@@ -23,12 +24,14 @@ from .float_ops import (
     softmax_counts,
     softmax_last,
 )
+from .index_view import IndexView, view_tag
 from .quantized_conv import qconv2d_blocked, quantize_hwc, quantize_pairs, quantize_width
 from .quantized_matmul import qbatch_matmul, quantize_columns, quantize_rows
 
 __all__ = [
     "POST_OPS",
     "WORD",
+    "IndexView",
     "avgpool2d",
     "bbatch_matmul",
     "bconv2d",
@@ -56,4 +59,5 @@ __all__ = [
     "softmax_counts",
     "softmax_last",
     "unpack_bits_float",
+    "view_tag",
 ]

@@ -37,20 +37,23 @@ def _valid_mask(C: int, cw):
     return tirx.Select(cw == nwords(C) - 1, tail, ones)
 
 
-def _epilogue(acc_int, k, scale, bias):
-    """int32 accumulator, or ``float32(acc) * scale[k] + bias[k]`` when scale/bias are given.
+def _epilogue(acc_int, k, scale, bias, residual=None, index=()):
+    """int32 accumulator, or ``float32(acc) * scale[k] + bias[k] (+ residual[index])`` when
+    scale/bias (or a residual) are given.
 
     The float goes through int32 (exact: |acc| <= the reduction length): AVX2 has no int64 ->
     float vector conversion, so ``float32(int64)`` was scalarised (Zen 3, bdense 196x384 -> 1152:
     0.55 -> 0.44 ms)."""
     acc32 = acc_int.astype("int32")
-    if scale is None and bias is None:
+    if scale is None and bias is None and residual is None:
         return acc32
     v = acc32.astype("float32")
     if scale is not None:
         v = v * scale[k]
     if bias is not None:
         v = v + bias[k]
+    if residual is not None:
+        v = v + residual(*index)
     return v
 
 
@@ -282,6 +285,7 @@ def bdense(
     scale: te.Tensor | None = None,
     bias: te.Tensor | None = None,
     cut: tuple[te.Tensor, te.Tensor, te.Tensor] | None = None,
+    residual: te.Tensor | None = None,
     acc_dtype: str = "int64",
 ) -> te.Tensor:
     """Binary dense layer ``y = a @ W.T`` in +-1 space.
@@ -301,6 +305,9 @@ def bdense(
         int32 ``[N]`` each (instead of scale / bias): the output is the margin
         ``float32(sigma * min(acc - lo, hi - acc))`` of a sign decided on the sums
         (``frontend.converters.count_threshold``; +1 iff the margin is >= 0).
+    residual : te.Tensor, optional
+        float32 of the output's shape, added last: ``float32(acc) * scale + bias + residual``
+        (a transformer's residual stream, ``frontend.converters.dense_epilogue``).
 
     Returns
     -------
@@ -321,8 +328,8 @@ def bdense(
         name="bdense", attrs={"schedule_rule": "bnn_bdense"})
     return te.compute(
         tuple(lead) + (Nout,),
-        lambda *i: (_epilogue(int(in_features) - 2 * acc(*i), i[-1], scale, bias) if cut is None
-                    else _margin(int(in_features) - 2 * acc(*i), i[-1], cut)),
+        lambda *i: (_margin(int(in_features) - 2 * acc(*i), i[-1], cut) if cut is not None
+                    else _epilogue(int(in_features) - 2 * acc(*i), i[-1], scale, bias, residual, i)),
         name="bdense_out")
 
 

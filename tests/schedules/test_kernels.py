@@ -412,22 +412,28 @@ def _dense_sweep():
 
 
 DENSE_CASES = [*kc.DENSE_CORE, ((1, 256), 1000), ((1, 64, 256), 256)]  # the common shapes: 1000 classes, tokens
-DENSE_PARAMS = ([(a, n, epi, sched) for (a, n) in DENSE_CASES for epi in ("int", "scale_bias", "cut")
+DENSE_PARAMS = ([(a, n, epi, sched) for (a, n) in DENSE_CASES
+                  for epi in ("int", "scale_bias", "cut", "residual", "scale_bias_residual")
                  for sched in SCHEDS] + _dense_sweep())
 
 
 def _check_bdense(a, w, epi, sched, inputs, host, run_primfunc):
     n_out = w.shape[0]
-    fused = epi == "scale_bias"
+    fused = epi.startswith("scale_bias")
     scale = inputs.normal(n_out) if fused else None
     bias = inputs.normal(n_out) if fused else None
+    residual = inputs.normal((*a.shape[:-1], n_out)) if epi.endswith("residual") else None
     cut = kc.cut_bounds(np.random.default_rng(n_out), n_out, a.shape[-1]) if epi == "cut" else ()
     pf = S.make_bdense(a.shape, w.shape, with_scale=fused, with_bias=fused, with_cut=bool(cut),
-                       target=host, schedule=sched)
-    args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else []) + list(cut)
-    expect = ref.bdense_margin_ref(a, w, *cut) if cut else ref.bdense_ref(a, w, scale, bias)
+                       with_residual=residual is not None, target=host, schedule=sched)
+    args = ([pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else [])
+            + ([residual] if residual is not None else []) + list(cut))
+    if cut:
+        expect = ref.bdense_margin_ref(a, w, *cut)
+    else:
+        expect = ref.bdense_ref(a, w, scale, bias, residual)
     got = run_primfunc(pf, args, expect.shape, "int32" if epi == "int" else "float32")
-    if fused:
+    if fused or residual is not None:
         _close(got, expect, inputs)
     else:  # integer sums, or margins of them (integers in float32)
         _eq(got, expect, inputs)

@@ -23,6 +23,8 @@ def _all_ops(target):
         "bconv2d_one": S.make_bconv2d(**CONV, pad_value="one", target=target),
         "bdense": S.make_bdense((2, 5, 130), (16, 130), with_scale=True, target=target),
         "bdense_cut": S.make_bdense((2, 5, 130), (16, 130), with_cut=True, target=target),
+        "bdense_residual": S.make_bdense((2, 5, 130), (16, 130), with_scale=True, with_residual=True,
+                                         target=target),
         "bbatch_matmul": S.make_bbatch_matmul((2, 8, 64), (2, 16, 64), target=target),
         "prelu_stats": S.make_prelu_stats((2, 8, 1, 49), (2, 8, 1, 1), (1, 8, 1, 1), (2, 8, 1, 1), (1, 3),
                                           target=target),
@@ -66,9 +68,8 @@ def test_x86_avx512_vpopcntq():
     assert "vpopcntq" in asm
 
 
-ALL_OPS = ["bitpack", "bitpack_last", "bconv2d", "bconv2d_one", "bdense", "bdense_cut", "bbatch_matmul",
-           "prelu_stats",
-           "maxpool2d_nchwc", "avgpool2d"]
+ALL_OPS = ["bitpack", "bitpack_last", "bconv2d", "bconv2d_one", "bdense", "bdense_cut", "bdense_residual",
+           "bbatch_matmul", "prelu_stats", "maxpool2d_nchwc", "avgpool2d"]
 
 
 @pytest.mark.parametrize("op", ALL_OPS)

@@ -293,7 +293,14 @@ def dense_case(draw, prefix: str) -> Case:
     if scale:
         (y,) = b.node("Mul", [y, b.init("a", b.vec((nout,)))])
         exact = False
-    chain = draw(st.sampled_from(["none", "none", "gelu", "square", "tanh_neg", "sigmoid", "cubic"]))
+    chain = draw(st.sampled_from(["none", "none", "gelu", "square", "tanh_neg", "sigmoid", "cubic",
+                                  "residual"]))
+    if chain == "residual":  # a bias and a residual stream added after it (dense_epilogue)
+        case.describe.append("then + bias + residual")
+        (h,) = b.node("Add", [y, b.init("c", b.vec((nout,), -1.0, 1.0))])
+        (z,) = b.node("Add", [b.input("r", (*lead, nout)), h])
+        case.outputs.append(z)
+        return case
     if chain != "none":  # the output only reaches a sign through elementwise nodes (count_threshold)
         case.describe.append(f"then {chain} -> DynamicSign -> binary MatMul")
         z = sign_chain(b, y, chain, nout, rank)

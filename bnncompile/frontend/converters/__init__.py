@@ -3,9 +3,10 @@ and the dispatch at import.
 
 Order matters where a converter reads what an earlier one decided: the binary layers first (the
 DynamicSign converter comes from ``bnncompile.custom_ops``), then the scale Mul folded into
-them, the signs decided on a binary dense's sums, the softmax of binary scores read as
-popcounts, the CPU kernels for float convs and pools, the epilogue fusion (which needs the
-binary convs, their folded scales and the signs' layouts), and the threshold statistics.
+them, the signs decided on a binary dense's sums, the bias and residual Adds after the other
+denses, the softmax of binary scores read as popcounts, the CPU kernels for float convs and
+pools, the epilogue fusion (which needs the binary convs, their folded scales and the signs'
+layouts), and the threshold statistics.
 
 Adding a lowering: a module here with a converter class (see :mod:`.base`), one line below, one
 test file in ``tests/frontend/converters/``.
@@ -20,6 +21,7 @@ from .binary_conv import BinaryConv, FusedEpilogue
 from .binary_dense import BinaryDense
 from .binary_matmul import BinaryBatchMatMul
 from .count_threshold import CountThreshold
+from .dense_epilogue import DenseEpilogue
 from .float_conv import FUSED_RELU, FloatConv
 from .folded_scale import FoldedScale
 from .pooling import AveragePool, MaxPool
@@ -35,6 +37,7 @@ CONVERTERS = (
     FUSED_SOFTMAX,
     FoldedScale(),
     CountThreshold(),  # after the folded scales: a dense's scale Mul may be part of its chain
+    DenseEpilogue(),  # the Adds after a dense's folded scale, where no sign decides on its sums
     ScoreSoftmax(),  # after the folded scales: the 1/sqrt(d) Mul sits between matmul and softmax
     MaxPool(),
     AveragePool(),

@@ -49,12 +49,21 @@ class BinaryDense:
         scale, bias = scale_bias(imp.plan, node.name, n_out, bias)
         if alpha != 1.0:  # (alpha * (A @ B) + beta * C) * s: alpha scales the integer sum only
             scale = (np.ones(n_out, np.float32) if scale is None else scale) * np.float32(alpha)
+        tail = imp.plan.dense_tails.get(node.name)  # converters.dense_epilogue
+        residual = None
+        if tail is not None:
+            if tail.bias is not None:  # (acc * s + b) + c == acc * s + (b + c), up to rounding
+                bias = tail.bias if bias is None else (bias + tail.bias).astype(np.float32)
+            scale = np.ones(n_out, np.float32) if scale is None else scale
+            residual = imp.value(tail.residual) if tail.residual else None
         from ...schedules import packing
 
-        pf = imp.kernel("bdense", xs, w.shape, with_scale=scale is not None, with_bias=bias is not None)
+        pf = imp.kernel("bdense", xs, w.shape, with_scale=scale is not None, with_bias=bias is not None,
+                        with_residual=residual is not None)
         packed = imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0])
         args = [packed, imp.const(packing.pack_dense_weight(w))]
         args += [imp.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
+        args += [residual] if residual is not None else []
         dtype = "float32" if scale is not None else "int32"
         macs = int(np.prod(xs)) * n_out
         y = imp.call_kernel(pf, args, [*xs[:-1], n_out], dtype, layer=node.name, kind="bdense",
