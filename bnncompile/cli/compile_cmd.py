@@ -26,8 +26,9 @@ from ..errors import InputFileError
 @click.option("--exact-math", is_flag=True,
               help="keep libm exp/erf/tanh (default: TVM's polynomial versions, ~1e-6 relative)")
 @click.option("--no-fuse-epilogues", is_flag=True,
-              help="leave BN / residual / RPReLU after binary convs to separate float passes "
-                   "(default: run them in the binary kernel's epilogue)")
+              help="leave BN / residual / RPReLU after binary convs, and the bias / residual "
+                   "Adds and sign-deciding chains (GELU) after binary denses, to separate float "
+                   "passes (default: run them in the binary kernel's epilogue)")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="check the new library against ONNX Runtime on random inputs (every "
                    "DynamicSign's bits and the outputs) before writing it")

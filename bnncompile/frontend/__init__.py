@@ -35,7 +35,8 @@ class FrontendOptions:
     binary_kernels: bool = True
     #: extra graph outputs to expose (e.g. every DynamicSign output for per-layer parity)
     extra_outputs: tuple[str, ...] = ()
-    #: run BN / residual / RPReLU chains after binary convs in the conv's epilogue
+    #: run BN / residual / RPReLU chains after binary convs in the conv's epilogue, and the
+    #: bias / residual Adds and sign-deciding chains after binary denses in the dense's
     fuse_epilogues: bool = True
     #: ONNX ``Sign`` (0 -> 0): "plus" compiles it as DynamicSign (0 -> +1) and reports each site,
     #: "refuse" stops with an error naming it (canonicalize.sign_zero_sites)

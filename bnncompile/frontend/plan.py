@@ -52,6 +52,8 @@ class LoweringPlan:
     fused_convs: dict[str, str] = field(default_factory=dict)
     #: ReduceMean node name -> (x, power, keepdims): E[x^p] over H, W in one pass over x
     power_means: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
+    #: ReduceMean of a Slice -> :class:`~.converters.sliced_mean.MeanOfSlice` (a slice of the mean)
+    sliced_means: dict[str, object] = field(default_factory=dict)
     #: a dynamic PReLU's last Add -> :class:`PreluStats`
     prelu_stats: dict[str, PreluStats] = field(default_factory=dict)
     #: float convs whose output only a claimed MaxPool reads: written channel-blocked (NCHWc)

@@ -6,7 +6,7 @@ DynamicSign converter comes from ``bnncompile.custom_ops``), then the scale Mul 
 them, the signs decided on a binary dense's sums, the bias and residual Adds after the other
 denses, the softmax of binary scores read as popcounts, the CPU kernels for float convs and
 pools, the epilogue fusion (which needs the binary convs, their folded scales and the signs'
-layouts), and the threshold statistics.
+layouts), and the threshold statistics (a mean of a slice last).
 
 Adding a lowering: a module here with a converter class (see :mod:`.base`), one line below, one
 test file in ``tests/frontend/converters/``.
@@ -26,6 +26,7 @@ from .float_conv import FUSED_RELU, FloatConv
 from .folded_scale import FoldedScale
 from .pooling import AveragePool, MaxPool
 from .score_softmax import ScoreSoftmax
+from .sliced_mean import SlicedMean
 from .statistics import FusedPreluStats, PowerMean
 
 CONVERTERS = (
@@ -46,6 +47,7 @@ CONVERTERS = (
     FusedEpilogue(),
     PowerMean(),
     FusedPreluStats(),
+    SlicedMean(),  # after PowerMean: a mean over H, W is its
 )
 
 BY_OP_TYPE = {op_type(c): c for c in CONVERTERS}

@@ -183,7 +183,7 @@ def _plain(node: onnx.NodeProto) -> onnx.NodeProto:
 
 class CountThreshold:
     name = "CountThreshold"
-    requires = frozenset({"binary_kernels"})
+    requires = frozenset({"binary_kernels", "fuse_epilogues"})  # --no-fuse-epilogues: the float chain
 
     def plan(self, ctx) -> None:
         plan = ctx.plan

@@ -143,3 +143,10 @@ def test_other_patterns_are_refused():
     assert bad.shape[1] > 0
     for col in bad.T:
         assert cut_of(col[:, None], K) is None, col.astype(int)
+
+
+def test_no_fuse_epilogues_keeps_the_float_chain(rng):
+    model, feeds = _mlp(rng, "gelu")
+    outs, plan = build_and_run(model, feeds, batch=B, fuse_epilogues=False)
+    assert plan.count_thresholds == {}
+    np.testing.assert_array_equal(outs[0], ort_run(model, feeds)[0])
