@@ -135,7 +135,8 @@ class DenseCase(Case):
         self.w = rng.choice([-1.0, 1.0], (N, K)).astype("float32")
         scale = (rng.random(N) + 0.5).astype("float32")
         pf = S.make_bdense(self.x.shape, self.w.shape, with_scale=True, target=target)
-        self._finish(pf, target, [ref.bitpack_last_ref(self.x, 0.0), pk.pack_dense_weight(self.w), scale],
+        w = pk.pack_dense_weight(self.w, S.dense_weight_bits_of(pf))
+        self._finish(pf, target, [ref.bitpack_last_ref(self.x, 0.0), w, scale],
                      (1, L, N), L * K * N, check, lambda: ref.bdense_ref(self.x, self.w, scale=scale))
 
     def time_torch(self) -> float:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import importlib
 
 _FROM = {
-    "registry": ("SCHEDULES", "bconv_weight_block", "fconv2d_block", "get_schedule", "make_avgpool2d",
+    "registry": ("SCHEDULES", "bconv_weight_block", "dense_weight_bits", "dense_weight_bits_of",
+                 "fconv2d_block", "get_schedule", "make_avgpool2d",
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
                  "target_key", "weight_block_of"),

@@ -111,17 +111,24 @@ def pack_conv_weight(w_pm1: np.ndarray, block: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(kb, block, *packed.shape[1:]).transpose(0, 2, 3, 4, 1))
 
 
-def pack_dense_weight(w_pm1: np.ndarray) -> np.ndarray:
+def pack_dense_weight(w_pm1: np.ndarray, word_bits: int = 64) -> np.ndarray:
     """Pack ``[N_out, K_in]`` +-1 dense weights (``y = x @ W.T``) into ``[KW, N_out]`` uint64.
 
     Layout choice: the reduction word index is outer and the output feature is innermost, the
     same as conv weights ``[.., CW, K]``, so the kernel vectorises popcounts across 8 output
     features with plain contiguous vector loads.  ``KW = ceil(K_in / 64)``, tail bits zero.
+    ``word_bits=32``: ``[2 * KW, N_out]`` uint32, each 64-bit word's low half first (the kernel
+    of ``registry.dense_weight_bits_of`` 32).
     """
     w = check_pm1(w_pm1, "dense weight")
     if w.ndim != 2:
         raise ValueError(f"dense weight: expected rank 2 [N_out, K_in], got shape {w.shape}")
-    return np.ascontiguousarray(pack_bits(w > 0, axis=1).T)
+    words = np.ascontiguousarray(pack_bits(w > 0, axis=1))  # [N_out, KW] uint64
+    if word_bits == 32:
+        return np.ascontiguousarray(words.view(np.uint32).T)  # little-endian: low half first
+    if word_bits != 64:
+        raise ValueError(f"dense weight: word_bits must be 32 or 64, got {word_bits}")
+    return np.ascontiguousarray(words.T)
 
 
 def normalize_2d(v, name: str) -> tuple:

@@ -22,7 +22,7 @@ from tvm import s_tir, te
 from . import arm, compute, cuda, generic, generic_quantized, x86
 from .compute import normalize_2d, normalize_padding
 from .packing import border_row_classes, needs_border_table
-from .target_identity import as_target, identify, vector_bits
+from .target_identity import as_target, has_x86_features, identify, vector_bits
 
 TargetLike = tvm.target.Target | dict | None
 
@@ -48,6 +48,8 @@ _ACC_DTYPE = {"cuda": "int32"}
 __all__ = [
     "SCHEDULES",
     "bconv_weight_block",
+    "dense_weight_bits",
+    "dense_weight_bits_of",
     "fconv2d_block",
     "get_schedule",
     "make_avgpool2d",
@@ -254,20 +256,47 @@ def weight_block_of(func) -> int | None:
     return int(func.attrs["bnn.weight_block"]) or None
 
 
+#: x86 CPUs (LLVM names) whose dense layers of at most :data:`HALF_WORD_MAX_WORDS` 64-bit words
+#: per row sum 32-bit popcounts in int32 lanes, 16 outputs per register (the epilogue converts 16
+#: sums at a time, where 64-bit sums took two registers of 8).  Measured on Zen 4 only (1 thread,
+#: each kernel alone, % of the popcount ceiling): 256 -> 768 71 -> 80, 256 -> 512 71 -> 80,
+#: 384 -> 1152 79 -> 86, 384 -> 384 79 -> 84; longer rows lose (512 -> 256 83 -> 57, 1152 -> 384
+#: 88 -> 58); in CCT-7 +2-3 points.  Other CPUs keep 64-bit words until measured.
+HALF_WORD_CPUS = frozenset({"znver4"})
+HALF_WORD_MAX_WORDS = 6
+
+
+def dense_weight_bits(in_features: int, target: TargetLike = None, schedule: str | None = None) -> int:
+    """The word size (32 or 64) of :func:`make_bdense`'s packed weights for this target."""
+    if target is None or (schedule or target_key(target)) != "x86":
+        return 64
+    cpu = str(as_target(target).attrs.get("mcpu", "") or "")
+    short = compute.nwords(in_features) <= HALF_WORD_MAX_WORDS
+    return 32 if short and cpu in HALF_WORD_CPUS and has_x86_features(target, ["avx512vpopcntdq"]) else 64
+
+
+def dense_weight_bits_of(func) -> int:
+    """The ``word_bits`` to pack a binary dense's weights with for this kernel
+    (``packing.pack_dense_weight(w, word_bits=dense_weight_bits_of(func))``)."""
+    return int(func.attrs["bnn.weight_bits"])
+
+
 def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
                 with_scale: bool = False, with_bias: bool = False, with_cut: bool = False,
-                with_residual: bool = False, target: TargetLike = None,
+                with_residual: bool = False, word_bits: int | None = None, target: TargetLike = None,
                 schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binary dense ``y = x @ W.T`` on packed operands.
 
     ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
     ``weight_pm1_shape`` = ``(N_out, K_in)``.
 
-    PrimFunc params: ``(a uint64[..., KW], w uint64[KW, N_out] (packing.pack_dense_weight),
+    PrimFunc params: ``(a uint64[..., KW], w uint64[KW, N_out] (packing.pack_dense_weight; uint32
+    [2 * KW, N_out] where :func:`dense_weight_bits_of` says 32),
     [scale float32[N_out]], [bias float32[N_out]], out int32|float32[..., N_out])``; with
     ``with_cut`` (no scale or bias) ``(a, w, lo, hi, sigma int32[N_out], out float32)``: the
     margin ``sigma * min(y - lo, hi - y)`` (compute.bdense's ``cut``); ``with_residual`` adds a
     ``residual float32[..., N_out]`` param after scale / bias (a float output ``+ residual``).
+    ``word_bits``: the weights' word size, 32 or 64 (None: :func:`dense_weight_bits`).
     """
     shape = [int(v) for v in data_shape]
     if len(shape) < 2:
@@ -276,8 +305,11 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     if shape[-1] != Kin:
         raise ValueError(f"bdense: data features {shape[-1]} != weight in-features {Kin}")
     KWd = compute.nwords(Kin)
+    bits = word_bits or dense_weight_bits(Kin, target, schedule)
+    if bits not in (32, 64):
+        raise ValueError(f"bdense: word_bits must be 32 or 64, got {bits}")
     a = te.placeholder(tuple(shape[:-1]) + (KWd,), "uint64", name="a")
-    w = te.placeholder((KWd, Nout), "uint64", name="w")
+    w = te.placeholder((KWd * 64 // bits, Nout), f"uint{bits}", name="w")
     scale = te.placeholder((Nout,), "float32", name="scale") if with_scale else None
     bias = te.placeholder((Nout,), "float32", name="bias") if with_bias else None
     if with_cut and (with_scale or with_bias or with_residual):
@@ -289,8 +321,8 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     args = [a, w] + [v for v in (scale, bias, res, *(cut or ())) if v is not None] + [out]
     epi = (("s" if with_scale else "") + ("b" if with_bias else "") + ("r" if with_residual else "")
            + ("cut" if with_cut else ""))
-    name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}"
-    return _finish(args, "bdense", name, target, schedule, tuning)
+    name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}{'_w32' if bits == 32 else ''}"
+    return _finish(args, "bdense", name, target, schedule, tuning).with_attr("bnn.weight_bits", bits)
 
 
 def make_bbatch_matmul(a_shape: Sequence[int], b_shape: Sequence[int], *, alpha: float | None = None,

@@ -210,6 +210,11 @@ def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4) ->
     # fused [B, L] axis would make the tile's region non-rectangular (over-approximated).
     # 4 rows: Zen 3, 196 tokens, 384 -> 1152 / 1152 -> 384 / 384 -> 384: 86 / 93 / 86 % of the
     # popcount ceiling against 78 / 86 / 79 % for 7 (a row band's weights, 8 lanes, stay hot)
+    reads = sch.get(sch.get_sblock("bdense")).reads
+    if any(str(r.source.dtype) == "uint32" for r in reads):
+        # half words (registry.dense_weight_bits): 16 int32 lanes, 2 rows (Zen 4: 4 rows
+        # measured 80 / 54 % of the ceiling for 256 -> 512 / 384 -> 1152, 2 rows 80 / 86 %)
+        nvec, mi_max = 16, 2
     _schedule_mm(sch, "bdense", "bdense_out", nvec, mi_max)
 
 

@@ -233,7 +233,8 @@ def test_tuned_integer_kernels_bit_exact(tmp_path):
     ba, bb = pm((2, 6, 70)), pm((2, 10, 70))
     xc, wc = pm((1, 70, 6, 6)), pm((8, 70, 3, 3))
     cases = {
-        "bdense": ([reference.bitpack_last_ref(a, 0.0), packing.pack_dense_weight(wd)],
+        "bdense": ([reference.bitpack_last_ref(a, 0.0),
+                    packing.pack_dense_weight(wd, registry.dense_weight_bits(100, tgt))],
                    reference.bdense_ref(a, wd)),
         "bbatch_matmul": ([reference.bitpack_last_ref(ba, 0.0), reference.bitpack_last_ref(bb, 0.0)],
                           reference.bbatch_matmul_ref(ba, bb)),

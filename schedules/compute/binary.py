@@ -288,7 +288,7 @@ def bdense(
     residual: te.Tensor | None = None,
     acc_dtype: str = "int64",
 ) -> te.Tensor:
-    """Binary dense layer ``y = a @ W.T`` in +-1 space.
+    """Binary dense layer ``y = a @ W.T`` in +-1 space (``w_packed`` uint32: half words).
 
     Parameters
     ----------
@@ -296,7 +296,9 @@ def bdense(
         uint64 ``[..., KW]`` (``[M, KW]`` or with leading batch dims, e.g. ``[B, L, KW]``),
         packed along the feature axis.
     w_packed : te.Tensor
-        uint64 ``[KW, N]`` from :func:`schedules.packing.pack_dense_weight`.
+        uint64 ``[KW, N]`` from :func:`schedules.packing.pack_dense_weight`, or uint32
+        ``[2 * KW, N]`` (``word_bits=32``): 32-bit popcounts summed in int32 lanes, 16 outputs
+        per 512-bit register, whose epilogue converts 16 sums at a time.
     in_features : int
         True reduction length (``KW = ceil(in_features / 64)``).
     scale, bias : te.Tensor, optional
@@ -317,13 +319,21 @@ def bdense(
     """
     ashape = ints(a_packed.shape)
     KW, Nout = ints(w_packed.shape)
-    if ashape[-1] != KW or KW != nwords(in_features):
+    half = str(w_packed.dtype) == "uint32"
+    if ashape[-1] != (KW // 2 if half else KW) or ashape[-1] != nwords(in_features):
         raise ValueError(f"word count mismatch: a {ashape}, w {[KW, Nout]}, in_features={in_features}")
     lead = ashape[:-1]
     rk = te.reduce_axis((0, KW), name="rk")
+
+    def word(i):
+        if not half:
+            return a_packed(*i[:-1], rk)
+        aw = a_packed(*i[:-1], rk // 2)  # one row's word: shifted once per row, not per lane
+        return (aw >> ((rk % 2) * 32).astype(U64)).astype("uint32")
+
     acc = te.compute(
         tuple(lead) + (Nout,),
-        lambda *i: te.sum(tirx.popcount(a_packed(*i[:-1], rk) ^ w_packed[rk, i[-1]]).astype(acc_dtype),
+        lambda *i: te.sum(tirx.popcount(word(i) ^ w_packed[rk, i[-1]]).astype("int32" if half else acc_dtype),
                           axis=rk),
         name="bdense", attrs={"schedule_rule": "bnn_bdense"})
     return te.compute(

@@ -283,7 +283,8 @@ def test_bdense(a_shape, n_out, epi, a64_kernels, rng):
     out_shape = (*a_shape[:-1], n_out)
 
     def run(a, w):
-        args = [pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else []) + list(cut)
+        args = ([pk.pack_bits(a), pk.pack_dense_weight(w, S.dense_weight_bits_of(pf))]
+                + ([scale, bias] if fused else []) + list(cut))
         return a64_kernels.run(pf, args, out_shape, "int32" if epi == "int" else "float32")
 
     expect = ((lambda a, w: ref.bdense_margin_ref(a, w, *cut)) if cut

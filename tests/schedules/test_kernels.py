@@ -426,7 +426,7 @@ def _check_bdense(a, w, epi, sched, inputs, host, run_primfunc):
     cut = kc.cut_bounds(np.random.default_rng(n_out), n_out, a.shape[-1]) if epi == "cut" else ()
     pf = S.make_bdense(a.shape, w.shape, with_scale=fused, with_bias=fused, with_cut=bool(cut),
                        with_residual=residual is not None, target=host, schedule=sched)
-    args = ([pk.pack_bits(a), pk.pack_dense_weight(w)] + ([scale, bias] if fused else [])
+    args = ([pk.pack_bits(a), pk.pack_dense_weight(w, S.dense_weight_bits_of(pf))] + ([scale, bias] if fused else [])
             + ([residual] if residual is not None else []) + list(cut))
     if cut:
         expect = ref.bdense_margin_ref(a, w, *cut)
@@ -445,6 +445,32 @@ def test_bdense(a_shape, n_out, epi, sched, inputs, host, run_primfunc):
     a = inputs.pm1(a_shape)
     w = inputs.weights((n_out, a_shape[-1]))
     _check_bdense(a, w, epi, sched, inputs, host, run_primfunc)
+
+
+HALF_WORD_CASES = [((1, 256), 16, "scale_bias_residual"), ((2, 3, 130), 17, "cut"), ((5, 63), 33, "int"),
+                   ((1, 7, 384), 24, "scale_bias")]
+
+
+@pytest.mark.parametrize("sched", ["x86", "cpu"])
+@pytest.mark.parametrize("a_shape,n_out,epi", HALF_WORD_CASES,
+                         ids=[f"a{_tag(a)}-n{n}-{e}" for a, n, e in HALF_WORD_CASES])
+def test_bdense_half_words(a_shape, n_out, epi, sched, inputs, host, run_primfunc):
+    """32-bit weight words (registry.dense_weight_bits: Zen 4's short rows), forced here so that
+    every CPU runs them (LLVM emulates the 32-bit popcount where the CPU has no vpopcntd)."""
+    a, w = inputs.pm1(a_shape), inputs.weights((n_out, a_shape[-1]))
+    n = w.shape[0]
+    fused = epi.startswith("scale_bias")
+    scale, bias = (inputs.normal(n), inputs.normal(n)) if fused else (None, None)
+    residual = inputs.normal((*a_shape[:-1], n)) if epi.endswith("residual") else None
+    cut = kc.cut_bounds(np.random.default_rng(n), n, a_shape[-1]) if epi == "cut" else ()
+    pf = S.make_bdense(a_shape, w.shape, with_scale=fused, with_bias=fused, with_cut=bool(cut),
+                       with_residual=residual is not None, word_bits=32, target=host, schedule=sched)
+    assert S.dense_weight_bits_of(pf) == 32
+    args = ([pk.pack_bits(a), pk.pack_dense_weight(w, 32)] + ([scale, bias] if fused else [])
+            + ([residual] if residual is not None else []) + list(cut))
+    expect = ref.bdense_margin_ref(a, w, *cut) if cut else ref.bdense_ref(a, w, scale, bias, residual)
+    got = run_primfunc(pf, args, expect.shape, "int32" if epi == "int" else "float32")
+    (_close if fused else _eq)(got, expect, inputs)
 
 
 def test_bdense_cut_takes_no_scale():

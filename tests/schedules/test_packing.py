@@ -110,3 +110,14 @@ def test_conv_border_table_matches_conv_of_all_minus_one(hw, k, stride, pad, dil
         cls = oh if lo >= hi else (oh if oh < lo else lo if oh < hi else oh - hi + lo + 1)
         row = table[cls] if layout == "NCHW" else table[cls].T  # [K, OW]
         np.testing.assert_array_equal(row - 2 * acc[:, None], conv[:, oh])
+
+
+def test_pack_dense_weight_half_words_are_the_words_halves(rng):
+    """``word_bits=32``: rows 2i and 2i + 1 are the low and high halves of word row i."""
+    w = np.where(rng.random((5, 130)) < 0.5, -1.0, 1.0).astype(np.float32)
+    full, half = pk.pack_dense_weight(w), pk.pack_dense_weight(w, word_bits=32)
+    assert half.dtype == np.uint32 and half.shape == (2 * full.shape[0], 5)
+    np.testing.assert_array_equal(half[0::2], (full & 0xFFFFFFFF).astype(np.uint32))
+    np.testing.assert_array_equal(half[1::2], (full >> 32).astype(np.uint32))
+    with pytest.raises(ValueError, match="word_bits"):
+        pk.pack_dense_weight(w, word_bits=16)

@@ -87,3 +87,12 @@ def test_cuda_builds(op):
     assert "threadIdx.x" in src  # blockIdx is elided when one block suffices
     if op.startswith(("bconv", "bdense", "bbatch")):
         assert "__popcll" in src
+
+
+def test_half_word_dense_only_where_measured():
+    """32-bit dense weights on Zen 4 for rows of at most 6 words; 64-bit everywhere else."""
+    assert S.dense_weight_bits(384, ZEN4) == 32 and S.dense_weight_bits(385, ZEN4) == 64
+    for other in (ZEN3, ARM, CUDA, {"kind": "llvm", "mcpu": "icelake-server"}, None):
+        assert S.dense_weight_bits(256, other) == 64, other
+    asm = _asm(S.make_bdense((1, 8, 256), (32, 256), with_scale=True, target=ZEN4), ZEN4)
+    assert "vpopcntd" in asm

@@ -56,12 +56,13 @@ class BinaryDense:
                 bias = tail.bias if bias is None else (bias + tail.bias).astype(np.float32)
             scale = np.ones(n_out, np.float32) if scale is None else scale
             residual = imp.value(tail.residual) if tail.residual else None
+        from ... import schedules
         from ...schedules import packing
 
         pf = imp.kernel("bdense", xs, w.shape, with_scale=scale is not None, with_bias=bias is not None,
                         with_residual=residual is not None)
         packed = imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0])
-        args = [packed, imp.const(packing.pack_dense_weight(w))]
+        args = [packed, imp.const(packing.pack_dense_weight(w, schedules.dense_weight_bits_of(pf)))]
         args += [imp.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
         args += [residual] if residual is not None else []
         dtype = "float32" if scale is not None else "int32"
@@ -78,12 +79,14 @@ class BinaryDense:
 def margin(imp, node, layer, x, t, cut):
     """The margin of a dense whose sums decide a DynamicSign (converters.count_threshold),
     computed in the kernel's epilogue instead of its scale and bias."""
+    from ... import schedules
     from ...schedules import packing
 
     xs, w = imp.shape_of(x), layer.dense_weight()
     n_out = w.shape[0]
     pf = imp.kernel("bdense", xs, w.shape, with_cut=True)
     args = [imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0]),
-            imp.const(packing.pack_dense_weight(w)), *(imp.const(v) for v in (cut.lo, cut.hi, cut.sigma))]
+            imp.const(packing.pack_dense_weight(w, schedules.dense_weight_bits_of(pf))),
+            *(imp.const(v) for v in (cut.lo, cut.hi, cut.sigma))]
     return imp.call_kernel(pf, args, [*xs[:-1], n_out], "float32", layer=node.name, kind="bdense",
                            binary_macs=int(np.prod(xs)) * n_out)
