@@ -96,3 +96,20 @@ def test_quantize_columns_through_a_view(sched, host, run_primfunc_outs, rng):
     q, vmax = run_primfunc_outs(pf, [x], [(expect_q.shape, "int8"), (expect_max.shape, "float32")])
     np.testing.assert_array_equal(vmax, expect_max)
     np.testing.assert_array_equal(q, expect_q)
+
+
+@pytest.mark.parametrize("target", [
+    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+    {"kind": "cuda", "arch": "sm_80"},
+], ids=["aarch64", "cuda"])
+def test_view_kernels_build_for_other_targets(target):
+    """The views add no block of their own: every target's schedule applies as it is."""
+    src_shape, steps = VIEWS[0]
+    view = view_shapes(src_shape, steps)[-1]
+    tgt = tvm.target.Target(target, host={"kind": "llvm"}) if target["kind"] == "cuda" else tvm.target.Target(target)
+    funcs = [S.make_bitpack_last(view, (1, 1, 1, view[-1]), tgt, view=(src_shape, steps))]
+    if target["kind"] != "cuda":  # the int8 attention product is a CPU feature
+        funcs.append(S.make_quantize_columns([2, 10, 4], view=(src_shape, [*steps[:2], ("reshape", (2, 10, 4))]),
+                                             target=tgt))
+    for pf in funcs:
+        tvm.compile(pf, target=tgt)

@@ -160,7 +160,7 @@ def tabulate(ctx, layer, nodes, sign) -> np.ndarray:
                 consts[name] = value
     x_name = sign.input[0]
     graph = onnx.helper.make_graph(
-        [_plain(node) for node in nodes], "count_threshold",
+        nodes, "count_threshold",
         [onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [k + 1, n_out])],
         [onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, None)],
         [onnx.numpy_helper.from_array(v, n) for n, v in consts.items()])
@@ -173,12 +173,6 @@ def tabulate(ctx, layer, nodes, sign) -> np.ndarray:
     t = np.zeros(n_out, np.float32) if t is None else per_channel(t, n_out, 1)
     with np.errstate(invalid="ignore"):
         return x >= t[None, :]
-
-
-def _plain(node: onnx.NodeProto) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    return copy
 
 
 class CountThreshold:
