@@ -123,6 +123,20 @@ def make_bitpack(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetL
     return _finish([x, t, out], "bitpack", name, target, schedule, tuning)
 
 
+def viewed_input(shape: Sequence[int], view, name: str, op: str):
+    """A kernel's float32 input of ``shape``: ``(placeholder, what the compute reads, symbol
+    tag)``; with ``view = (source shape, steps)`` the placeholder is the source, read through a
+    :class:`~.compute.IndexView` that must make ``shape``."""
+    if view is None:
+        x = te.placeholder(tuple(int(v) for v in shape), "float32", name=name)
+        return x, x, _shape_tag(shape)
+    src = te.placeholder(tuple(int(v) for v in view[0]), "float32", name=name)
+    x = compute.IndexView(src, view[1])
+    if list(x.shape) != [int(v) for v in shape]:
+        raise ValueError(f"{op}: the view makes {x.shape}, not {list(shape)}")
+    return src, x, f"{_shape_tag(view[0])}_v{compute.view_tag(*view)}"
+
+
 def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: TargetLike = None, *,
                       view=None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binarise + pack the last axis.
@@ -132,15 +146,7 @@ def make_bitpack_last(x_shape: Sequence[int], t_shape: Sequence[int], target: Ta
     packed as the ``x_shape`` tensor those slices / reshapes / transposes make of it.
     """
     t = te.placeholder(tuple(t_shape), "float32", name="t")
-    if view is None:
-        x = src = te.placeholder(tuple(x_shape), "float32", name="x")
-        tag = _shape_tag(x_shape)
-    else:
-        src = te.placeholder(tuple(int(v) for v in view[0]), "float32", name="x")
-        x = compute.IndexView(src, view[1])
-        if list(x.shape) != [int(v) for v in x_shape]:
-            raise ValueError(f"bitpack_last: the view makes {x.shape}, not {list(x_shape)}")
-        tag = f"{_shape_tag(view[0])}_v{compute.view_tag(*view)}"
+    src, x, tag = viewed_input(x_shape, view, "x", "bitpack_last")
     out = compute.bitpack_last(x, t)
     name = f"bnn_bitpack_last_{tag}_t{_shape_tag(t_shape)}"
     return _finish([src, t, out], "bitpack_last", name, target, schedule, tuning)

@@ -11,7 +11,7 @@ from tvm import te
 
 from . import compute
 from .compute import normalize_2d, normalize_padding
-from .registry import TargetLike, _finish, _shape_tag, fconv2d_block, target_key
+from .registry import TargetLike, _finish, _shape_tag, fconv2d_block, target_key, viewed_input
 from .target_identity import as_target, has_x86_features
 
 __all__ = ["make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
@@ -135,16 +135,7 @@ def make_quantize_columns(v_shape: Sequence[int], *, view=None, target: TargetLi
     ``view = (source shape, steps)`` (:mod:`.compute.index_view`) ``v`` is that source, read as
     the ``[B,K,N]`` tensor those slices / reshapes / transposes make of it.
     """
-    shape = tuple(int(v) for v in v_shape)
-    if view is None:
-        v = src = te.placeholder(shape, "float32", name="v")
-        tag = _shape_tag(shape)
-    else:
-        src = te.placeholder(tuple(int(d) for d in view[0]), "float32", name="v")
-        v = compute.IndexView(src, view[1])
-        if list(v.shape) != list(shape):
-            raise ValueError(f"quantize_columns: the view makes {v.shape}, not {list(shape)}")
-        tag = f"{_shape_tag(view[0])}_v{compute.view_tag(*view)}"
+    src, v, tag = viewed_input(v_shape, view, "v", "quantize_columns")
     vq, vmax = compute.quantize_columns(v)
     return _finish([src, vq, vmax], "quantize_columns", f"bnn_quantize_cols_{tag}", target, schedule, tuning)
 

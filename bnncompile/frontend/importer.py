@@ -155,7 +155,14 @@ class Importer(of.ONNXGraphImporter):
         """Bits of ``sign_output`` computed by another kernel (a conv writing its output packed)."""
         self._packs[(sign_output, last_axis)] = words
 
-    def view_of(self, x):
+    def read_through(self, x) -> tuple:
+        """``(source, (source shape, steps))`` where ``x`` is static slices / reshapes /
+        transposes of another value (a kernel's ``view=``, compute.index_view), else ``(x,
+        None)``."""
+        found = self._view_of(x)
+        return (x, None) if found is None else (found[0], (self.shape_of(found[0]), found[1]))
+
+    def _view_of(self, x):
         """``(source, steps)`` where ``x`` is static slices / reshapes / transposes of another
         value, at least one of them a copy (a slice or a transpose), else None."""
         steps, cur = [], x
@@ -188,13 +195,9 @@ class Importer(of.ONNXGraphImporter):
         xs, ts = self.shape_of(x), self.shape_of(t)
         words = lambda n: (n + 63) // 64  # noqa: E731
         if last_axis:
-            view = self.view_of(x)
-            if view is not None:  # read the source through the ops: no copy (dead code then)
-                src, steps = view
-                pf = self.kernel("bitpack_last", xs, ts, view=(self.shape_of(src), steps))
-                return self.call_kernel(pf, [src, t], [*xs[:-1], words(xs[-1])], "uint64")
-            pf = self.kernel("bitpack_last", xs, ts)
-            return self.call_kernel(pf, [x, t], [*xs[:-1], words(xs[-1])], "uint64")
+            src, view = self.read_through(x)  # no copy of a head split (dead code then)
+            pf = self.kernel("bitpack_last", xs, ts, view=view)
+            return self.call_kernel(pf, [src, t], [*xs[:-1], words(xs[-1])], "uint64")
         if len(xs) == 4 and ([1] * (4 - len(ts)) + ts)[2:] == [1, 1]:
             # A threshold constant over H, W: pack the [N, C, 1, H*W] view (free reshapes on
             # both sides).  One row of H*W vectorises where a row of W does not (14, 28):

@@ -1,4 +1,4 @@
-"""Kernels that read through slices, reshapes and transposes (Importer.view_of): a binary
+"""Kernels that read through slices, reshapes and transposes (Importer.read_through): a binary
 attention block written as the exporter writes it, ``qkv -> Slice -> Reshape -> Transpose`` per
 head and the heads merged again before the projection.  The packs of Q, K and the merged heads
 (and with int8 attention the values' quantizer) read the tensors in place; the outputs are those

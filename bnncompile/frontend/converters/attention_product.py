@@ -89,10 +89,9 @@ class AttentionProduct:
             rows = imp.kernel("quantize_rows", [b, m, k])
         pq, pmax = imp.call_kernel(rows, row_inputs, [b, m, k4], "uint8", layer=node.name, kind="quantize",
                                    extra_outputs=[((b, m), "float32")])
-        view = imp.view_of(v3)  # the values' head split read in place (no transposed copy)
-        cols, v_arg = ((imp.kernel("quantize_columns", [b, k, n]), v3) if view is None else
-                       (imp.kernel("quantize_columns", [b, k, n], view=(imp.shape_of(view[0]), view[1])), view[0]))
-        vq, vmax = imp.call_kernel(cols, [v_arg], [b, k4 // 4, n, 4], "int8", layer=node.name, kind="quantize",
+        v_src, view = imp.read_through(v3)  # the values' head split read in place (no copy)
+        cols = imp.kernel("quantize_columns", [b, k, n], view=view)
+        vq, vmax = imp.call_kernel(cols, [v_src], [b, k4 // 4, n, 4], "int8", layer=node.name, kind="quantize",
                                    extra_outputs=[((b, n), "float32")])
         pf = imp.kernel("qbatch_matmul", [b, m, k4], [b, k4 // 4, n, 4])
         y = imp.call_kernel(pf, [pq, vq, pmax, vmax], [b, m, n], "float32", layer=node.name,

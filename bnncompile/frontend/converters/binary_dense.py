@@ -43,32 +43,15 @@ class BinaryDense:
                         f"or [1, N] or a scalar), got "
                         f"{'a computed tensor' if c is None else list(c.shape)}")
                 bias = (bias.astype(np.float64) * beta).astype(np.float32)
-        cut = imp.plan.count_thresholds.get(node.name)
-        if cut is not None:
-            return margin(imp, node, layer, x, t, cut)
-        scale, bias = scale_bias(imp.plan, node.name, n_out, bias)
-        if alpha != 1.0:  # (alpha * (A @ B) + beta * C) * s: alpha scales the integer sum only
-            scale = (np.ones(n_out, np.float32) if scale is None else scale) * np.float32(alpha)
-        tail = imp.plan.dense_tails.get(node.name)  # converters.dense_epilogue
-        residual = None
-        if tail is not None:
-            if tail.bias is not None:  # (acc * s + b) + c == acc * s + (b + c), up to rounding
-                bias = tail.bias if bias is None else (bias + tail.bias).astype(np.float32)
-            scale = np.ones(n_out, np.float32) if scale is None else scale
-            residual = imp.value(tail.residual) if tail.residual else None
+        kernel_options, extra, dtype = _epilogue(imp, node.name, n_out, alpha, bias)
         from ... import schedules
         from ...schedules import packing
 
-        pf = imp.kernel("bdense", xs, w.shape, with_scale=scale is not None, with_bias=bias is not None,
-                        with_residual=residual is not None)
-        packed = imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0])
-        args = [packed, imp.const(packing.pack_dense_weight(w, schedules.dense_weight_bits_of(pf)))]
-        args += [imp.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
-        args += [residual] if residual is not None else []
-        dtype = "float32" if scale is not None else "int32"
-        macs = int(np.prod(xs)) * n_out
+        pf = imp.kernel("bdense", xs, w.shape, **kernel_options)
+        args = [imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0]),
+                imp.const(packing.pack_dense_weight(w, schedules.dense_weight_bits_of(pf))), *extra]
         y = imp.call_kernel(pf, args, [*xs[:-1], n_out], dtype, layer=node.name, kind="bdense",
-                            binary_macs=macs)
+                            binary_macs=int(np.prod(xs)) * n_out)
         if dtype == "float32":
             return y
         from tvm import relax
@@ -76,17 +59,25 @@ class BinaryDense:
         return imp.emit(relax.op.astype(y, "float32"))
 
 
-def margin(imp, node, layer, x, t, cut):
-    """The margin of a dense whose sums decide a DynamicSign (converters.count_threshold),
-    computed in the kernel's epilogue instead of its scale and bias."""
-    from ... import schedules
-    from ...schedules import packing
-
-    xs, w = imp.shape_of(x), layer.dense_weight()
-    n_out = w.shape[0]
-    pf = imp.kernel("bdense", xs, w.shape, with_cut=True)
-    args = [imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0]),
-            imp.const(packing.pack_dense_weight(w, schedules.dense_weight_bits_of(pf))),
-            *(imp.const(v) for v in (cut.lo, cut.hi, cut.sigma))]
-    return imp.call_kernel(pf, args, [*xs[:-1], n_out], "float32", layer=node.name, kind="bdense",
-                           binary_macs=int(np.prod(xs)) * n_out)
+def _epilogue(imp, name: str, n_out: int, alpha: float, bias):
+    """``(make_bdense options, the kernel's epilogue arguments, output dtype)``: the margin of a
+    sign decided on the sums (converters.count_threshold), or ``acc * scale + bias [+ residual]``
+    (the folded scale Mul, Gemm's alpha and C, converters.dense_epilogue), or the int32 sums."""
+    cut = imp.plan.count_thresholds.get(name)
+    if cut is not None:
+        return {"with_cut": True}, [imp.const(v) for v in (cut.lo, cut.hi, cut.sigma)], "float32"
+    scale, bias = scale_bias(imp.plan, name, n_out, bias)
+    if alpha != 1.0:  # (alpha * (A @ B) + beta * C) * s: alpha scales the integer sum only
+        scale = (np.ones(n_out, np.float32) if scale is None else scale) * np.float32(alpha)
+    tail = imp.plan.dense_tails.get(name)
+    residual = None
+    if tail is not None:
+        if tail.bias is not None:  # (acc * s + b) + c == acc * s + (b + c), up to rounding
+            bias = tail.bias if bias is None else (bias + tail.bias).astype(np.float32)
+        scale = np.ones(n_out, np.float32) if scale is None else scale
+        residual = imp.value(tail.residual) if tail.residual else None
+    options = {"with_scale": scale is not None, "with_bias": bias is not None,
+               "with_residual": residual is not None}
+    extra = [imp.const(v.astype(np.float32)) for v in (scale, bias) if v is not None]
+    extra += [residual] if residual is not None else []
+    return options, extra, "float32" if scale is not None else "int32"

@@ -68,8 +68,8 @@ def _before(ctx, tensor: str, node) -> bool:
     producer = ctx.index.producer.get(tensor)
     if producer is None:
         return tensor in {i.name for i in ctx.model.graph.input}
-    order = {n.name: i for i, n in enumerate(ctx.model.graph.node)}
-    return order[producer.name] < order[node.name]
+    nodes = ctx.model.graph.node
+    return next(n.name for n in nodes if n.name in (producer.name, node.name)) == producer.name
 
 
 class DenseEpilogue:

@@ -2,7 +2,7 @@
 mean keeps → one mean of ``x`` (shared by every such slice of it) and a slice of that small
 result.  DyBinaryCCT's Q and K thresholds pool ``qkv[..., 0:D]`` and ``qkv[..., D:2D]`` over the
 tokens: the slices were copied out of ``qkv`` only for those means (their signs' packs read
-``qkv`` in place, :meth:`~bnncompile.frontend.importer.Importer.view_of`)."""
+``qkv`` in place, :meth:`~bnncompile.frontend.importer.Importer.read_through`)."""
 
 from __future__ import annotations
 
