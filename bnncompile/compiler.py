@@ -183,6 +183,7 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     import tvm
 
     from .frontend import FrontendOptions, from_onnx
+    from .schedules import stack_scratch
 
     tgt = targets.tvm_target(spec)
     opts = FrontendOptions(batch=batch, binary_kernels=binary_kernels, extra_outputs=extra_outputs,
@@ -201,7 +202,8 @@ def build_relax(model, *, spec: targets.TargetSpec, batch: int = 1, binary_kerne
     plan.tuning = session
     try:
         with tgt:
-            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt, fast_math=fast_math, then=then))
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=relax_pipeline(tgt, fast_math=fast_math, then=then),
+                             tir_pipeline=stack_scratch.register())
     except Exception as exc:
         raise CompileError(f"TVM failed to build for target {spec.name}: {tvm_error_text(exc)}") from exc
     return ex, plan

@@ -31,6 +31,7 @@ import numpy as np
 import tvm
 from bnncompile.schedules import packing as pk
 from bnncompile.schedules import reference as ref
+from bnncompile.schedules import stack_scratch
 
 from bnncompile import bench
 from bnncompile import schedules as S
@@ -100,7 +101,7 @@ class Case:
         pf = S.make_bconv2d(self.x.shape, self.w.shape, stride=s, padding=pads, with_scale=True,
                             with_bias=True, target=target)
         self.sym = str(pf.attrs["global_symbol"])
-        self.lib = tvm.compile(pf, target=tvm.target.Target(target)).jit()
+        self.lib = tvm.compile(pf, target=tvm.target.Target(target), tir_pipeline=stack_scratch.register()).jit()
         args = [pk.pack_bits(self.x, axis=1), pk.pack_conv_weight(self.w, block=S.weight_block_of(pf))]
         if pk.needs_border_table(pads, "zero"):
             args.append(pk.conv_border_table(self.w, (H, H), stride=s, padding=pads))
@@ -147,7 +148,7 @@ class DenseCase(Case):
 
     def _finish(self, pf, target, args, out_shape, macs, check, expect):
         self.sym = str(pf.attrs["global_symbol"])
-        self.lib = tvm.compile(pf, target=tvm.target.Target(target)).jit()
+        self.lib = tvm.compile(pf, target=tvm.target.Target(target), tir_pipeline=stack_scratch.register()).jit()
         self.args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
         self.out = tvm.runtime.empty(out_shape, "float32")
         self.macs = macs

@@ -32,6 +32,7 @@ import torch
 import tvm
 from bnncompile.schedules import packing as pk
 from bnncompile.schedules import reference as ref
+from bnncompile.schedules import stack_scratch
 
 from bnncompile import bench, targets
 from bnncompile import schedules as S
@@ -45,7 +46,7 @@ def _median_ms(lib, sym, args) -> float:
 
 
 def _build(pf, tgt):
-    return tvm.compile(pf, target=tgt).jit(), str(pf.attrs["global_symbol"])
+    return tvm.compile(pf, target=tgt, tir_pipeline=stack_scratch.register()).jit(), str(pf.attrs["global_symbol"])
 
 
 def peak(tgt) -> None:
@@ -175,7 +176,8 @@ def avgpool(tgt) -> None:
             with bb.dataflow():
                 out = bb.emit_output(bb.emit(relax.op.nn.avg_pool2d(xv, pool_size=2, strides=2)))
             bb.emit_func_output(out)
-        vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tgt, relax_pipeline=relax_pipeline(tgt)),
+        vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tgt, relax_pipeline=relax_pipeline(tgt),
+                                              tir_pipeline=stack_scratch.register()),
                                   tvm.cpu())
         a = tvm.runtime.tensor(x)
         expect = vm["main"](a).numpy()
