@@ -21,7 +21,7 @@ def schedule_bconv2d(sch: s_tir.Schedule) -> None:
 
 
 def schedule_bdense(sch: s_tir.Schedule) -> None:
-    x86.schedule_bdense(sch, nvec=KI_ARM, mi_max=4)
+    x86.schedule_bdense(sch, nvec=KI_ARM, mi_max=4, pack_intrin=None)
 
 
 def schedule_bbatch_matmul(sch: s_tir.Schedule) -> None:

@@ -243,6 +243,8 @@ def _schedule_mm(sch: s_tir.Schedule, red_name: str, out_name: str, nvec: int = 
     sch.vectorize(ni)
     injective(sch, out_name)
     sch.decompose_reduction(blk, r)
+    if has_block(sch, f"{red_name}_pack"):  # compute.bdense's pack: a pass of its own here
+        schedule_bitpack_last(sch, f"{red_name}_pack")
 
 
 def schedule_bdense(sch: s_tir.Schedule) -> None:

@@ -287,10 +287,21 @@ def dense_weight_bits_of(func) -> int:
     return int(func.attrs["bnn.weight_bits"])
 
 
+#: schedule keys whose binary dense can write a sign's bits packed (make_bdense's
+#: ``pack_output``, in its tiles on x86, a pass of its own in the generic schedule); ARM (not
+#: measured) and CUDA keep the margin and a pack kernel of their own
+_DENSE_PACK_KEYS = frozenset({"x86", "cpu"})
+
+
+def dense_packs_output(target: TargetLike = None, schedule: str | None = None) -> bool:
+    """Can :func:`make_bdense` write a cut's bits packed (``pack_output``) for this target?"""
+    return (schedule or target_key(target)) in _DENSE_PACK_KEYS
+
+
 def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
                 with_scale: bool = False, with_bias: bool = False, with_cut: bool = False,
-                with_residual: bool = False, word_bits: int | None = None, target: TargetLike = None,
-                schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+                with_residual: bool = False, pack_output: bool = False, word_bits: int | None = None,
+                target: TargetLike = None, schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
     """Binary dense ``y = x @ W.T`` on packed operands.
 
     ``data_shape`` = float input shape ``(..., K_in)`` (rank >= 2, e.g. ``(B, L, D)``),
@@ -302,6 +313,9 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     ``with_cut`` (no scale or bias) ``(a, w, lo, hi, sigma int32[N_out], out float32)``: the
     margin ``sigma * min(y - lo, hi - y)`` (compute.bdense's ``cut``); ``with_residual`` adds a
     ``residual float32[..., N_out]`` param after scale / bias (a float output ``+ residual``).
+    ``pack_output`` (with ``with_cut``, N_out a multiple of 64, a target of
+    :func:`dense_packs_output`): the output is ``out uint64[..., N_out / 64]``, the bits
+    ``margin >= 0`` packed as :func:`make_bitpack_last` packs them.
     ``word_bits``: the weights' word size, 32 or 64 (None: :func:`dense_weight_bits`).
     """
     shape = [int(v) for v in data_shape]
@@ -320,13 +334,16 @@ def make_bdense(data_shape: Sequence[int], weight_pm1_shape: Sequence[int], *,
     bias = te.placeholder((Nout,), "float32", name="bias") if with_bias else None
     if with_cut and (with_scale or with_bias or with_residual):
         raise ValueError("bdense: a cut epilogue takes no scale, bias or residual")
+    if pack_output and not dense_packs_output(target, schedule):
+        raise ValueError(f"bdense: no packed output on {schedule or target_key(target)} targets "
+                         f"(dense_packs_output)")
     cut = tuple(te.placeholder((Nout,), "int32", name=n) for n in ("lo", "hi", "sigma")) if with_cut else None
     res = te.placeholder((*shape[:-1], Nout), "float32", name="residual") if with_residual else None
     out = compute.bdense(a, w, in_features=Kin, scale=scale, bias=bias, cut=cut, residual=res,
-                         acc_dtype=_acc(target, schedule))
+                         pack=pack_output, acc_dtype=_acc(target, schedule))
     args = [a, w] + [v for v in (scale, bias, res, *(cut or ())) if v is not None] + [out]
     epi = (("s" if with_scale else "") + ("b" if with_bias else "") + ("r" if with_residual else "")
-           + ("cut" if with_cut else ""))
+           + ("cut" if with_cut else "") + ("_pk" if pack_output else ""))
     name = f"bnn_bdense_{_shape_tag(shape)}_n{Nout}{'_' + epi if epi else ''}{'_w32' if bits == 32 else ''}"
     return _finish(args, "bdense", name, target, schedule, tuning).with_attr("bnn.weight_bits", bits)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from . import generic, generic_quantized
+from .compute.common import WORD
 from .generic import (
     TILE_SCOPE,
     extent,
@@ -157,8 +158,15 @@ def _is_nchw(sch: s_tir.Schedule, out_block) -> bool:
 
 
 def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int,
-                 nf: int | None = None) -> None:
+                 nf: int | None = None, pack_intrin: str | None = None) -> None:
     """Register tile ``MI`` rows x ``NI`` lanes for ``[*batch, M, N]`` popcount reductions.
+
+    A ``<red>_pack`` block (compute.bdense's packed sign bits) runs under each 64 outputs of a
+    row band, right after their tiles: the margin between them is a task's ``[MI, 64]`` int32
+    buffer (on the stack: stack_scratch), its bits one ``pack_intrin`` per word (None: LLVM's
+    vectorisation of the sum of selects).  Zen 4, 1 thread, ``vmovmskps`` words: 196 x 384 ->
+    1152 with its bits 89-91 us, its float margin alone 88 + a pack kernel 15; 256 x 256 ->
+    512 38-39 against 38 + 10.
 
     N without an even divisor (odd N: 3, 9, 197, 1001): no lane tile; a task then takes ``MI``
     whole rows of N (the n loop innermost, left to LLVM), as the generic schedule does.  1 x 1
@@ -181,10 +189,20 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
         sch.decompose_reduction(blk, r)
         return
     no, ni = sch.split(n, factors=[None, nf])
-    sch.reorder(*batch, mo, no, r, mi, ni)
+    pack = sch.get_sblock(f"{red}_pack") if has_block(sch, f"{red}_pack") else None
+    word = None
+    if pack is not None:  # the tiles of one output word, then its bits (compute.bdense's pack)
+        word, no = sch.split(no, factors=[None, WORD // nf])
+        sch.reorder(*batch, mo, word, no, r, mi, ni)
+    else:
+        sch.reorder(*batch, mo, no, r, mi, ni)
     wb = sch.cache_write(blk, 0, TILE_SCOPE)
     sch.reverse_compute_at(wb, no)
     sch.reverse_compute_inline(sch.get_sblock(out))
+    tile = no  # the copy-out's anchor, unless the row bands below split it
+    if pack is not None:
+        sch.reverse_compute_at(pack, word)
+        no = word  # a row band's tasks split along whole words
     rows = sch.fuse(*batch, mo) if batch else mo
     # A task is a band of MI rows, its tiles walked in order: one task per tile cost ~90
     # cycles each (Zen 3, 1 thread: attention Q.K^T 6x196x196, K=64, 0.29 -> 0.094 ms; dense
@@ -194,6 +212,7 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
     if bands > 1 and largest_divisor(extent(sch, no), bands) > 1:
         nb, no = sch.split(no, factors=[largest_divisor(extent(sch, no), bands), None])
         rows = sch.fuse(rows, nb)
+        tile = tile if pack is not None else no
     sch.parallel(rows)
     sch.vectorize(ni)
     sch.unroll(mi)
@@ -201,11 +220,17 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
     # ``get_loops(wb)[-1]``: with MF = NF = 1 that was a parallel task loop, and vectorising
     # it miscompiled the tile's local accumulator (every output took the last column's value;
     # generic.loops_under).
-    vectorize_innermost(sch, wb, no)
+    vectorize_innermost(sch, wb, tile)
     sch.decompose_reduction(blk, r)
+    if pack is not None:  # after the parallel loop: a decomposed reduction blocks its check
+        b = sch.get_loops(pack)[-1]
+        sch.decompose_reduction(pack, b)
+        if pack_intrin is not None:
+            sch.tensorize(b, pack_intrin)
 
 
-def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4) -> None:
+def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4,
+                    pack_intrin: str | None = "x86") -> None:
     # Leading token dims stay separate batch loops: a row tile that crossed a boundary of a
     # fused [B, L] axis would make the tile's region non-rectangular (over-approximated).
     # 4 rows: Zen 3, 196 tokens, 384 -> 1152 / 1152 -> 384 / 384 -> 384: 86 / 93 / 86 % of the
@@ -215,7 +240,9 @@ def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4) ->
         # half words (registry.dense_weight_bits): 16 int32 lanes, 2 rows (Zen 4: 4 rows
         # measured 80 / 54 % of the ceiling for 256 -> 512 / 384 -> 1152, 2 rows 80 / 86 %)
         nvec, mi_max = 16, 2
-    _schedule_mm(sch, "bdense", "bdense_out", nvec, mi_max)
+    if pack_intrin == "x86":  # the packed sign bits: vmovmskps (AVX)
+        from .x86_intrinsics import SIGN_BITS_64 as pack_intrin
+    _schedule_mm(sch, "bdense", "bdense_out", nvec, mi_max, pack_intrin=pack_intrin)
 
 
 def schedule_bbatch_matmul(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 8) -> None:

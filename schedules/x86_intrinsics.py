@@ -154,3 +154,40 @@ def table_lookup(size: int, used: int | None = None) -> str:
 
 
 _LOOKUPS: set[str] = set()
+
+
+SIGN_BITS_64 = "bnn_sign_bits_64"
+
+
+@T.prim_func(s_tir=True)
+def _sign_bits_desc(X: T.Buffer((64,), "int32", offset_factor=1),
+                    W: T.Buffer((1,), "uint64", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(W[0:1], X[0:64])
+        T.writes(W[0:1])
+        for b in T.serial(0, 64):
+            with T.sblock("update"):
+                vb = T.axis.remap("R", [b])
+                W[0] = W[0] + T.Select(X[vb] >= T.int32(0), T.uint64(1) << T.Cast("uint64", vb), T.uint64(0))
+
+
+def _sign_byte(X, start: int):
+    """Bits ``X[start + i] >= 0`` of 8 int32 lanes as the low byte of a uint64: one
+    ``vmovmskps`` (AVX) of their sign bits, inverted."""
+    signs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx.movmsk.ps.256"),
+                                    T.reinterpret(X.vload([start], "int32x8"), dtype="float32x8"),
+                                    dtype="int32")
+    return T.Cast("uint64", T.bitwise_and(T.bitwise_not(signs), T.int32(255))) << T.uint64(start)
+
+
+@T.prim_func(s_tir=True)
+def _sign_bits_impl(X: T.Buffer((64,), "int32", offset_factor=1),
+                    W: T.Buffer((1,), "uint64", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(W[0:1], X[0:64])
+        T.writes(W[0:1])
+        W[0] = W[0] + (_sign_byte(X, 0) | _sign_byte(X, 8) | _sign_byte(X, 16) | _sign_byte(X, 24)
+                       | _sign_byte(X, 32) | _sign_byte(X, 40) | _sign_byte(X, 48) | _sign_byte(X, 56))
+
+
+TensorIntrin.register(SIGN_BITS_64, _sign_bits_desc, _sign_bits_impl, override=True)

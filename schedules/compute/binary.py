@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from tvm import te, tirx
 
+from .bitpack import pack_reduce
 from .common import (
     U64,
     WORD,
@@ -286,6 +287,7 @@ def bdense(
     bias: te.Tensor | None = None,
     cut: tuple[te.Tensor, te.Tensor, te.Tensor] | None = None,
     residual: te.Tensor | None = None,
+    pack: bool = False,
     acc_dtype: str = "int64",
 ) -> te.Tensor:
     """Binary dense layer ``y = a @ W.T`` in +-1 space (``w_packed`` uint32: half words).
@@ -310,12 +312,17 @@ def bdense(
     residual : te.Tensor, optional
         float32 of the output's shape, added last: ``float32(acc) * scale + bias + residual``
         (a transformer's residual stream, ``frontend.converters.dense_epilogue``).
+    pack : bool
+        With ``cut`` only: the output is the sign's bits, ``margin >= 0`` packed along N as
+        :func:`bitpack_last` packs (uint64 ``[..., N / 64]``, N a multiple of 64; the int32
+        margin an intermediate ``bdense_out``, block ``bdense_pack``): what the next binary
+        layer reads, without a float margin written and packed by a kernel of its own.
 
     Returns
     -------
     te.Tensor
-        int32 (or float32) ``[..., N]``.  Intermediate ``bdense`` holds the popcounts
-        (tagged ``schedule_rule=bnn_bdense``).
+        int32 (or float32) ``[..., N]``; uint64 words with ``pack``.  Intermediate ``bdense``
+        holds the popcounts (tagged ``schedule_rule=bnn_bdense``).
     """
     ashape = ints(a_packed.shape)
     KW, Nout = ints(w_packed.shape)
@@ -336,18 +343,27 @@ def bdense(
         lambda *i: te.sum(tirx.popcount(word(i) ^ w_packed[rk, i[-1]]).astype("int32" if half else acc_dtype),
                           axis=rk),
         name="bdense", attrs={"schedule_rule": "bnn_bdense"})
+    if pack:
+        if cut is None or Nout % WORD:
+            raise ValueError(f"bdense: packed output needs a cut and a multiple of {WORD} outputs, "
+                             f"got {'no cut, ' if cut is None else ''}{Nout} outputs")
+        margin = te.compute(tuple(lead) + (Nout,),
+                            lambda *i: _margin(int(in_features) - 2 * acc(*i), i[-1], cut), name="bdense_out")
+        zero = tirx.const(0, "int32")
+        return te.compute(tuple(lead) + (Nout // WORD,), lambda *i: pack_reduce(
+            lambda c: margin(*i[:-1], c), lambda c: zero, i[-1], Nout), name="bdense_pack")
     return te.compute(
         tuple(lead) + (Nout,),
-        lambda *i: (_margin(int(in_features) - 2 * acc(*i), i[-1], cut) if cut is not None
+        lambda *i: (_margin(int(in_features) - 2 * acc(*i), i[-1], cut).astype("float32") if cut is not None
                     else _epilogue(int(in_features) - 2 * acc(*i), i[-1], scale, bias, residual, i)),
         name="bdense_out")
 
 
 def _margin(acc_int, k, cut):
-    """``float32(sigma * min(acc - lo, hi - acc))`` per channel ``k``: integers, exact."""
+    """``sigma * min(acc - lo, hi - acc)`` per channel ``k`` (int32; exact in float32 too)."""
     lo, hi, sigma = cut
     acc32 = acc_int.astype("int32")
-    return (sigma[k] * tirx.min(acc32 - lo[k], hi[k] - acc32)).astype("float32")
+    return sigma[k] * tirx.min(acc32 - lo[k], hi[k] - acc32)
 
 
 def exact_affine(k: int, alpha: float) -> bool:

@@ -7,7 +7,7 @@ from tvm import te, tirx
 from .common import U64, WORD, broadcast_reader, ints, nwords
 
 
-def _pack_reduce(get_x, get_t, cw, length: int):
+def pack_reduce(get_x, get_t, cw, length: int):
     """Sum over the 64 bits of ``select(x >= t, 1 << b, 0)``: distinct powers of two, so the sum
     equals the OR, and a sum reduction vectorises where a bitwise-or chain may not.  NaN compares
     false (ordered ``>=``) and yields bit 0.  Bits past ``length`` are masked off and their loads
@@ -53,7 +53,7 @@ def bitpack(x: te.Tensor, t: te.Tensor, name: str = "bitpack") -> te.Tensor:
     tr = broadcast_reader(t, 4, (N, C, H, W))
     return te.compute(
         (N, H, W, nwords(C)),
-        lambda n, h, w, cw: _pack_reduce(
+        lambda n, h, w, cw: pack_reduce(
             lambda c: x[n, c, h, w], lambda c: tr(n, c, h, w), cw, C),
         name=name,
         attrs={"schedule_rule": "bnn_bitpack"},
@@ -83,7 +83,7 @@ def bitpack_last(x: te.Tensor, t: te.Tensor, name: str = "bitpack_last") -> te.T
 
     def f(*idx):
         lead, cw = idx[:-1], idx[-1]
-        return _pack_reduce(lambda c: x(*lead, c), lambda c: tr(*lead, c), cw, D)
+        return pack_reduce(lambda c: x(*lead, c), lambda c: tr(*lead, c), cw, D)
 
     return te.compute(tuple(shape[:-1]) + (nwords(D),), f, name=name,
                       attrs={"schedule_rule": "bnn_bitpack_last"})

@@ -39,10 +39,14 @@ _LIBS: dict = {}
 
 
 def _compiled(pf, target):
+    """Built as the libraries are (``schedules.stack_scratch``'s TIR pipeline)."""
+    from bnncompile.schedules import stack_scratch
+
     sym = str(pf.attrs["global_symbol"])
     key = (tvm_ffi.StructuralKey(pf.without_attr("global_symbol")), repr(sorted(target.items())))
     if key not in _LIBS:
-        _LIBS[key] = (tvm.compile(pf, target=tvm.target.Target(target)).jit(), sym)
+        _LIBS[key] = (tvm.compile(pf, target=tvm.target.Target(target), tir_pipeline=stack_scratch.register()).jit(),
+                      sym)
     lib, lib_sym = _LIBS[key]
     return lib[lib_sym]
 

@@ -473,6 +473,38 @@ def test_bdense_half_words(a_shape, n_out, epi, sched, inputs, host, run_primfun
     (_close if fused else _eq)(got, expect, inputs)
 
 
+PACKED_DENSE_CASES = [((196, 384), 1152, 32), ((2, 3, 130), 128, 64), ((5, 70), 64, 64),
+                      ((1, 64, 256), 512, 32), ((7, 100), 192, 64)]
+
+
+@pytest.mark.parametrize("sched", ["x86", "cpu"])
+@pytest.mark.parametrize("a_shape,n_out,bits", PACKED_DENSE_CASES,
+                         ids=[f"a{_tag(a)}-n{n}-w{b}" for a, n, b in PACKED_DENSE_CASES])
+def test_bdense_cut_packed(a_shape, n_out, bits, sched, inputs, host, run_primfunc):
+    """A cut's signs packed by the dense itself (``pack_output``: x86 in its tiles, the generic
+    schedule in a pass of its own): bit for bit ``pack_bits(margin >= 0)`` of the reference
+    margin, with 64-bit and half-word weights."""
+    a, w = inputs.pm1(a_shape), inputs.weights((n_out, a_shape[-1]))
+    cut = kc.cut_bounds(np.random.default_rng(n_out), n_out, a_shape[-1])
+    pf = S.make_bdense(a_shape, w.shape, with_cut=True, pack_output=True, word_bits=bits, target=host,
+                       schedule=sched)
+    margin = ref.bdense_margin_ref(a, w, *cut)
+    expect = pk.pack_bits(margin >= 0)
+    got = run_primfunc(pf, [pk.pack_bits(a), pk.pack_dense_weight(w, bits), *cut], expect.shape, "uint64")
+    _eq(got, expect, inputs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(pack_output=True), "needs a cut"),
+    (dict(with_cut=True, pack_output=True, n=100), "multiple of 64"),
+    (dict(with_cut=True, pack_output=True, schedule="cuda"), "no packed output on cuda"),
+])
+def test_bdense_packed_output_refused(kwargs, match):
+    n = kwargs.pop("n", 128)
+    with pytest.raises(ValueError, match=match):
+        S.make_bdense((2, 64), (n, 64), **kwargs)
+
+
 def test_bdense_cut_takes_no_scale():
     with pytest.raises(ValueError, match="cut epilogue takes no scale"):
         S.make_bdense((2, 64), (4, 64), with_scale=True, with_cut=True)

@@ -45,18 +45,41 @@ class BinaryDense:
                 bias = (bias.astype(np.float64) * beta).astype(np.float32)
         kernel_options, extra, dtype = _epilogue(imp, node.name, n_out, alpha, bias)
         from ... import schedules
-        from ...schedules import packing
+        from ...schedules import compute, packing
 
-        pf = imp.kernel("bdense", xs, w.shape, **kernel_options)
+        cut = imp.plan.count_thresholds.get(node.name)
+        packed = cut is not None and _bits_only(imp, cut.sign, n_out)
+        pf = imp.kernel("bdense", xs, w.shape, pack_output=packed, **kernel_options)
         args = [imp.pack(x, t, last_axis=True, key=layer.signs[0].output[0]),
                 imp.const(packing.pack_dense_weight(w, schedules.dense_weight_bits_of(pf))), *extra]
-        y = imp.call_kernel(pf, args, [*xs[:-1], n_out], dtype, layer=node.name, kind="bdense",
-                            binary_macs=int(np.prod(xs)) * n_out)
+        out_shape = [*xs[:-1], n_out // 64 if packed else n_out]
+        y = imp.call_kernel(pf, args, out_shape, "uint64" if packed else dtype, layer=node.name,
+                            kind="bdense", binary_macs=int(np.prod(xs)) * n_out)
+        if packed:
+            # the bits its binary consumers read; as the sign's margin, the ±1 they stand for
+            # (>= 0 exactly where the bit is set: dead code unless a debug build exposes it)
+            imp.provide_packed(cut.sign, y, last_axis=True)
+            return imp.emit_te(compute.unpack_bits_float, y, [*xs[:-1], n_out], "last", name="unpack_bits")
         if dtype == "float32":
             return y
         from tvm import relax
 
         return imp.emit(relax.op.astype(y, "float32"))
+
+
+def _bits_only(imp, sign: str, n_out: int) -> bool:
+    """Does only bits leave a dense whose sums decide ``sign``?  Where every consumer of the
+    sign is a binary dense reading it as its input (packed along the last axis), the kernel
+    writes those bits itself (make_bdense's ``pack_output``) instead of a margin that a pack
+    kernel reads back."""
+    from ...schedules.registry import dense_packs_output
+
+    if n_out % 64 or not dense_packs_output(imp.target):
+        return False
+    consumers = imp.index.consumers.get(sign, [])
+    return bool(consumers) and all(
+        imp.plan.claims.get(c.name) == "BinaryDense" and imp.plan.binary[c.name].signs[0].output[0] == sign
+        for c in consumers)
 
 
 def _epilogue(imp, name: str, n_out: int, alpha: float, bias):

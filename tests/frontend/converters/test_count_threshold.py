@@ -38,14 +38,15 @@ CHAINS = {
 }
 
 
-def _mlp(rng, chain, *, t_range=None, scale=0.25, extra_outputs=(), computed_t=False, token_bias=False):
+def _mlp(rng, chain, *, t_range=None, scale=0.25, extra_outputs=(), computed_t=False, token_bias=False,
+         hidden=N, float_reader=False):
     nodes_fn, default_range = CHAINS[chain]
     lo_t, hi_t = t_range or default_range
     inits = {"t0": (rng.standard_normal((1, 1, D)) * 0.1).astype(np.float32),
-             "w1": pm1(rng, (D, N)), "w2": pm1(rng, (N, M)),
-             "a": (scale * (0.5 + rng.random(N))).astype(np.float32),
-             "b": (rng.standard_normal((L, 1) if token_bias else N) * 0.5).astype(np.float32),
-             "t1": rng.uniform(lo_t, hi_t, N).astype(np.float32),
+             "w1": pm1(rng, (D, hidden)), "w2": pm1(rng, (hidden, M)),
+             "a": (scale * (0.5 + rng.random(hidden))).astype(np.float32),
+             "b": (rng.standard_normal((L, 1) if token_bias else hidden) * 0.5).astype(np.float32),
+             "t1": rng.uniform(lo_t, hi_t, hidden).astype(np.float32),
              "sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5),
              "lo": np.float32(-1), "hi": np.float32(1)}
     nodes = [ds("x", "t0", "s0", name="sign0"), helper.make_node("MatMul", ["s0", "w1"], ["y1"], name="lin1"),
@@ -56,6 +57,9 @@ def _mlp(rng, chain, *, t_range=None, scale=0.25, extra_outputs=(), computed_t=F
         inits["axes"] = np.array([1], np.int64)
     nodes += [ds("g", "t1c" if computed_t else "t1", "s1", name="sign1"),
               helper.make_node("MatMul", ["s1", "w2"], ["y"], name="lin2")]
+    if float_reader:  # the signs also read as floats
+        nodes.append(helper.make_node("Mul", ["s1", "half"], ["s1_half"], name="float_reader"))
+        extra_outputs = (*extra_outputs, "s1_half")
     outputs = {"y": None, **{name: None for name in extra_outputs}}
     model = make_model(nodes, {"x": [B, L, D]}, outputs, inits)
     return model, {"x": rng.standard_normal((B, L, D)).astype(np.float32)}
@@ -79,6 +83,24 @@ def test_gelu_takes_both_ends_where_its_threshold_is_negative(rng):
     cut = plan.count_thresholds["lin1"]
     assert np.all(cut.sigma == -1)
     np.testing.assert_array_equal(outs[0], ort_run(model, feeds)[0])
+
+
+@pytest.mark.parametrize("hidden,kwargs,packed", [
+    (128, {}, True),  # only the next binary dense reads the signs: the kernel writes their bits
+    (64, dict(extra_outputs=("s1",)), True),  # a graph output too: unpacked from those bits
+    (128, dict(float_reader=True), False),  # a float node reads them: the margin and a pack
+    (N, {}, False),  # 24 outputs: no whole 64-bit word
+])
+def test_signs_as_bits_straight_from_the_dense(hidden, kwargs, packed, rng):
+    model, feeds = _mlp(rng, "gelu", hidden=hidden, **kwargs)
+    outs, plan = build_and_run(model, feeds, batch=B)
+    assert plan.cut_signs == {"s1": "lin1"}
+    assert any(k.endswith(("_cut_pk_x86", "_cut_pk_w32_x86", "_cut_pk_cpu")) for k in plan.kernels) == packed
+    # the first sign's pack (x: D = 64 features) and the second's unless the dense wrote it
+    packs = [k for k in plan.kernels if k.startswith("bnn_bitpack_last")]
+    assert len(packs) == (1 if packed else 2), packs
+    for got, expect in zip(outs, ort_run(model, feeds)):
+        np.testing.assert_array_equal(got, expect)
 
 
 @pytest.mark.parametrize("why,kwargs", [
