@@ -17,6 +17,11 @@ outputs from the first ``U`` of a table of ``T`` (a multiple of 32) floats, one 
 are a table indexed by popcounts.  Written as a one-hot sum over the table (the block's reads
 are then affine, which ``compute_at`` and ``tensorize`` need); an index outside the table
 reads a wrapped entry instead of none, which counts never are.
+
+``bnn_sign_bits_64`` (:data:`SIGN_BITS_64`): ``W[0] += sum_b (X[b] >= 0 ? 1 << b : 0)`` for 64
+int32 ``X``, the packed word of 64 signs, as 8 ``vmovmskps`` (AVX) of the sign bits, inverted:
+a binary dense writing the bits of a sign decided on its sums (``compute.bdense(pack=True)``).
+LLVM's own vectorisation of that sum of selects took longer than the dense's tiles.
 """
 from __future__ import annotations
 

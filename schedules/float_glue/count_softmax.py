@@ -33,11 +33,14 @@ def table_lookup_available(target) -> bool:
     return has_x86_features(target, ["avx512f"])
 
 
-def _rows_per_task(rows: int, limit: int = 8) -> int:
+def _rows_per_task(rows: int, limit: int = 4) -> int:
     """Rows per parallel task (a divisor of a matrix's ``rows``: a task across two matrices has
     no rectangular region): each stage runs over the task's rows before the next starts, so the
-    rows' latency chains (min, lookups, sum, 1/sum) overlap.  Zen 4, 1 thread, [4,256,256]:
-    1 row 0.110 ms, 4-8 rows 0.068-0.070, 32 rows 0.085."""
+    rows' latency chains (min, lookups, sum, 1/sum) overlap.  Zen 4, 1 thread, with the int8
+    quantizer, its scratch on the stack (stack_scratch), two runs: [4,256,256] 1 row 0.087 ms,
+    2 rows 0.086, 4 rows 0.070-0.074, 8 rows 0.073-0.082, 32 rows 0.099-0.114; [6,196,196] 4
+    rows 0.076-0.077, 7 rows (8's divisor) 0.077-0.078.  (Before stack_scratch, every task's
+    workspace allocations made 1 row 0.110 and 4-8 rows 0.068-0.070 without the quantizer.)"""
     return max(d for d in range(1, min(rows, limit) + 1) if rows % d == 0)
 
 
