@@ -146,7 +146,7 @@ def softmax_last(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: e(*i) * rec(*i[:-1]), name="sm_out")
 
 
-def softmax_counts(counts: te.Tensor, steps: te.Tensor, *, width: int = 16) -> te.Tensor:
+def softmax_counts(counts: te.Tensor, steps: te.Tensor, *, width: int = 16, peak: bool = False) -> te.Tensor:
     """:func:`softmax_last` of binary attention scores given as their popcounts: ``counts``
     uint8 ``[..., N]`` (``compute.bbatch_matmul(counts=True)``), ``steps`` float32 ``[T]``
     (``compute.score_steps``: ``score(c) - score(0)``, exact).  Bit for bit the softmax of the
@@ -163,18 +163,29 @@ def softmax_counts(counts: te.Tensor, steps: te.Tensor, *, width: int = 16) -> t
     sum over the table so its reads stay affine: ``x86_intrinsics.table_lookup`` replaces it,
     ``width`` at a time), ``sm_sum``, ``sm_rec``, then ``sm_out`` over the row's ``N`` as in
     :func:`softmax_last`.  Reference: ``reference.softmax_counts_ref``.
+
+    ``peak``: ``sm_out`` has ``N + 1`` columns, the last one the row's largest probability
+    (the int8 product's quantizer needs it), looked up as one more entry of offset 0 in the
+    padding (offsets past ``N`` are 0 then, not copies): the fewest mismatches' entry is
+    ``fast_exp(0) = 1`` exactly, every other entry is at most 1 (its polynomial is ``1 + a``
+    with ``a <= 0`` for a step ``<= 0``, then scaled down by a power of two), and rounding
+    ``e * rec`` is monotone in ``e``, so the row's maximum is ``1 * rec``, with no pass over
+    the row.
     """
     from tvm import topi
 
     *lead, n = ints(counts.shape)
     (size,) = ints(steps.shape)
     table = topi.fast_exp(steps)
-    padded = -(-n // width) * width
+    padded = -(-(n + int(peak)) // width) * width
     k = te.reduce_axis((0, n), name="k")
     fewest = te.compute(tuple(lead), lambda *i: te.min(counts(*i, k).astype("int32"), axis=k), name="sm_max")
-    offset = te.compute((*lead, padded), lambda *i: (
-        counts(*i[:-1], tirx.min(i[-1], n - 1)).astype("int32") - fewest(*i[:-1])).astype("uint8"),
-        name="sm_offset")
+
+    def shifted(*i):
+        d = counts(*i[:-1], tirx.min(i[-1], n - 1)).astype("int32") - fewest(*i[:-1])
+        return (tirx.Select(i[-1] < n, d, tirx.const(0, "int32")) if peak else d).astype("uint8")
+
+    offset = te.compute((*lead, padded), shifted, name="sm_offset")
     j = te.reduce_axis((0, size), name="j")
     e = te.compute((*lead, padded), lambda *i: te.sum(
         tirx.Select(offset(*i).astype("int32") == j, table[j], tirx.const(0.0, "float32")), axis=j),
@@ -182,7 +193,7 @@ def softmax_counts(counts: te.Tensor, steps: te.Tensor, *, width: int = 16) -> t
     k2 = te.reduce_axis((0, n), name="k2")
     total = te.compute(tuple(lead), lambda *i: te.sum(e(*i, k2), axis=k2), name="sm_sum")
     rec = te.compute(tuple(lead), lambda *i: tirx.const(1.0, "float32") / total(*i), name="sm_rec")
-    return te.compute(counts.shape, lambda *i: e(*i) * rec(*i[:-1]), name="sm_out")
+    return te.compute((*lead, n + int(peak)), lambda *i: e(*i) * rec(*i[:-1]), name="sm_out")
 
 
 def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: te.Tensor,

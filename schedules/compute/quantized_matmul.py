@@ -18,16 +18,23 @@ def _levels(x, inv, levels: int, lo: int, dtype: str, vector_round: bool):
     return clipped_levels(x * inv, lo, levels, rounding).astype("int32").astype(dtype)
 
 
-def quantize_rows(p: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
+def quantize_rows(p: te.Tensor, peak_column: bool = False) -> tuple[te.Tensor, te.Tensor]:
     """Probabilities ``p`` float32 ``[B, M, K]`` -> ``(pq uint8 [B, M, K4], pmax float32 [B, M])``:
     ``K4`` = K rounded up to :data:`GROUP` (zeros past K).  Blocks: ``qrow_part`` (lane partial
-    maxima), ``qrow_max``, ``qrow_inv``, ``qrows``."""
+    maxima), ``qrow_max``, ``qrow_inv``, ``qrows``.  ``peak_column``: ``p`` is ``[B, M, K + 1]``
+    whose last column is each row's maximum (``compute.softmax_counts(peak=True)``), copied
+    by ``qrow_max``; no ``qrow_part``."""
     B, M, K = ints(p.shape)
-    f = divisor_lanes(K)
-    rk = te.reduce_axis((0, K // f), "rk")
-    part = te.compute((B, M, f), lambda b, i, lane: te.max(p[b, i, rk * f + lane], axis=rk), name="qrow_part")
-    rl = te.reduce_axis((0, f), "rl")
-    pmax = te.compute((B, M), lambda b, i: te.max(part[b, i, rl], axis=rl), name="qrow_max")
+    if peak_column:
+        K -= 1
+        pmax = te.compute((B, M), lambda b, i: p[b, i, K], name="qrow_max")
+    else:
+        f = divisor_lanes(K)
+        rk = te.reduce_axis((0, K // f), "rk")
+        part = te.compute((B, M, f), lambda b, i, lane: te.max(p[b, i, rk * f + lane], axis=rk),
+                          name="qrow_part")
+        rl = te.reduce_axis((0, f), "rl")
+        pmax = te.compute((B, M), lambda b, i: te.max(part[b, i, rl], axis=rl), name="qrow_max")
     inv = te.compute((B, M), lambda b, i: level_scale(pmax[b, i], P_LEVELS), name="qrow_inv")
     k4 = -(-K // GROUP) * GROUP
 

@@ -141,20 +141,25 @@ def softmax_counts_func(shape, k: int, alpha: float | None, target: Target):
 def softmax_counts_quantize_rows_func(shape, k: int, alpha: float | None, target: Target):
     """``rows.softmax_quantize_rows_func`` with :func:`softmax_counts_func`'s softmax, bit for
     bit: ``(counts uint8[B, M, N], steps float32[T], pq uint8[B, M, N], pmax float32[B, M])``,
-    N a multiple of 4, the quantizer's rows in the softmax's tasks.  (Each row's bytes are a
+    N a multiple of 4, the quantizer's rows in the softmax's tasks.  Each row's peak is
+    ``1 * (1/sum)``, looked up in the softmax's padding (``compute.softmax_counts(peak=True)``)
+    instead of a pass for the row's maximum: Zen 4, 1 thread, scratch on the stack,
+    [6,196,196] 0.077 -> 0.068 ms, [4,256,256] 0.070-0.074 -> 0.067.  (Each row's bytes are a
     function of the offsets too, so they could be looked up in a per-row byte table with
     ``vpermi2b``; built and measured, it did not pay: docs/benchmarks.md G14.)"""
     from .. import compute
-    from ..generic_quantized import quantize_rows_in
 
     if int(shape[-1]) % compute.quantized_matmul.GROUP:
         raise ValueError(f"softmax_quantize_rows: rows of {shape[-1]} are not whole 4-byte words")
     counts, steps = _inputs(shape, k, alpha)
-    pq, pmax = compute.quantize_rows(compute.softmax_counts(counts, steps))
+    # each row's maximum rides in one more column of the softmax: no pass over the row for it
+    pq, pmax = compute.quantize_rows(compute.softmax_counts(counts, steps, peak=True), peak_column=True)
     sch = s_tir.Schedule(te.create_prim_func([counts, steps, pq, pmax]))
     task = schedule_softmax_counts(sch, target, k + 1)
-    for name in ("qrow_part", "qrow_max", "qrow_inv", "qrows"):
+    for name in ("qrow_max", "qrow_inv", "qrows"):
         sch.reverse_compute_at(sch.get_sblock(name), task, preserve_unit_loops=True)
-    quantize_rows_in(sch, sch.get_loops(sch.get_sblock("qrow_max"))[-2], bytes_in_row=False)
     _vectorize_probabilities(sch, target)
+    q = sch.get_loops(sch.get_sblock("qrows"))[-1]
+    if not vectorize_row(sch, q, 16):  # rows of 196: 12 x 16 + 4 bytes
+        sch.vectorize(sch.split(q, factors=[None, largest_divisor(extent(sch, q), 16)])[1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
