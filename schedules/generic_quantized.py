@@ -145,8 +145,13 @@ def quantize_rows_in(sch: s_tir.Schedule, row, *, bytes_in_row: bool = True) -> 
     sch.vectorize(lane)
     init = sch.decompose_reduction(part, rk)
     sch.vectorize(sch.get_loops(init)[-1])
-    k = sch.get_loops(sch.get_sblock("qrows"))[-1]
-    if vectorize_row(sch, k, 16):  # rows of 196: 12 x 16 + 4 bytes, not 49 x 4
+    vectorize_row_bytes(sch, sch.get_loops(sch.get_sblock("qrows"))[-1])
+
+
+def vectorize_row_bytes(sch: s_tir.Schedule, k) -> None:
+    """A row of probability bytes (``qrows``' last loop) in 16-byte vectors: rows of 196 as
+    12 x 16 + 4 bytes, not 49 x 4."""
+    if vectorize_row(sch, k, 16):
         return
     f = pick_factor(extent(sch, k), (16, 8, 4))
     if f > 1:

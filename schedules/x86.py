@@ -25,6 +25,7 @@ from .generic import (
     pick_factor,
     vectorize_innermost,
 )
+from .x86_intrinsics import SIGN_BITS_64  # the packed sign bits of a dense: vmovmskps (AVX)
 
 # KI = 8 u64 lanes = two ymm registers per pixel; a row of up to 14 pixels was the best tile on
 # Zen 3 (a larger WI spills, a smaller one reloads the weights more often).
@@ -190,7 +191,6 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
         return
     no, ni = sch.split(n, factors=[None, nf])
     pack = sch.get_sblock(f"{red}_pack") if has_block(sch, f"{red}_pack") else None
-    word = None
     if pack is not None:  # the tiles of one output word, then its bits (compute.bdense's pack)
         word, no = sch.split(no, factors=[None, WORD // nf])
         sch.reorder(*batch, mo, word, no, r, mi, ni)
@@ -230,7 +230,7 @@ def _schedule_mm(sch: s_tir.Schedule, red: str, out: str, nvec: int, mi_max: int
 
 
 def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4,
-                    pack_intrin: str | None = "x86") -> None:
+                    pack_intrin: str | None = SIGN_BITS_64) -> None:
     # Leading token dims stay separate batch loops: a row tile that crossed a boundary of a
     # fused [B, L] axis would make the tile's region non-rectangular (over-approximated).
     # 4 rows: Zen 3, 196 tokens, 384 -> 1152 / 1152 -> 384 / 384 -> 384: 86 / 93 / 86 % of the
@@ -240,8 +240,6 @@ def schedule_bdense(sch: s_tir.Schedule, nvec: int = KI_X86, mi_max: int = 4,
         # half words (registry.dense_weight_bits): 16 int32 lanes, 2 rows (Zen 4: 4 rows
         # measured 80 / 54 % of the ceiling for 256 -> 512 / 384 -> 1152, 2 rows 80 / 86 %)
         nvec, mi_max = 16, 2
-    if pack_intrin == "x86":  # the packed sign bits: vmovmskps (AVX)
-        from .x86_intrinsics import SIGN_BITS_64 as pack_intrin
     _schedule_mm(sch, "bdense", "bdense_out", nvec, mi_max, pack_intrin=pack_intrin)
 
 

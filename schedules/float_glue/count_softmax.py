@@ -148,6 +148,7 @@ def softmax_counts_quantize_rows_func(shape, k: int, alpha: float | None, target
     function of the offsets too, so they could be looked up in a per-row byte table with
     ``vpermi2b``; built and measured, it did not pay: docs/benchmarks.md G14.)"""
     from .. import compute
+    from ..generic_quantized import vectorize_row_bytes
 
     if int(shape[-1]) % compute.quantized_matmul.GROUP:
         raise ValueError(f"softmax_quantize_rows: rows of {shape[-1]} are not whole 4-byte words")
@@ -159,7 +160,5 @@ def softmax_counts_quantize_rows_func(shape, k: int, alpha: float | None, target
     for name in ("qrow_max", "qrow_inv", "qrows"):
         sch.reverse_compute_at(sch.get_sblock(name), task, preserve_unit_loops=True)
     _vectorize_probabilities(sch, target)
-    q = sch.get_loops(sch.get_sblock("qrows"))[-1]
-    if not vectorize_row(sch, q, 16):  # rows of 196: 12 x 16 + 4 bytes
-        sch.vectorize(sch.split(q, factors=[None, largest_divisor(extent(sch, q), 16)])[1])
+    vectorize_row_bytes(sch, sch.get_loops(sch.get_sblock("qrows"))[-1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
