@@ -27,6 +27,7 @@ _FROM = {
                  "fconv2d_block", "get_schedule", "make_avgpool2d",
                  "make_bbatch_matmul", "make_bconv2d", "make_bdense", "make_bitpack",
                  "make_bitpack_last", "make_fconv2d", "make_maxpool2d", "make_prelu_stats",
+                 "make_token_threshold",
                  "target_key", "weight_block_of"),
     "registry_quantized": ("make_qbatch_matmul", "make_qconv2d", "make_qconv2d_amx", "make_quantize_columns",
                            "make_quantize_hwc", "make_quantize_pairs", "make_quantize_rows",

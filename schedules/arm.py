@@ -33,6 +33,7 @@ schedule_bitpack_last = generic.schedule_bitpack_last
 schedule_maxpool2d = generic.schedule_maxpool2d
 schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
+schedule_token_threshold = generic.schedule_token_threshold
 schedule_quantize_pairs = generic_quantized.schedule_quantize_pairs
 schedule_quantize_hwc = generic_quantized.schedule_quantize_hwc
 schedule_quantize_width = generic_quantized.schedule_quantize_width

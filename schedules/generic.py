@@ -358,6 +358,37 @@ def schedule_prelu_stats(sch: s_tir.Schedule) -> None:
         sch.decompose_reduction(total, sch.get_loops(total)[-1])
 
 
+def schedule_token_threshold(sch: s_tir.Schedule, accumulators: int = 4) -> None:
+    """One task (the whole kernel is a few microseconds: a parallel launch would cost more).  The
+    token sums walk the rows with a chunk of up to ``accumulators`` vectors of channels in
+    registers, chunk after chunk (all channels of a row at once spilled; one vector per walk
+    re-read the rows: [1, 256, 512] 20 us at one vector, 6 us at four or more, Zen 4), never
+    across a jump in the source (``bnn_run``: a chunk straddling two heads of attention's merged
+    output was a gather, 28 us where 3 us); the FCs
+    run as rank-1 updates along their output (``w1t`` / ``w2t`` rows are contiguous), one vector
+    of outputs per input element."""
+    total, fc1, fc2 = (sch.get_sblock(n) for n in ("thr_sum", "thr_fc1", "thr_fc2"))
+    n, d, rl = sch.get_loops(total)
+    run = int(sch.get(total).annotations.get("bnn_run", extent(sch, d)))
+    chunk = max(c for c in range(1, min(run, 16 * accumulators) + 1)
+                if run % c == 0 and (c % 16 == 0 or c <= 16))
+    d_o, d_i = sch.split(d, factors=[None, chunk])
+    sch.reorder(n, d_o, rl, d_i)
+    acc = sch.cache_write(total, 0, TILE_SCOPE)
+    sch.reverse_compute_at(acc, d_o)
+    sch.vectorize(d_i)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.decompose_reduction(total, rl)
+    for blk in (fc1, fc2):
+        _n, out, red = sch.get_loops(blk)
+        sch.reorder(red, out)
+        sch.vectorize(out)
+    sch.compute_inline(sch.get_sblock("thr_relu"))
+    sch.vectorize(sch.get_loops(sch.get_sblock("thr_out"))[-1])
+    for blk in (fc1, fc2):
+        sch.decompose_reduction(blk, sch.get_loops(blk)[-2])
+
+
 def _schedule_maxpool2d_blocked(sch: s_tir.Schedule) -> None:
     """NCHWc input: rows of (n, channel block, oh) in parallel; the window maxima are whole
     vectors of the block's channels, kept in local buffers; the pooled row is then transposed to

@@ -165,6 +165,14 @@ def prelu_stats_ref(x: np.ndarray, shift_in, slope, shift_out, powers) -> tuple[
     return y, stats
 
 
+def token_threshold_ref(x: np.ndarray, w1: np.ndarray, b1, w2: np.ndarray, b2) -> np.ndarray:
+    """DySign's threshold over tokens in float64: ``relu(mean_L(x) @ w1.T + b1) @ w2.T + b2``,
+    ``x`` ``[N, L, D]``, ``w1`` ``[R, D]``, ``w2`` ``[D, R]`` (PyTorch's Linear layout)."""
+    x64 = np.asarray(x, np.float64)
+    hidden = np.maximum(x64.mean(axis=1) @ np.asarray(w1, np.float64).T + np.asarray(b1, np.float64), 0.0)
+    return hidden @ np.asarray(w2, np.float64).T + np.asarray(b2, np.float64)
+
+
 def avgpool2d_ref(x: np.ndarray, kernel) -> np.ndarray:
     """Average pool with stride = kernel, no padding: each window summed row by row, left to
     right, in float32, then divided by its size (the order ONNX Runtime and TVM use)."""

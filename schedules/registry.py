@@ -28,11 +28,11 @@ TargetLike = tvm.target.Target | dict | None
 
 OPS = ("bitpack", "bitpack_last", "bconv2d", "bdense", "bbatch_matmul", "fconv2d", "maxpool2d",
        "avgpool2d", "prelu_stats", "quantize_pairs", "quantize_width", "qconv2d", "quantize_hwc",
-       "quantize_rows", "quantize_columns", "qbatch_matmul")
+       "quantize_rows", "quantize_columns", "qbatch_matmul", "token_threshold")
 #: CPU kernels only (``compile --conv-precision`` / ``--attention-precision``, AMX operands):
 #: no CUDA schedule
 CPU_ONLY_OPS = ("quantize_pairs", "quantize_width", "qconv2d", "quantize_hwc", "quantize_rows", "quantize_columns",
-                "qbatch_matmul")
+                "qbatch_matmul", "token_threshold")
 
 SCHEDULES: dict[tuple[str, str], Callable[[s_tir.Schedule], None]] = {}
 for _key, _mods in (("cpu", (generic, generic_quantized)), ("x86", (x86,)), ("arm_cpu", (arm,)),
@@ -61,6 +61,7 @@ __all__ = [
     "make_fconv2d",
     "make_maxpool2d",
     "make_prelu_stats",
+    "make_token_threshold",
     "target_key",
     "weight_block_of",
 ]
@@ -405,6 +406,25 @@ def make_prelu_stats(x_shape: Sequence[int], shift_in_shape: Sequence[int], slop
             f"_s{_shape_tag(slope_shape)}_o{_shape_tag(shift_out_shape)}"
             f"_p{''.join(str(int(p)) for p in powers)}")
     return _finish([x, *ops, y, *means], "prelu_stats", name, target, schedule, tuning)
+
+
+def make_token_threshold(x_shape: Sequence[int], hidden: int, *, view=None, target: TargetLike = None,
+                         schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+    """A DySign threshold pooled over tokens, pool and MLP in one kernel (compute.token_threshold).
+
+    PrimFunc params: ``(x float32[N, L, D], w1t float32[D, hidden], b1 float32[hidden], w2t
+    float32[hidden, D], b2 float32[D], thr float32[N, D])``; with ``view = (source shape,
+    steps)`` ``x`` is that source, read as the ``x_shape`` tensor the view makes of it.
+    """
+    if len(x_shape) != 3:
+        raise ValueError(f"token_threshold: x must be [N, L, D], got {list(x_shape)}")
+    src, x, tag = viewed_input(x_shape, view, "x", "token_threshold")
+    d, r = int(x_shape[2]), int(hidden)
+    w1t, b1 = te.placeholder((d, r), "float32", name="w1t"), te.placeholder((r,), "float32", name="b1")
+    w2t, b2 = te.placeholder((r, d), "float32", name="w2t"), te.placeholder((d,), "float32", name="b2")
+    out = compute.token_threshold(x, w1t, b1, w2t, b2)
+    return _finish([src, w1t, b1, w2t, b2, out], "token_threshold", f"bnn_token_threshold_{tag}_r{r}",
+                   target, schedule, tuning)
 
 
 def fconv2d_block(target: TargetLike = None) -> int:

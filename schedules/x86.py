@@ -261,6 +261,7 @@ schedule_bitpack_last = generic.schedule_bitpack_last
 schedule_maxpool2d = generic.schedule_maxpool2d
 schedule_avgpool2d = generic.schedule_avgpool2d
 schedule_prelu_stats = generic.schedule_prelu_stats
+schedule_token_threshold = generic.schedule_token_threshold
 
 
 def schedule_fconv2d(sch: s_tir.Schedule) -> None:

@@ -36,6 +36,16 @@ def attrs(node: onnx.NodeProto) -> dict:
     return {a.name: attr(node, a.name) for a in node.attribute}
 
 
+def int_operand(index: GraphIndex, node: onnx.NodeProto, i: int, name: str) -> list[int] | None:
+    """Integers a node takes as input ``i`` (newer opsets: Slice's starts, ReduceMean's axes) or,
+    where that input is absent, as attribute ``name``; None where they are computed."""
+    if len(node.input) > i and node.input[i]:
+        value = index.constant(node.input[i])
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+    value = attr(node, name)
+    return None if value is None else [int(v) for v in value]
+
+
 @dataclass
 class GraphIndex:
     """Lookup tables over one ONNX graph."""

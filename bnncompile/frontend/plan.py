@@ -52,6 +52,9 @@ class LoweringPlan:
     fused_convs: dict[str, str] = field(default_factory=dict)
     #: ReduceMean node name -> (x, power, keepdims): E[x^p] over H, W in one pass over x
     power_means: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
+    #: the last node of a threshold MLP over a token mean -> its
+    #: :class:`~.converters.token_threshold.TokenMlp` (one kernel)
+    token_thresholds: dict[str, object] = field(default_factory=dict)
     #: ReduceMean of a Slice -> :class:`~.converters.sliced_mean.MeanOfSlice` (a slice of the mean)
     sliced_means: dict[str, object] = field(default_factory=dict)
     #: a dynamic PReLU's last Add -> :class:`PreluStats`

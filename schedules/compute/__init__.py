@@ -6,7 +6,7 @@ bit-exact test in ``tests/schedules``.
 * :mod:`.index_view`: a tensor read through slices, reshapes and transposes without a copy;
 * :mod:`.binary`: XNOR-popcount conv2d / dense / batch matmul with fused epilogues;
 * :mod:`.float_ops`: the blocked float conv, pooling, threshold statistics, the fused PReLU, softmax (of
-  floats, or of binary scores given as popcounts);
+  floats, or of binary scores given as popcounts), the token threshold (DySign's pool + MLP);
 * :mod:`.quantized_conv`: the float conv on int16 pairs (``compile --conv-precision``);
 * :mod:`.quantized_matmul`: attention's probability x value product on int8
   (``compile --attention-precision``).
@@ -23,6 +23,7 @@ from .float_ops import (
     prelu_stats,
     softmax_counts,
     softmax_last,
+    token_threshold,
 )
 from .index_view import IndexView, view_tag
 from .quantized_conv import qconv2d_blocked, quantize_hwc, quantize_pairs, quantize_width
@@ -58,6 +59,7 @@ __all__ = [
     "score_steps",
     "softmax_counts",
     "softmax_last",
+    "token_threshold",
     "unpack_bits_float",
     "view_tag",
 ]

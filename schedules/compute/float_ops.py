@@ -1,5 +1,6 @@
 """Float computes bnncompile schedules itself on CPUs: the blocked float conv (stems, shortcuts),
-pooling, the threshold statistics (means of x, x^2, x^3 over H, W) and the fused dynamic PReLU."""
+pooling, the threshold statistics (means of x, x^2, x^3 over H, W), the fused dynamic PReLU and
+the token threshold (a DySign's pool and MLP over tokens in one kernel)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -248,6 +249,44 @@ def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: 
         return te.compute((N, C), lambda n, c: total[n, c] / float(L), name=f"prelu_stats{j}")
 
     return y, [mean_of_power(j, int(p)) for j, p in enumerate(powers)]
+
+
+def token_threshold(x, w1t: te.Tensor, b1: te.Tensor, w2t: te.Tensor, b2: te.Tensor) -> te.Tensor:
+    """A DySign threshold on tokens, pool and MLP together: ``b2 + relu(mean_L(x) @ w1t + b1) @
+    w2t`` (DyBinaryCCT's per-sample, per-channel threshold: the mean over the tokens, two small
+    FCs), where the graph ran a mean and two matrix-vector products as three kernels.
+
+    Parameters
+    ----------
+    x : float32 ``[N, L, D]``, a tensor or an :class:`~.index_view.IndexView` (the Q / K slice
+        of ``qkv``, attention's merged heads: pooled where they lie, no copy).
+    w1t, b1 : ``[D, R]``, ``[R]``: the first FC, transposed (``R`` its width).
+    w2t, b2 : ``[R, D]``, ``[D]``: the second FC, transposed; ``b2`` also holds whatever
+        constant the graph adds after it (DySign's static ``alpha0``).
+
+    Returns
+    -------
+    float32 ``[N, D]`` (``thr_out``), through ``thr_sum`` (the token sums; its ``bnn_run``: the
+    view's :func:`~.index_view.contiguous_run`), ``thr_fc1``,
+    ``thr_relu`` and ``thr_fc2``; the mean is the sum divided by ``L`` (ONNX's ReduceMean).
+    """
+    N, L, D = ints(x.shape)
+    R = ints(w1t.shape)[1]
+    if ints(w1t.shape) != [D, R] or ints(b1.shape) != [R] or ints(w2t.shape) != [R, D] or ints(b2.shape) != [D]:
+        raise ValueError(f"token_threshold: x [N, L, D] = {[N, L, D]} needs w1t [D, R], b1 [R], w2t [R, D], "
+                         f"b2 [D]; got {ints(w1t.shape)}, {ints(b1.shape)}, {ints(w2t.shape)}, {ints(b2.shape)}")
+    zero = tirx.const(0.0, "float32")
+    rl = te.reduce_axis((0, L), name="rl")
+    # bnn_run: how many channels in a row are one plain load (schedules vectorise within it)
+    run = x.last_axis_run if hasattr(x, "last_axis_run") else D
+    total = te.compute((N, D), lambda n, d: te.sum(x[n, rl, d], axis=rl), name="thr_sum",
+                       attrs={"bnn_run": run})
+    rd = te.reduce_axis((0, D), name="rd")
+    fc1 = te.compute((N, R), lambda n, r: te.sum(total[n, rd] / float(L) * w1t[rd, r], axis=rd), name="thr_fc1")
+    hidden = te.compute((N, R), lambda n, r: tirx.max(fc1[n, r] + b1[r], zero), name="thr_relu")
+    rr = te.reduce_axis((0, R), name="rr")
+    fc2 = te.compute((N, D), lambda n, d: te.sum(hidden[n, rr] * w2t[rr, d], axis=rr), name="thr_fc2")
+    return te.compute((N, D), lambda n, d: fc2[n, d] + b2[d], name="thr_out")
 
 
 def maxpool2d(x: te.Tensor, *, kernel, stride, padding) -> te.Tensor:

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Sequence
 from math import prod
 
+import numpy as np
 from tvm import te
 
 
@@ -61,6 +62,11 @@ class IndexView:
         self._shapes = [src_shape, *view_shapes(src_shape, self.steps)]
         self.shape = self._shapes[-1]
 
+    @property
+    def last_axis_run(self) -> int:
+        """:func:`contiguous_run` of this view."""
+        return contiguous_run(self._shapes[0], self.steps)
+
     def __getitem__(self, index):
         return self(*index) if isinstance(index, tuple) else self(index)
 
@@ -70,6 +76,28 @@ class IndexView:
                                                 reversed(list(zip(self._shapes, self._shapes[1:])))):
             idx = _back(step, idx, in_shape, out_shape)
         return self.source(*idx)
+
+
+def contiguous_run(src_shape: Sequence[int], steps) -> int:
+    """The longest ``r`` dividing the view's last axis such that every aligned run of ``r``
+    elements along it lies consecutively in the source: a vector of up to ``r`` lanes along that
+    axis is one plain load, a longer one straddles a jump (the merged heads of attention: runs of
+    the head dimension) and became a gather."""
+    offsets = np.arange(prod(int(s) for s in src_shape), dtype=np.int64).reshape([int(s) for s in src_shape])
+    for step in steps:
+        if step[0] == "slice":
+            _, axes, begins, strides, sizes = step
+            cut = [slice(None)] * offsets.ndim
+            for a, b, st, n in zip(axes, begins, strides, sizes):
+                cut[a] = slice(b, b + (n - 1) * st + 1, st)
+            offsets = offsets[tuple(cut)]
+        elif step[0] == "reshape":
+            offsets = offsets.reshape([int(v) for v in step[1]])
+        else:
+            offsets = offsets.transpose([int(a) for a in step[1]])
+    width = offsets.shape[-1]
+    jumps = np.nonzero((np.diff(offsets.reshape(-1, width), axis=1) != 1).any(axis=0))[0] + 1
+    return max(r for r in range(1, width + 1) if width % r == 0 and not (jumps % r).any())
 
 
 def _back(step, idx, in_shape, out_shape):

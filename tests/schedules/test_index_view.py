@@ -8,7 +8,7 @@ import tvm
 from bnncompile.schedules import packing as pk
 from bnncompile.schedules import reference as ref
 from bnncompile.schedules.compute import IndexView
-from bnncompile.schedules.compute.index_view import view_shapes
+from bnncompile.schedules.compute.index_view import contiguous_run, view_shapes
 from tvm import te
 
 from bnncompile import schedules as S
@@ -63,6 +63,53 @@ def test_view_reads_what_numpy_moves(src_shape, steps, rng):
 def test_bad_views_are_refused(bad):
     with pytest.raises(ValueError, match="index view"):
         view_shapes((2, 10, 3), bad)
+
+
+def _brute_run(src_shape, steps) -> int:
+    """contiguous_run's definition, checked chunk by chunk."""
+    offsets = _numpy(np.arange(int(np.prod(src_shape))).reshape(src_shape), steps)
+    rows = offsets.reshape(-1, offsets.shape[-1])
+    width = rows.shape[1]
+    for r in range(width, 0, -1):
+        chunks = rows.reshape(rows.shape[0], width // r, r) if width % r == 0 else None
+        if chunks is not None and (np.diff(chunks, axis=2) == 1).all():
+            return r
+    raise AssertionError("unreachable: r = 1 always holds")
+
+
+@pytest.mark.parametrize("src_shape,steps,run", [
+    ((2, 5, 24), [], 24),
+    ((1, 10, 24), [("slice", (2,), (8,), (1,), (8,))], 8),  # Q of a qkv tensor
+    ((1, 10, 24), [("slice", (2,), (1,), (2,), (12,))], 1),  # every other channel
+    ((4, 7, 16), [("permute", (1, 0, 2)), ("reshape", (1, 7, 64))], 16),  # heads merged
+    ((1, 3, 5, 4), [("permute", (0, 2, 1, 3)), ("reshape", (1, 5, 12))], 4),
+    ((4, 6), [("reshape", (2, 2, 6)), ("reshape", (2, 12)), ("reshape", (24, 1)), ("permute", (1, 0))], 24),
+], ids=["plain", "slice", "strided", "heads", "heads4", "flat"])
+def test_contiguous_run(src_shape, steps, run):
+    assert contiguous_run(src_shape, steps) == run == _brute_run(src_shape, steps)
+
+
+@pytest.mark.parametrize("src_shape,steps", VIEWS, ids=[f"view{i}" for i in range(len(VIEWS))])
+def test_contiguous_run_of_every_view(src_shape, steps):
+    assert contiguous_run(src_shape, steps) == _brute_run(src_shape, steps)
+
+
+@pytest.mark.parametrize("sched", ["cpu", "x86", "arm_cpu"])
+@pytest.mark.parametrize("src_shape,steps", [
+    ((1, 9, 96), [("slice", (2,), (32,), (1,), (32,))]),
+    ((4, 9, 16), [("permute", (1, 0, 2)), ("reshape", (1, 9, 64))]),
+], ids=["k_slice", "heads_merged"])
+def test_token_threshold_through_a_view(src_shape, steps, sched, host, run_primfunc, rng):
+    """DyBinaryCCT's K threshold pools its slice of qkv, the projection's its merged heads:
+    read where they lie, the result is the copied tensor's."""
+    x = rng.standard_normal(src_shape).astype(np.float32)
+    view = _numpy(x, steps)
+    n, _, d = view.shape
+    w1, b1 = rng.standard_normal((5, d)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    w2, b2 = rng.standard_normal((d, 5)).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    pf = S.make_token_threshold(view.shape, 5, view=(src_shape, steps), target=host, schedule=sched)
+    got = run_primfunc(pf, [x, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2], (n, d), "float32")
+    np.testing.assert_allclose(got, ref.token_threshold_ref(view, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("sched", ["cpu", "x86", "arm_cpu"])

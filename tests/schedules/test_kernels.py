@@ -707,6 +707,37 @@ def test_prelu_stats_rejects_bad_input(host):
         S.make_prelu_stats((1, 8, 1, 16), (1, 8, 1, 1), (8, 1, 1), (1, 8, 1, 1), (), target=host)
 
 
+# ---------------------------------------------------------- token_threshold (DySign pool + MLP)
+# CCT-like (a chunk of 64 channels), a width no vector divides (10), batch 2, hidden 1
+TOKEN_CASES = [((1, 9, 128), 8), ((2, 13, 48), 6), ((1, 5, 10), 3), ((2, 4, 16), 1)]
+
+
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("shape,hidden", TOKEN_CASES, ids=[f"{_tag(c[0])}-r{c[1]}" for c in TOKEN_CASES])
+def test_token_threshold(shape, hidden, sched, inputs, host, run_primfunc):
+    """relu(mean_L(x) @ W1^T + b1) @ W2^T + b2 against float64: the token sums and the FCs run in
+    float32, in another order than numpy's."""
+    n, _, d = shape
+    x = inputs.floats(shape)
+    w1, b1 = inputs.normal((hidden, d), 0.3), inputs.normal((hidden,))
+    w2, b2 = inputs.normal((d, hidden), 0.3), inputs.normal((d,))
+    expect = ref.token_threshold_ref(x, w1, b1, w2, b2)
+    pf = S.make_token_threshold(shape, hidden, target=host, schedule=sched)
+    got = run_primfunc(pf, [x, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2], (n, d), "float32")
+    _close(got, expect, inputs, rtol=1e-5, atol=1e-5)
+
+
+def test_token_threshold_rejects_bad_input(host):
+    with pytest.raises(ValueError, match=r"\[N, L, D\]"):
+        S.make_token_threshold((1, 8), 4, target=host)
+    with pytest.raises(ValueError, match="needs w1t"):
+        from bnncompile.schedules import compute
+        from tvm import te
+
+        compute.token_threshold(te.placeholder((1, 4, 8)), te.placeholder((8, 2)), te.placeholder((2,)),
+                                te.placeholder((2, 4)), te.placeholder((8,)))
+
+
 # ---------------------------------------------------------------- fconv2d (float stem / shortcuts)
 FCONV_CASES = [((1, 3, 23, 21), 16, (7, 7), 2, (3, 3, 3, 3)),   # ResNet stem geometry
                ((1, 3, 17, 16), 32, (3, 3), 2, (1, 1, 1, 1)),   # ReActNet-A stem geometry

@@ -96,3 +96,11 @@ def test_half_word_dense_only_where_measured():
         assert S.dense_weight_bits(256, other) == 64, other
     asm = _asm(S.make_bdense((1, 8, 256), (32, 256), with_scale=True, target=ZEN4), ZEN4)
     assert "vpopcntd" in asm
+
+
+def test_token_threshold_is_a_cpu_kernel():
+    """The DySign pool + MLP kernel builds for NEON; CUDA keeps TVM's mean and matmuls (the
+    converter requires a CPU target)."""
+    _asm(S.make_token_threshold((1, 9, 64), 4, target=ARM), ARM)
+    with pytest.raises(ValueError, match="CPU kernel"):
+        S.make_token_threshold((1, 9, 64), 4, target=CUDA)

@@ -6,7 +6,7 @@ DynamicSign converter comes from ``bnncompile.custom_ops``), then the scale Mul 
 them, the signs decided on a binary dense's sums, the bias and residual Adds after the other
 denses, the softmax of binary scores read as popcounts, the CPU kernels for float convs and
 pools, the epilogue fusion (which needs the binary convs, their folded scales and the signs'
-layouts), and the threshold statistics (a mean of a slice last).
+layouts), and the threshold statistics (a mean of a slice, then the token thresholds, last).
 
 Adding a lowering: a module here with a converter class (see :mod:`.base`), one line below, one
 test file in ``tests/frontend/converters/``.
@@ -28,6 +28,7 @@ from .pooling import AveragePool, MaxPool
 from .score_softmax import ScoreSoftmax
 from .sliced_mean import SlicedMean
 from .statistics import FusedPreluStats, PowerMean
+from .token_threshold import TokenThreshold
 
 CONVERTERS = (
     *custom_ops.converters(),  # DynamicSign
@@ -48,6 +49,7 @@ CONVERTERS = (
     PowerMean(),
     FusedPreluStats(),
     SlicedMean(),  # after PowerMean: a mean over H, W is its
+    TokenThreshold(),  # claims a chain's last node only: the sliced mean it replaces goes unread
 )
 
 BY_OP_TYPE = {op_type(c): c for c in CONVERTERS}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..graph import attr, is_standard, standard_opset
+from ..graph import attr, int_operand, is_standard, standard_opset
 
 
 @dataclass(frozen=True)
@@ -22,15 +22,6 @@ class MeanOfSlice:
     steps: tuple[int, ...]
 
 
-def _ints(index, node, i: int, name: str):
-    """A Slice / ReduceMean operand given as input ``i`` (opset >= 10 / 18) or attribute."""
-    if len(node.input) > i and node.input[i]:
-        value = index.constant(node.input[i])
-        return None if value is None else [int(v) for v in value.reshape(-1)]
-    value = attr(node, name)
-    return None if value is None else [int(v) for v in value]
-
-
 def _plan_one(ctx, node, opset: int) -> MeanOfSlice | None:
     index = ctx.index
     src = node.input[0]
@@ -38,12 +29,12 @@ def _plan_one(ctx, node, opset: int) -> MeanOfSlice | None:
     if cut is None or not is_standard(cut, "Slice") or ctx.is_claimed(cut):
         return None
     rank = len(ctx.shapes.get(cut.input[0], ()) or ())
-    axes = _ints(index, node, 1, "axes") if opset >= 18 else [int(a) for a in attr(node, "axes", [])]
+    axes = int_operand(index, node, 1, "axes") if opset >= 18 else [int(a) for a in attr(node, "axes", [])]
     if not rank or not axes or attr(node, "noop_with_empty_axes", 0):
         return None
-    starts, ends = _ints(index, cut, 1, "starts"), _ints(index, cut, 2, "ends")
-    cut_axes = _ints(index, cut, 3, "axes") if opset >= 10 else attr(cut, "axes")
-    steps = _ints(index, cut, 4, "steps") if opset >= 10 else None
+    starts, ends = int_operand(index, cut, 1, "starts"), int_operand(index, cut, 2, "ends")
+    cut_axes = int_operand(index, cut, 3, "axes") if opset >= 10 else attr(cut, "axes")
+    steps = int_operand(index, cut, 4, "steps") if opset >= 10 else None
     if starts is None or ends is None:
         return None
     cut_axes = list(range(len(starts))) if cut_axes is None else cut_axes
