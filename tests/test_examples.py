@@ -48,6 +48,24 @@ def test_dynamic_overhead_ablations(tmp_path):
     assert np.isfinite(_run(bypass, x)).all()
 
 
+def test_dynamic_overhead_gelu_ablation(tmp_path):
+    """DyBinaryCCT's ablation bypasses each GELU (and only the GELUs); the CNN ablations do not
+    apply to it."""
+    abl = _load("dynamic_overhead")
+    export_zoo_model("dybinary_cct_7_3x1", tmp_path / "m.onnx")
+    full = onnx.load(tmp_path / "m.onnx")
+    assert list(abl.ablations(full)) == ["no-gelu"]
+    bypass = abl.no_gelu(onnx.load(tmp_path / "m.onnx"))
+    ops, kept = [n.op_type for n in full.graph.node], [n.op_type for n in bypass.graph.node]
+    gelus = ops.count("Erf")
+    assert gelus == 7 and "Erf" not in kept
+    assert len(ops) - len(kept) == 5 * gelus  # Div, Erf, Add, Mul, Mul each
+    assert kept.count("DynamicSign") == ops.count("DynamicSign")
+    onnx.checker.check_model(bypass)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert np.isfinite(_run(bypass, x)).all()
+
+
 def test_tune_zoo_rejects_unknown_models(tmp_path, capsys):
     # a typo must not start a half-hour tuning run over the rest of the list
     assert _load("tune_zoo").main(["--db", str(tmp_path / "db"), "--models", "reactnet_a,nope"]) == 2
