@@ -312,6 +312,24 @@ def test_bbatch_matmul(a_shape, b_shape, alpha, a64_kernels):
               lambda a, b: ref.bbatch_matmul_ref(a, b, alpha), exact=alpha is None)
 
 
+# ------------------------------------------------------------------------------ token threshold
+@pytest.mark.parametrize("view", [False, True], ids=["plain", "heads_merged"])
+def test_token_threshold(view, a64_kernels, rng):
+    """DySign's pool + MLP over tokens (float: the float64 reference to float rounding), read
+    in place through attention's merged heads on the generic schedule NEON gets."""
+    heads, tokens, d, hidden = 4, 9, 16, 5
+    src_shape = (heads, tokens, d) if view else (1, tokens, heads * d)
+    steps = [("permute", (1, 0, 2)), ("reshape", (1, tokens, heads * d))]
+    x = rng.standard_normal(src_shape).astype("float32")
+    xv = x.transpose(1, 0, 2).reshape(1, tokens, heads * d) if view else x
+    w1, b1 = rng.standard_normal((hidden, heads * d)).astype("float32"), rng.standard_normal(hidden).astype("float32")
+    w2, b2 = rng.standard_normal((heads * d, hidden)).astype("float32"), rng.standard_normal(heads * d).astype("float32")
+    pf = _arm(S.make_token_threshold(xv.shape, hidden, view=(src_shape, steps) if view else None, target=TARGET))
+    got = a64_kernels.run(pf, [x, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2],
+                          (1, heads * d), "float32")
+    np.testing.assert_allclose(got, ref.token_threshold_ref(xv, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ end to end
 def test_bitpack_then_bconv2d_end_to_end(a64_kernels, rng):
     """float x -> aarch64 bitpack (per-sample per-channel thresholds, ties) -> aarch64 bconv2d."""
