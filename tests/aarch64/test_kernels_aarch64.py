@@ -322,8 +322,8 @@ def test_token_threshold(view, a64_kernels, rng):
     steps = [("permute", (1, 0, 2)), ("reshape", (1, tokens, heads * d))]
     x = rng.standard_normal(src_shape).astype("float32")
     xv = x.transpose(1, 0, 2).reshape(1, tokens, heads * d) if view else x
-    w1, b1 = rng.standard_normal((hidden, heads * d)).astype("float32"), rng.standard_normal(hidden).astype("float32")
-    w2, b2 = rng.standard_normal((heads * d, hidden)).astype("float32"), rng.standard_normal(heads * d).astype("float32")
+    f32 = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
+    w1, b1, w2, b2 = f32(hidden, heads * d), f32(hidden), f32(heads * d, hidden), f32(heads * d)
     pf = _arm(S.make_token_threshold(xv.shape, hidden, view=(src_shape, steps) if view else None, target=TARGET))
     got = a64_kernels.run(pf, [x, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2],
                           (1, heads * d), "float32")
