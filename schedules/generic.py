@@ -372,13 +372,16 @@ def schedule_token_threshold(sch: s_tir.Schedule, accumulators: int = 4) -> None
     run = int(sch.get(total).annotations.get("bnn_run", extent(sch, d)))
     chunk = max(c for c in range(1, min(run, 16 * accumulators) + 1)
                 if run % c == 0 and (c % 16 == 0 or c <= 16))
-    d_o, d_i = sch.split(d, factors=[None, chunk])
-    sch.reorder(n, d_o, rl, d_i)
-    acc = sch.cache_write(total, 0, TILE_SCOPE)
-    sch.reverse_compute_at(acc, d_o)
-    sch.vectorize(d_i)
-    sch.vectorize(sch.get_loops(acc)[-1])
-    sch.decompose_reduction(total, rl)
+    if has_block(sch, "thr_in"):
+        _token_sums_of_prologue(sch, total, chunk)
+    else:
+        d_o, d_i = sch.split(d, factors=[None, chunk])
+        sch.reorder(n, d_o, rl, d_i)
+        acc = sch.cache_write(total, 0, TILE_SCOPE)
+        sch.reverse_compute_at(acc, d_o)
+        sch.vectorize(d_i)
+        sch.vectorize(sch.get_loops(acc)[-1])
+        sch.decompose_reduction(total, rl)
     for blk in (fc1, fc2):
         _n, out, red = sch.get_loops(blk)
         sch.reorder(red, out)
@@ -387,6 +390,27 @@ def schedule_token_threshold(sch: s_tir.Schedule, accumulators: int = 4) -> None
     _vector_lanes(sch, sch.get_loops(sch.get_sblock("thr_out"))[-1])
     for blk in (fc1, fc2):
         sch.decompose_reduction(blk, sch.get_loops(blk)[-3])
+
+
+_TOKEN_BLOCKS = frozenset({"thr_in", "thr_sum", "thr_fc1", "thr_relu", "thr_fc2", "thr_out"})
+
+
+def _token_sums_of_prologue(sch: s_tir.Schedule, total, chunk: int) -> None:
+    """The prologue (``thr_in``: DyBinaryCCT's GELU, written as an output too) and the token
+    sums in one pass: tasks of ``chunk`` channels over all tokens in parallel (the GELU is the
+    work here, 17-24 cycles per vector), each row's chunk summed as it is computed."""
+    for blk in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(blk).name_hint not in _TOKEN_BLOCKS:
+            sch.compute_inline(blk)  # the prologue's stages (the erf polynomial) into thr_in
+    y = sch.get_sblock("thr_in")
+    n, rows, d = sch.get_loops(y)
+    d_o, d_i = sch.split(d, factors=[None, chunk])
+    sch.reorder(n, d_o, rows, d_i)
+    sch.parallel(sch.fuse(n, d_o))
+    sch.reverse_compute_at(total, rows)
+    sch.vectorize(d_i)
+    sch.vectorize(sch.get_loops(total)[-1])  # (task, row, chunk)
+    sch.decompose_reduction(total, rows)
 
 
 def _vector_lanes(sch: s_tir.Schedule, loop, lanes: int = 16) -> None:

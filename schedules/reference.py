@@ -165,6 +165,14 @@ def prelu_stats_ref(x: np.ndarray, shift_in, slope, shift_out, powers) -> tuple[
     return y, stats
 
 
+def gelu_ref(x: np.ndarray) -> np.ndarray:
+    """GELU with the exact erf, in float64: ``x / 2 * (1 + erf(x / sqrt 2))``."""
+    from math import erf, sqrt
+
+    x64 = np.asarray(x, np.float64)
+    return x64 * 0.5 * (1.0 + np.vectorize(erf)(x64 / sqrt(2.0)))
+
+
 def token_threshold_ref(x: np.ndarray, w1: np.ndarray, b1, w2: np.ndarray, b2) -> np.ndarray:
     """DySign's threshold over tokens in float64: ``relu(mean_L(x) @ w1.T + b1) @ w2.T + b2``,
     ``x`` ``[N, L, D]``, ``w1`` ``[R, D]``, ``w2`` ``[D, R]`` (PyTorch's Linear layout)."""

@@ -14,6 +14,7 @@ session, or a workload collector; :mod:`.tuning`).  It is passed explicitly, nev
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import tvm
@@ -408,22 +409,33 @@ def make_prelu_stats(x_shape: Sequence[int], shift_in_shape: Sequence[int], slop
     return _finish([x, *ops, y, *means], "prelu_stats", name, target, schedule, tuning)
 
 
-def make_token_threshold(x_shape: Sequence[int], hidden: int, *, view=None, target: TargetLike = None,
-                         schedule: str | None = None, tuning=None) -> tvm.tirx.PrimFunc:
+def make_token_threshold(x_shape: Sequence[int], hidden: int, *, view=None, gelu=None,
+                         target: TargetLike = None, schedule: str | None = None,
+                         tuning=None) -> tvm.tirx.PrimFunc:
     """A DySign threshold pooled over tokens, pool and MLP in one kernel (compute.token_threshold).
 
     PrimFunc params: ``(x float32[N, L, D], w1t float32[D, hidden], b1 float32[hidden], w2t
     float32[hidden, D], b2 float32[D], thr float32[N, D])``; with ``view = (source shape,
-    steps)`` ``x`` is that source, read as the ``x_shape`` tensor the view makes of it.
+    steps)`` ``x`` is that source, read as the ``x_shape`` tensor the view makes of it; with
+    ``gelu = (divisor, addend, factor)`` the threshold pools ``compute.gelu_erf(x, ...)``, which
+    the kernel also writes after ``thr`` (``y float32[N, L, D]``).
     """
     if len(x_shape) != 3:
         raise ValueError(f"token_threshold: x must be [N, L, D], got {list(x_shape)}")
+    if gelu is not None and view is not None:
+        raise ValueError("token_threshold: a GELU prologue reads a plain tensor, not a view")
     src, x, tag = viewed_input(x_shape, view, "x", "token_threshold")
     d, r = int(x_shape[2]), int(hidden)
     w1t, b1 = te.placeholder((d, r), "float32", name="w1t"), te.placeholder((r,), "float32", name="b1")
     w2t, b2 = te.placeholder((r, d), "float32", name="w2t"), te.placeholder((d,), "float32", name="b2")
-    out = compute.token_threshold(x, w1t, b1, w2t, b2)
-    return _finish([src, w1t, b1, w2t, b2, out], "token_threshold", f"bnn_token_threshold_{tag}_r{r}",
+    if gelu is None:
+        outs, suffix = [compute.token_threshold(x, w1t, b1, w2t, b2)], ""
+    else:
+        divisor, addend, factor = (float(v) for v in gelu)
+        prologue = lambda t: compute.gelu_erf(t, divisor, addend, factor)  # noqa: E731
+        outs = list(compute.token_threshold(x, w1t, b1, w2t, b2, prologue=prologue))
+        suffix = "_gelu" + hashlib.sha1(repr((divisor, addend, factor)).encode()).hexdigest()[:6]
+    return _finish([src, w1t, b1, w2t, b2, *outs], "token_threshold", f"bnn_token_threshold_{tag}_r{r}{suffix}",
                    target, schedule, tuning)
 
 

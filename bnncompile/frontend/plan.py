@@ -55,6 +55,9 @@ class LoweringPlan:
     #: the last node of a threshold MLP over a token mean -> its
     #: :class:`~.converters.token_threshold.TokenMlp` (one kernel)
     token_thresholds: dict[str, object] = field(default_factory=dict)
+    #: the last Mul of a GELU such a threshold pools -> the chain's last node (one kernel
+    #: computes both: converters.token_threshold.GeluPrologue)
+    token_gelus: dict[str, str] = field(default_factory=dict)
     #: ReduceMean of a Slice -> :class:`~.converters.sliced_mean.MeanOfSlice` (a slice of the mean)
     sliced_means: dict[str, object] = field(default_factory=dict)
     #: a dynamic PReLU's last Add -> :class:`PreluStats`

@@ -17,6 +17,7 @@ from .common import WORD, conv_out_size, normalize_2d, normalize_padding, nwords
 from .float_ops import (
     avgpool2d,
     fconv2d_blocked,
+    gelu_erf,
     maxpool2d,
     power,
     power_mean,
@@ -42,6 +43,7 @@ __all__ = [
     "conv_out_size",
     "dynamic_sign",
     "fconv2d_blocked",
+    "gelu_erf",
     "maxpool2d",
     "normalize_2d",
     "normalize_padding",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from tvm import te, tirx
 
 from .common import broadcast_reader, conv_out_size, ints, normalize_2d, normalize_padding
@@ -251,7 +252,22 @@ def prelu_stats(x: te.Tensor, shift_in: te.Tensor, slope: te.Tensor, shift_out: 
     return y, [mean_of_power(j, int(p)) for j, p in enumerate(powers)]
 
 
-def token_threshold(x, w1t: te.Tensor, b1: te.Tensor, w2t: te.Tensor, b2: te.Tensor) -> te.Tensor:
+def gelu_erf(x: te.Tensor, divisor: float, addend: float, factor: float) -> te.Tensor:
+    """``x * (factor * (erf(x / divisor) + addend))`` as PyTorch exports GELU (``sqrt 2``, 1, 0.5),
+    computed as bnncompile's fast math computes those ONNX nodes (``compiler.fast_math_legalize_map``):
+    the division as a multiplication by the float32 reciprocal, TVM's polynomial erf.  Output
+    ``thr_in``; the stages before it are inlined by the schedules."""
+    from tvm import topi
+
+    inv = tirx.const(float(1.0 / np.float64(np.float32(divisor))), "float32")
+    scaled = te.compute(x.shape, lambda *i: x(*i) * inv, name="gelu_scaled")
+    erf = topi.fast_erf(scaled)
+    add, mul = tirx.const(float(np.float32(addend)), "float32"), tirx.const(float(np.float32(factor)), "float32")
+    return te.compute(x.shape, lambda *i: x(*i) * (mul * (erf(*i) + add)), name="thr_in")
+
+
+def token_threshold(x, w1t: te.Tensor, b1: te.Tensor, w2t: te.Tensor, b2: te.Tensor, *,
+                    prologue=None):
     """A DySign threshold on tokens, pool and MLP together: ``b2 + relu(mean_L(x) @ w1t + b1) @
     w2t`` (DyBinaryCCT's per-sample, per-channel threshold: the mean over the tokens, two small
     FCs), where the graph ran a mean and two matrix-vector products as three kernels.
@@ -263,13 +279,22 @@ def token_threshold(x, w1t: te.Tensor, b1: te.Tensor, w2t: te.Tensor, b2: te.Ten
     w1t, b1 : ``[D, R]``, ``[R]``: the first FC, transposed (``R`` its width).
     w2t, b2 : ``[R, D]``, ``[D]``: the second FC, transposed; ``b2`` also holds whatever
         constant the graph adds after it (DySign's static ``alpha0``).
+    prologue : ``x -> y`` elementwise (a tensor ``thr_in``, e.g. :func:`gelu_erf`): the
+        threshold pools ``y``, which the kernel also writes (DyBinaryCCT's fc2 site pools its
+        GELU's output: one pass computes the GELU and sums it).  Plain tensors only.
 
     Returns
     -------
     float32 ``[N, D]`` (``thr_out``), through ``thr_sum`` (the token sums; its ``bnn_run``: the
     view's :func:`~.index_view.contiguous_run`), ``thr_fc1``,
     ``thr_relu`` and ``thr_fc2``; the mean is the sum divided by ``L`` (ONNX's ReduceMean).
+    With a ``prologue``: ``(thr_out, y)``.
     """
+    if prologue is not None:
+        if not isinstance(x, te.Tensor):
+            raise ValueError("token_threshold: a prologue needs a plain tensor, not a view")
+        y = prologue(x)
+        return token_threshold(y, w1t, b1, w2t, b2), y
     N, L, D = ints(x.shape)
     R = ints(w1t.shape)[1]
     if ints(w1t.shape) != [D, R] or ints(b1.shape) != [R] or ints(w2t.shape) != [R, D] or ints(b2.shape) != [D]:

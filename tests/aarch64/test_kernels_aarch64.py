@@ -330,6 +330,20 @@ def test_token_threshold(view, a64_kernels, rng):
     np.testing.assert_allclose(got, ref.token_threshold_ref(xv, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
 
 
+def test_token_threshold_with_gelu(a64_kernels, rng):
+    """DyBinaryCCT's fc2 site: the kernel writes the GELU (TVM's erf polynomial) and pools it."""
+    shape, hidden = (1, 9, 48), 3
+    x = (rng.standard_normal(shape) * 2).astype("float32")
+    f32 = lambda *s: rng.standard_normal(s).astype("float32")  # noqa: E731
+    w1, b1, w2, b2 = f32(hidden, 48), f32(hidden), f32(48, hidden), f32(48)
+    pf = _arm(S.make_token_threshold(shape, hidden, gelu=(np.sqrt(2.0), 1.0, 0.5), target=TARGET))
+    thr, y = a64_kernels.run(pf, [x, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2],
+                             [(1, 48), shape], ["float32", "float32"])
+    gelu = ref.gelu_ref(x)
+    np.testing.assert_allclose(y, gelu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(thr, ref.token_threshold_ref(gelu, w1, b1, w2, b2), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ end to end
 def test_bitpack_then_bconv2d_end_to_end(a64_kernels, rng):
     """float x -> aarch64 bitpack (per-sample per-channel thresholds, ties) -> aarch64 bconv2d."""

@@ -727,9 +727,29 @@ def test_token_threshold(shape, hidden, sched, inputs, host, run_primfunc):
     _close(got, expect, inputs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sched", SCHEDS)
+@pytest.mark.parametrize("shape,hidden", TOKEN_CASES[:3], ids=[f"{_tag(c[0])}-r{c[1]}" for c in TOKEN_CASES[:3]])
+def test_token_threshold_with_gelu(shape, hidden, sched, inputs, host, run_primfunc_outs):
+    """The GELU prologue (DyBinaryCCT's fc2 site): the kernel writes GELU(x) (TVM's erf
+    polynomial, ~1e-7 of the true erf) and pools it."""
+    n, _, d = shape
+    x = inputs.floats(shape, scale=2.0)
+    w1, b1 = inputs.normal((hidden, d), 0.3), inputs.normal((hidden,))
+    w2, b2 = inputs.normal((d, hidden), 0.3), inputs.normal((d,))
+    gelu = ref.gelu_ref(x)
+    pf = S.make_token_threshold(shape, hidden, gelu=(np.sqrt(2.0), 1.0, 0.5), target=host, schedule=sched)
+    thr, y = run_primfunc_outs(pf, [x, np.ascontiguousarray(w1.T), b1, np.ascontiguousarray(w2.T), b2],
+                               [((n, d), "float32"), (shape, "float32")])
+    _close(y, gelu, inputs, rtol=1e-6, atol=1e-6)
+    _close(thr, ref.token_threshold_ref(gelu, w1, b1, w2, b2), inputs, rtol=1e-5, atol=1e-5)
+
+
 def test_token_threshold_rejects_bad_input(host):
     with pytest.raises(ValueError, match=r"\[N, L, D\]"):
         S.make_token_threshold((1, 8), 4, target=host)
+    with pytest.raises(ValueError, match="not a view"):
+        S.make_token_threshold((1, 4, 8), 2, view=((1, 4, 16), [("slice", (2,), (0,), (1,), (8,))]),
+                               gelu=(1.5, 1.0, 0.5), target=host)
     with pytest.raises(ValueError, match="needs w1t"):
         from bnncompile.schedules import compute
         from tvm import te

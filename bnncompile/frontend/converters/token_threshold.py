@@ -3,7 +3,10 @@
 layer) → ``compute.token_threshold``, where TVM ran a mean and two matrix-vector products as
 three kernels of a few microseconds each, plus copies for the means it read through a view:
 the Q / K slices of ``qkv`` and attention's merged heads are pooled where they lie
-(:meth:`~bnncompile.frontend.importer.Importer.read_through`).
+(:meth:`~bnncompile.frontend.importer.Importer.read_through`).  Where the pooled tensor is a
+GELU as PyTorch exports it (``x * 0.5 * (1 + Erf(x / sqrt 2))``: DyBinaryCCT's fc2 site) and the
+build uses fast math, the kernel computes the GELU too, writes it for the sign's pack and sums
+it in the same pass (``compute.gelu_erf``, the same arithmetic as the fast-math legalization).
 
 An FC is a ``Gemm`` (``alpha = beta = 1``, ``transA = 0``, constant B and C) or a ``MatMul`` by a
 constant ``[in, out]`` matrix with an optional ``Add`` of a constant bias.  Only the chain's last
@@ -20,6 +23,18 @@ from ..graph import attr, int_operand, is_standard, per_channel, standard_opset
 
 
 @dataclass(frozen=True)
+class GeluPrologue:
+    """``x * factor * (Erf(x / divisor) + addend)``, the tensor a token threshold pools."""
+
+    x: str
+    divisor: float
+    addend: float
+    factor: float
+    node: str  # the last Mul: claimed, its value is the kernel's second output
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TokenMlp:
     x: str  # the pooled tensor, [N, L, D]
     w1t: np.ndarray  # float32 [D, R]
@@ -27,6 +42,7 @@ class TokenMlp:
     w2t: np.ndarray  # float32 [R, D]
     b2: np.ndarray  # float32 [D]: the second FC's bias plus the constants added after it
     nodes: tuple[str, ...]  # ReduceMean .. the claimed last node
+    gelu: GeluPrologue | None = None  # x is this GELU's output: the kernel computes it
 
 
 def _token_mean(ctx, node, opset: int) -> str | None:
@@ -90,6 +106,44 @@ def _fc(ctx, tensor: str, width_in: int):
     return None
 
 
+def _scalar(index, name: str) -> float | None:
+    value = index.constant(name)
+    ok = value is not None and value.size == 1 and value.dtype.kind == "f"
+    return float(value.reshape(-1)[0]) if ok else None
+
+
+def _single_use(ctx, tensor: str, op_type: str):
+    """The producer of ``tensor`` when it is a ``op_type`` node read only there."""
+    node = ctx.index.producer.get(tensor)
+    ok = (node is not None and is_standard(node, op_type) and not ctx.is_claimed(node)
+          and len(ctx.index.consumers.get(tensor, [])) == 1)
+    return node if ok else None
+
+
+def _pairs(node):
+    a, b = node.input[0], node.input[1]
+    return ((a, b), (b, a))
+
+
+def _gelu(ctx, y: str) -> GeluPrologue | None:
+    """``y = Mul(x, Mul(factor, Add(Erf(Div(x, divisor)), addend)))`` in any operand order."""
+    last = ctx.index.producer.get(y)
+    if last is None or not is_standard(last, "Mul") or ctx.is_claimed(last):
+        return None
+    for x, outer in _pairs(last):
+        half = _single_use(ctx, outer, "Mul")
+        for factor_name, inner in _pairs(half) if half is not None else ():
+            factor, add = _scalar(ctx.index, factor_name), _single_use(ctx, inner, "Add")
+            for erf_name, addend_name in _pairs(add) if add is not None and factor is not None else ():
+                addend, erf = _scalar(ctx.index, addend_name), _single_use(ctx, erf_name, "Erf")
+                div = erf and _single_use(ctx, erf.input[0], "Div")
+                divisor = div and _scalar(ctx.index, div.input[1])
+                if addend is not None and divisor and div.input[0] == x:
+                    return GeluPrologue(x, divisor, addend, factor, last.name,
+                                        (div.name, erf.name, add.name, half.name, last.name))
+    return None
+
+
 def match(ctx, mean_node, opset: int) -> TokenMlp | None:
     """The threshold MLP over the tokens ``mean_node`` pools, else None."""
     x = _token_mean(ctx, mean_node, opset)
@@ -105,8 +159,9 @@ def match(ctx, mean_node, opset: int) -> TokenMlp | None:
     b2, nodes = c2.astype(np.float64), [mean_node.name, *n1, relu.name, *n2]
     while (add := _constant_add(ctx, out, width)) is not None:
         b2, out, nodes = b2 + add[1], add[0].output[0], [*nodes, add[0].name]
+    gelu = _gelu(ctx, x) if "fast_math" in ctx.switches else None
     return TokenMlp(x, np.ascontiguousarray(m1), c1.astype(np.float32), np.ascontiguousarray(m2),
-                    b2.astype(np.float32), tuple(nodes))
+                    b2.astype(np.float32), tuple(nodes), gelu)
 
 
 class TokenThreshold:
@@ -121,21 +176,45 @@ class TokenThreshold:
                 if found is not None:
                     ctx.plan.token_thresholds[found.nodes[-1]] = found
                     ctx.claim(found.nodes[-1], self)
+                    if found.gelu is not None:
+                        ctx.plan.token_gelus[found.gelu.node] = found.nodes[-1]
+                        ctx.claim(found.gelu.node, self)
 
     def convert(self, imp, node, inputs, attrs, opset):
+        if node.name in imp.plan.token_gelus:  # the GELU comes first in the graph
+            return self._with_gelu(imp, node, imp.plan.token_thresholds[imp.plan.token_gelus[node.name]],
+                                   inputs, attrs, opset)
+        done = imp.provided.get(("token_threshold", node.name))
+        if done is not None:
+            return done
         spec = imp.plan.token_thresholds[node.name]
         x = imp.value(spec.x)
         xs = imp.shape_of(x)
         if len(xs) != 3 or xs[2] != spec.w1t.shape[0]:
             return imp.fallback(node.op_type, inputs, attrs, opset)  # the chain TVM imported
-        n, _, width = xs
-        hidden = spec.w1t.shape[1]
         src, view = imp.read_through(x)
-        pf = imp.kernel("token_threshold", xs, hidden, view=view)
+        pf = imp.kernel("token_threshold", xs, spec.w1t.shape[1], view=view)
+        return self._call(imp, pf, [src], spec, node.name, xs)
+
+    def _with_gelu(self, imp, node, spec, inputs, attrs, opset):
+        """The GELU's last Mul: the kernel writes the GELU and hands its threshold to the
+        chain's last node."""
+        gelu = spec.gelu
+        xs = imp.shape_of(imp.value(gelu.x))
+        if len(xs) != 3 or xs[2] != spec.w1t.shape[0]:
+            return imp.fallback("Mul", inputs, attrs, opset)  # the chain then pools it as written
+        pf = imp.kernel("token_threshold", xs, spec.w1t.shape[1], gelu=(gelu.divisor, gelu.addend, gelu.factor))
+        thr, y = self._call(imp, pf, [imp.value(gelu.x)], spec, spec.nodes[-1], xs, gelu=gelu)
+        imp.provided[("token_threshold", spec.nodes[-1])] = thr
+        return y
+
+    @staticmethod
+    def _call(imp, pf, inputs, spec, layer: str, xs, gelu=None):
         # b2 sums constants ONNX adds one by one: a rounding apart, like the mean's order
         operands = [imp.const(a) for a in (spec.w1t, spec.b1, spec.w2t, spec.b2)]
-        # no MAC count: bound by reading x (L x D floats) once, not by FMAs
-        out = imp.call_kernel(pf, [src, *operands], [n, width], "float32", layer=node.name,
-                              kind="token_threshold")
-        imp.kernel_info(pf).setdefault("fused", []).extend(spec.nodes[:-1])
+        # no MAC count: bound by reading x (L x D floats) once, or by the GELU's FMAs
+        out = imp.call_kernel(pf, [*inputs, *operands], [xs[0], xs[2]], "float32", layer=layer,
+                              kind="token_threshold", extra_outputs=[(xs, "float32")] if gelu else ())
+        fused = [*(gelu.nodes if gelu else ()), *spec.nodes[:-1]]
+        imp.kernel_info(pf).setdefault("fused", []).extend(fused)
         return out

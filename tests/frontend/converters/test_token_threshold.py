@@ -29,7 +29,7 @@ def _fc(name, x, w, b, out, form):
 
 def _graph(rng, *, form="gemm", source="plain", keepdims=0, axis=1, act="Relu", alpha=1.0,
            extra_outputs=()):
-    """x -> [view] -> mean over tokens -> FC -> act -> FC -> + alpha0 -> DynamicSign(x, thr)."""
+    """x -> [view | GELU] -> mean over tokens -> FC -> act -> FC -> + alpha0 -> DynamicSign(x, thr)."""
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
     inits = {"axes": i64(axis), "alpha0": f32(D) * 0.1, "shape3": i64(B, 1, D)}
@@ -40,6 +40,14 @@ def _graph(rng, *, form="gemm", source="plain", keepdims=0, axis=1, act="Relu", 
         inputs, feeds["qkv"] = {"qkv": [B, L, 3 * D]}, f32(B, L, 3 * D)
         inits.update(b=i64(D), e=i64(2 * D), sa=i64(2))
         nodes.append(helper.make_node("Slice", ["qkv", "b", "e", "sa"], ["x"], name="k_slice"))
+    elif source == "gelu":  # PyTorch's export of GELU, operands in its order
+        inputs, feeds["pre"] = {"pre": [B, L, D]}, f32(B, L, D) * 2
+        inits.update(sqrt2=np.float32(np.sqrt(2.0)), one=np.float32(1.0), half=np.float32(0.5))
+        nodes += [helper.make_node("Div", ["pre", "sqrt2"], ["z"], name="gelu_div"),
+                  helper.make_node("Erf", ["z"], ["e"], name="gelu_erf"),
+                  helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+                  helper.make_node("Mul", ["half", "e1"], ["h2"], name="gelu_half"),
+                  helper.make_node("Mul", ["pre", "h2"], ["x"], name="gelu")]
     else:  # attention's heads merged: [B, H, L, d] -> [B, L, H * d]
         inputs, feeds["heads"] = {"heads": [B, 4, L, D // 4]}, f32(B, 4, L, D // 4)
         inits["merged"] = i64(B, L, D)
@@ -55,6 +63,7 @@ def _graph(rng, *, form="gemm", source="plain", keepdims=0, axis=1, act="Relu", 
               helper.make_node("Reshape", ["thr", "shape3"], ["thr3"]), ds("x", "thr3", "y", name="sign")]
     outputs = {"y": [B, L, D], "thr": None, **{t: None for t in extra_outputs}}
     x = (feeds["x"] if source == "plain" else feeds["qkv"][:, :, D:2 * D] if source == "slice"
+         else ort_run(make_model(nodes[:5], inputs, {"x": [B, L, D]}, inits), feeds)[0] if source == "gelu"
          else feeds["heads"].transpose(0, 2, 1, 3).reshape(B, L, D))
     return make_model(nodes, inputs, outputs, {**inits, **i1, **i2}), feeds, x
 
@@ -80,6 +89,17 @@ def test_threshold_mlp_is_one_kernel(form, source, rng):
     spec = plan.token_thresholds["plus_alpha0"]
     assert spec.nodes[0] == "pool" and spec.nodes[-1] == "plus_alpha0"
     assert spec.w1t.shape == (D, R) and spec.w2t.shape == (R, D)
+
+
+@pytest.mark.parametrize("fast_math", [True, False])
+def test_a_pooled_gelu_is_computed_by_the_kernel(fast_math, rng):
+    """DyBinaryCCT's fc2 site: the threshold pools a GELU; with fast math the kernel writes the
+    GELU (the sign's input, also a graph output here) and its threshold in one pass."""
+    model, feeds, x = _graph(rng, source="gelu", extra_outputs=("x",))
+    outs, plan = build_and_run(model, feeds, batch=B, fast_math=fast_math)
+    _check(model, feeds, x, plan, outs, claimed=True)
+    assert (plan.token_gelus == {"gelu": "plus_alpha0"}) == fast_math
+    assert any("_gelu" in k for k in plan.kernels) == fast_math
 
 
 def test_a_read_intermediate_is_still_computed(rng):
