@@ -8,7 +8,8 @@ TVM build checks several patterns.  The cases:
   groups, symmetric / asymmetric pads, auto_pad) → a float epilogue chain (scale Mul, BN,
   residual Add, PRelu, RPReLU, ReLU, a second binary conv reading a constant-threshold sign) or
   two sibling convs under a channel Concat;
-* ``dense``: DynamicSign (absent, scalar, per feature, per token computed) → Gemm (transA, transB,
+* ``dense``: DynamicSign (absent, scalar, per feature, per token computed, DyBinaryCCT's MLP over
+  the tokens) → Gemm (transA, transB,
   alpha, beta, bias) or MatMul with ±1 weights, ranks 2-3, optional scale Mul;
 * ``bmm``: both operands DynamicSign outputs, 3-D / 4-D, B given as ``[.., K, N]``, as
   ``Transpose`` of ``[.., N, K]``, or through ``Reshape`` + ``Transpose`` into heads; batch dims
@@ -131,6 +132,23 @@ def threshold(b: Builder, x: str, kind: str, shape, *, channel_axis: int) -> str
         else:
             m = src
         (t,) = b.node("Add", [m, b.init("off", np.float32(0.3721))])
+        return t
+    if kind == "token_mlp":  # DyBinaryCCT's: mean over the tokens -> FC -> Relu -> FC -> + alpha0
+        n, _, d = shape
+        r = int(b.rng.integers(1, 6))
+        (m,) = b.node("ReduceMean", [x, b.init("axes", np.array([1], np.int64))], keepdims=0)
+        w1, b1 = b.vec((r, d), 0.05, 0.6), b.vec((r,), 0.0, 0.5)
+        if b.rng.random() < 0.5:  # PyTorch's Linear as Gemm(transB) / as MatMul + Add
+            (h,) = b.node("Gemm", [m, b.init("w1", w1), b.init("b1", b1)], transB=1)
+        else:
+            (h,) = b.node("MatMul", [m, b.init("w1", np.ascontiguousarray(w1.T))])
+            (h,) = b.node("Add", [h, b.init("b1", b1)])
+        b.case.float_nodes[b.case.nodes[-1 if b.case.nodes[-1].op_type == "Gemm" else -2].name] = "DynamicSign"
+        (h,) = b.node("Relu", [h])
+        (g,) = b.node("Gemm", [h, b.init("w2", b.vec((d, r), 0.05, 0.6))], transB=1)
+        b.case.float_nodes[b.case.nodes[-1].name] = "DynamicSign"
+        (t,) = b.node("Add", [g, b.init("alpha0", b.vec((d,), 0.0, 0.5))])
+        (t,) = b.node("Unsqueeze", [t, b.init("axes", np.array([1], np.int64))])  # [N, 1, D]
         return t
     raise ValueError(kind)
 
@@ -264,7 +282,7 @@ def dense_case(draw, prefix: str) -> Case:
     rank = 2 if op == "Gemm" else draw(st.sampled_from([2, 3]))
     lead = [draw(st.sampled_from([1, 1, 2, 3, 5, 8]))] + ([draw(st.sampled_from([1, 3, 17]))] if rank == 3 else [])
     kin, nout = draw(st.sampled_from(FEATURES)), draw(st.sampled_from(FEATURES))
-    tkind = draw(st.sampled_from(["absent", "scalar", "channel", "computed"]))
+    tkind = draw(st.sampled_from(["absent", "scalar", "channel", "computed"] + ["token_mlp"] * (rank == 3)))
     scale = draw(st.booleans())
     case.describe = [f"dense {op} lead {lead} k{kin} n{nout} threshold {tkind} scale {scale}"]
     x = b.input("x", (*lead, kin))
