@@ -134,7 +134,7 @@ def threshold(b: Builder, x: str, kind: str, shape, *, channel_axis: int) -> str
         (t,) = b.node("Add", [m, b.init("off", np.float32(0.3721))])
         return t
     if kind == "token_mlp":  # DyBinaryCCT's: mean over the tokens -> FC -> Relu -> FC -> + alpha0
-        n, _, d = shape
+        d = shape[2]
         r = int(b.rng.integers(1, 6))
         (m,) = b.node("ReduceMean", [x, b.init("axes", np.array([1], np.int64))], keepdims=0)
         w1, b1 = b.vec((r, d), 0.05, 0.6), b.vec((r,), 0.0, 0.5)
