@@ -359,14 +359,14 @@ def schedule_prelu_stats(sch: s_tir.Schedule) -> None:
 
 
 def schedule_token_threshold(sch: s_tir.Schedule, accumulators: int = 4) -> None:
-    """One task (the whole kernel is a few microseconds: a parallel launch would cost more).  The
-    token sums walk the rows with a chunk of up to ``accumulators`` vectors of channels in
-    registers, chunk after chunk (all channels of a row at once spilled; one vector per walk
-    re-read the rows: [1, 256, 512] 20 us at one vector, 6 us at four or more, Zen 4), never
-    across a jump in the source (``bnn_run``: a chunk straddling two heads of attention's merged
-    output was a gather, 28 us where 3 us); the FCs
-    run as rank-1 updates along their output (``w1t`` / ``w2t`` rows are contiguous), one vector
-    of outputs per input element."""
+    """One task (the whole kernel is a few microseconds: a parallel launch would cost more),
+    except for a prologue's pass (:func:`_token_sums_of_prologue`).  The token sums walk the rows
+    with a chunk of up to ``accumulators`` vectors of channels in registers, chunk after chunk
+    (all channels of a row at once spilled; one vector per walk re-read the rows: [1, 256, 512]
+    20 us at one vector, 6 us at four or more, Zen 4), never across a jump in the source
+    (``bnn_run``: a chunk straddling two heads of attention's merged output was a gather, 28 us
+    where 3 us); the FCs run as rank-1 updates along their output (``w1t`` / ``w2t`` rows are
+    contiguous), one vector of outputs per input element."""
     total, fc1, fc2 = (sch.get_sblock(n) for n in ("thr_sum", "thr_fc1", "thr_fc2"))
     n, d, rl = sch.get_loops(total)
     run = int(sch.get(total).annotations.get("bnn_run", extent(sch, d)))
