@@ -143,8 +143,11 @@ def main() -> int:
         export_zoo_model(spec.static_twin, tmp / "static.onnx")
         export_zoo_model(args.model, tmp / "full.onnx")
         variants = {"static": tmp / "static.onnx", "full": tmp / "full.onnx"}
-        for name, fn in ablations(onnx.load(tmp / "full.onnx")).items():
-            onnx.save(fn(onnx.load(tmp / "full.onnx")), tmp / f"{name}.onnx")
+        full = onnx.load(tmp / "full.onnx")
+        for name, fn in ablations(full).items():
+            copy = onnx.ModelProto()
+            copy.CopyFrom(full)  # each ablation rewrites the graph in place
+            onnx.save(fn(copy), tmp / f"{name}.onnx")
             variants[name] = tmp / f"{name}.onnx"
         runners = {}
         for name, path in variants.items():

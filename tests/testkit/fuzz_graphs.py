@@ -138,12 +138,14 @@ def threshold(b: Builder, x: str, kind: str, shape, *, channel_axis: int) -> str
         r = int(b.rng.integers(1, 6))
         (m,) = b.node("ReduceMean", [x, b.init("axes", np.array([1], np.int64))], keepdims=0)
         w1, b1 = b.vec((r, d), 0.05, 0.6), b.vec((r,), 0.0, 0.5)
-        if b.rng.random() < 0.5:  # PyTorch's Linear as Gemm(transB) / as MatMul + Add
+        gemm = b.rng.random() < 0.5  # PyTorch's Linear as Gemm(transB) / as MatMul + Add
+        if gemm:
             (h,) = b.node("Gemm", [m, b.init("w1", w1), b.init("b1", b1)], transB=1)
         else:
             (h,) = b.node("MatMul", [m, b.init("w1", np.ascontiguousarray(w1.T))])
+        b.case.float_nodes[b.case.nodes[-1].name] = "DynamicSign"  # its input is a mean
+        if not gemm:
             (h,) = b.node("Add", [h, b.init("b1", b1)])
-        b.case.float_nodes[b.case.nodes[-1 if b.case.nodes[-1].op_type == "Gemm" else -2].name] = "DynamicSign"
         (h,) = b.node("Relu", [h])
         (g,) = b.node("Gemm", [h, b.init("w2", b.vec((d, r), 0.05, 0.6))], transB=1)
         b.case.float_nodes[b.case.nodes[-1].name] = "DynamicSign"

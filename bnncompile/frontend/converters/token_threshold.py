@@ -182,7 +182,7 @@ class TokenThreshold:
 
     def convert(self, imp, node, inputs, attrs, opset):
         if node.name in imp.plan.token_gelus:  # the GELU comes first in the graph
-            return self._with_gelu(imp, node, imp.plan.token_thresholds[imp.plan.token_gelus[node.name]],
+            return self._with_gelu(imp, imp.plan.token_thresholds[imp.plan.token_gelus[node.name]],
                                    inputs, attrs, opset)
         done = imp.provided.get(("token_threshold", node.name))
         if done is not None:
@@ -196,7 +196,7 @@ class TokenThreshold:
         pf = imp.kernel("token_threshold", xs, spec.w1t.shape[1], view=view)
         return self._call(imp, pf, [src], spec, node.name, xs)
 
-    def _with_gelu(self, imp, node, spec, inputs, attrs, opset):
+    def _with_gelu(self, imp, spec, inputs, attrs, opset):
         """The GELU's last Mul: the kernel writes the GELU and hands its threshold to the
         chain's last node."""
         gelu = spec.gelu
